@@ -1,0 +1,294 @@
+"""The bar-timeline player, sample by sample, with synthetic clips (no JACK needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import InvalidRequest
+from engine.player import Player, PlayerConfig
+
+
+@dataclasses.dataclass
+class Clip:
+    audio: np.ndarray
+    name: str = ""
+
+
+def ramp_clip(length: int, offset: float = 0.0, channels: int = 2) -> Clip:
+    """A clip whose every sample is distinct: value = offset + index / 1000."""
+    one = (offset + np.arange(length) / 1000).astype(np.float32)
+    return Clip(np.tile(one, (channels, 1)))
+
+
+def const_clip(value: float, length: int = 100) -> Clip:
+    return Clip(np.full((2, length), value, np.float32))
+
+
+def render(player: Player, frames: int, block: int = 64) -> np.ndarray:
+    out = np.zeros((2, frames), np.float32)
+    done = 0
+    while done < frames:
+        n = min(block, frames - done)
+        player.render([out[0, done:done + n], out[1, done:done + n]])
+        done += n
+    return out
+
+
+def hard(**kw: int) -> Player:
+    return Player(PlayerConfig(crossfade_samples=0, initial_slot_samples=1000, **kw))
+
+
+def test_silence_before_first_clip_then_exact_start() -> None:
+    p = hard()
+    clip = ramp_clip(50, offset=1.0)
+    assert p.schedule(clip, 100)
+    out = render(p, 200, block=37)
+    assert np.all(out[:, :100] == 0)
+    assert out[0, 100] == clip.audio[0, 0]
+    np.testing.assert_array_equal(out[:, 100:150], clip.audio)
+    assert p.counters()["underruns"] >= 1
+    ev = p.poll()
+    assert ev.started == [(clip, 100)]
+
+
+def test_loop_wraps_and_counts_repeats() -> None:
+    p = hard()
+    clip = ramp_clip(100, offset=1.0)
+    p.schedule(clip, 0)
+    out = render(p, 350, block=33)
+    np.testing.assert_array_equal(out, np.tile(clip.audio, (1, 4))[:, :350])
+    assert p.counters()["repeats"] == 3
+    assert p.position() == 350
+
+
+def test_change_exactly_at_start_sample() -> None:
+    p = hard()
+    a, b = ramp_clip(100, 1.0), ramp_clip(80, 5.0)
+    p.schedule(a, 0)
+    p.schedule(b, 250)  # mid-loop of a: a plays 2.5 times, then b from its sample 0
+    out = render(p, 400, block=64)
+    np.testing.assert_array_equal(out[:, :250], np.tile(a.audio, (1, 3))[:, :250])
+    np.testing.assert_array_equal(out[:, 250:330], b.audio)
+    np.testing.assert_array_equal(out[:, 330:400], b.audio[:, :70])
+    ev = p.poll()
+    assert [(c.audio[0, 0], s) for c, s in ev.started] == [(1.0, 0), (5.0, 250)]
+    assert ev.finished == [a]
+
+
+def test_equal_power_crossfade() -> None:
+    xf = 64
+    p = Player(PlayerConfig(crossfade_samples=xf, initial_slot_samples=1000))
+    p.schedule(const_clip(1.0), 0)
+    p.schedule(const_clip(0.0), 200)
+    fade_out = render(p, 400)[0]
+    q = Player(PlayerConfig(crossfade_samples=xf, initial_slot_samples=1000))
+    q.schedule(const_clip(0.0), 0)
+    q.schedule(const_clip(1.0), 200)
+    fade_in = render(q, 400)[0]
+    # Before the start sample: the old clip only (the first clip faded in from silence).
+    assert np.all(fade_out[xf:200] == 1.0) and np.all(fade_in[:200] == 0.0)
+    # At the start sample the new clip begins at gain 0; the fade lasts exactly xf samples.
+    assert fade_in[200] == 0.0 and 0.0 < fade_in[201] < 0.1
+    assert fade_out[200] == 1.0 and fade_out[200 + xf] == 0.0 and fade_in[200 + xf] == 1.0
+    g_in, g_out = fade_in[200:200 + xf], fade_out[200:200 + xf]
+    np.testing.assert_allclose(g_in**2 + g_out**2, 1.0, atol=1e-6)
+    assert np.all(np.diff(g_in) > 0) and np.all(np.diff(g_out) < 0)
+    # The first clip fades in from silence the same way.
+    np.testing.assert_allclose(fade_out[:xf], g_in, atol=1e-7)
+
+
+def test_crossfade_continues_old_clip_loop() -> None:
+    xf = 20
+    p = Player(PlayerConfig(crossfade_samples=xf, initial_slot_samples=1000))
+    a, b = ramp_clip(100, 1.0), ramp_clip(100, 5.0)
+    p.schedule(a, 0)
+    p.schedule(b, 100)
+    out = render(p, 200, block=7)[0]
+    k = np.arange(xf)
+    g_in = np.sin(k / xf * np.pi / 2)
+    g_out = np.cos(k / xf * np.pi / 2)
+    expect = b.audio[0, :xf] * g_in + a.audio[0, :xf] * g_out  # a wraps to its start
+    np.testing.assert_allclose(out[100:100 + xf], expect, rtol=1e-6)
+    np.testing.assert_array_equal(out[100 + xf:200], b.audio[0, xf:])
+
+
+def test_latest_wins_at_same_start() -> None:
+    p = hard()
+    p.schedule(const_clip(1.0), 0)
+    p.schedule(const_clip(2.0), 50)
+    newer = const_clip(3.0)
+    p.schedule(newer, 50)
+    out = render(p, 100)
+    assert np.all(out[:, 50:] == 3.0)
+    assert p.counters()["superseded"] == 1
+    ev = p.poll()
+    assert [s for _, s in ev.started] == [0, 50]
+    assert ev.started[1][0] is newer
+
+
+def test_late_schedule_is_refused_and_counted() -> None:
+    p = hard()
+    a = const_clip(1.0)
+    p.schedule(a, 0)
+    render(p, 100)
+    assert not p.schedule(const_clip(2.0), 99)
+    out = render(p, 100)
+    assert np.all(out == 1.0)  # the current clip repeats; never silence
+    assert p.counters()["late"] == 1
+
+
+def test_clip_published_during_render_is_reported_late() -> None:
+    """A clip whose start passed before the audio thread saw it is returned, not played."""
+    p = hard()
+    p.schedule(const_clip(1.0), 0)
+    late = const_clip(2.0)
+    original = p._copy_loop
+    fired = []
+
+    def racing_copy(*args: object) -> None:
+        original(*args)  # type: ignore[arg-type]
+        if not fired:  # the control thread publishes while this block renders
+            fired.append(True)
+            assert p.schedule(late, 10)
+
+    p._copy_loop = racing_copy  # type: ignore[method-assign]
+    out = render(p, 64)  # first block: [0, 64) already scanned when `late` appears
+    render(p, 64)
+    out2 = render(p, 64)
+    assert np.all(out == 1.0) and np.all(out2 == 1.0)
+    ev = p.poll()
+    assert ev.late == [(late, 10)]
+    assert p.counters()["late"] == 1
+    assert p.schedule(const_clip(3.0), 200)  # the slot came back
+
+
+def test_pool_full_is_refused() -> None:
+    p = hard(slots=2)
+    assert p.schedule(const_clip(1.0), 10)
+    assert p.schedule(const_clip(2.0), 20)
+    assert not p.schedule(const_clip(3.0), 30)
+    render(p, 25)
+    render(p, 10)
+    p.poll()  # slot of the first clip is DONE after the switch at 20 -> reclaimed
+    assert p.schedule(const_clip(3.0), 40)
+
+
+def test_mono_clip_goes_to_every_channel_and_bad_shapes_raise() -> None:
+    p = hard()
+    p.schedule(Clip(np.full((1, 10), 0.5, np.float32)), 0)
+    out = render(p, 10)
+    assert np.all(out == 0.5)
+    with pytest.raises(InvalidRequest):
+        p.schedule(Clip(np.zeros((3, 10), np.float32)), 20)
+    with pytest.raises(InvalidRequest):
+        p.schedule(Clip(np.zeros((2, 0), np.float32)), 20)
+
+
+def test_long_clip_grows_its_slot_on_the_control_thread() -> None:
+    p = hard()
+    clip = ramp_clip(3000, 1.0)
+    p.schedule(clip, 0)
+    np.testing.assert_array_equal(render(p, 3000, block=512), clip.audio)
+
+
+def test_render_allocates_nothing_per_call() -> None:
+    p = Player(PlayerConfig(crossfade_samples=64, initial_slot_samples=2000))
+    for i in range(4):
+        p.schedule(ramp_clip(3000, float(i)), 900 + i * 9000)
+    outs = [np.zeros(1024, np.float32), np.zeros(1024, np.float32)]
+    for _ in range(4):
+        p.render(outs)  # warm up
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(40):  # crosses switches, fades and loop wraps
+            p.render(outs)
+        middle, _ = tracemalloc.get_traced_memory()
+        for _ in range(1000):
+            p.render(outs)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert current - middle < 256, "memory grows with every call"
+    # No block-sized temporaries (one would be 8 KiB); a few small views are fine.
+    assert peak - base < 4096, peak - base
+    assert p.counters()["started"] == 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=30),
+       st.integers(0, 40), st.lists(st.integers(0, 2000), min_size=1, max_size=4))
+def test_output_does_not_depend_on_block_sizes(blocks: list[int], xf: int,
+                                               starts: list[int]) -> None:
+    def run(sizes: list[int]) -> np.ndarray:
+        p = Player(PlayerConfig(crossfade_samples=xf, initial_slot_samples=100))
+        for i, s in enumerate(sorted(set(starts))):
+            p.schedule(ramp_clip(97 + 13 * i, float(i + 1)), s)
+        out = np.zeros((2, 2500), np.float32)
+        done = 0
+        k = 0
+        while done < 2500:
+            n = min(sizes[k % len(sizes)], 2500 - done)
+            p.render([out[0, done:done + n], out[1, done:done + n]])
+            done += n
+            k += 1
+        return out
+
+    np.testing.assert_array_equal(run(blocks), run([2500]))
+
+
+def test_concurrent_schedule_and_render_never_breaks_the_grid() -> None:
+    """Control thread schedules while another thread renders: every clip starts exactly on
+    its sample or is reported late; output before the first clip is silence."""
+    p = Player(PlayerConfig(crossfade_samples=0, initial_slot_samples=600, slots=4))
+    out = np.zeros((2, 60_000), np.float32)
+    stop = threading.Event()
+
+    def audio() -> None:
+        done = 0
+        while done < out.shape[1]:
+            p.render([out[0, done:done + 128], out[1, done:done + 128]])
+            done += 128
+            time.sleep(0.0001)  # a real audio thread waits for its period
+        stop.set()
+
+    th = threading.Thread(target=audio)
+    th.start()
+    placed: dict[float, int] = {}
+    started: dict[float, int] = {}
+    late: set[float] = set()
+    k = 0
+
+    def collect() -> None:
+        ev = p.poll()
+        late.update(float(c.audio[0, 0]) for c, _ in ev.late)
+        started.update((float(c.audio[0, 0]), s) for c, s in ev.started)
+
+    while not stop.is_set():
+        collect()
+        if len(p.pending()) < 2:
+            k += 1
+            start = (p.position() // 500 + 1) * 500
+            if p.schedule(const_clip(float(k), 500), start):
+                placed[float(k)] = start
+    th.join()
+    collect()
+    assert len(started) > 10
+    for value, start in started.items():
+        assert placed[value] == start
+        assert out[0, start] == value, (value, start)
+        assert start == 0 or out[0, start - 1] != value
+    # Every clip either started on its sample, was reported late, was replaced by a newer
+    # clip at the same sample, or is still waiting beyond the end.
+    for value, start in placed.items():
+        assert (value in started or value in late or start >= out.shape[1] - 128
+                or any(v > value and s == start for v, s in placed.items()))
