@@ -5,27 +5,31 @@ never wait, allocate or take a lock, while the control plane hands it clips when
 ready. So the player owns a fixed pool of clip *slots*; each slot has one owner at a time,
 recorded in a small numpy state array, and each state change is made by exactly one side:
 
-    control thread:  FREE  -> READY   (after copying the audio and writing start/seq/length)
-                     DONE  -> FREE, LATE -> FREE   (reclaim, in :meth:`Player.poll`)
-    audio thread:    READY -> PLAYING (start sample reached), READY -> LATE (start already
-                     passed when first seen), READY -> DONE (superseded: a newer clip was
-                     scheduled at the same sample), PLAYING -> DONE (replaced, fade finished)
+    control thread:  FREE  -> READY   (after writing the audio reference, start, seq)
+                     DONE  -> FREE    (reclaim, in :meth:`Player.poll`)
+    audio thread:    READY -> PLAYING (start sample reached), READY -> DONE (superseded by a
+                     newer clip at the same sample, or dropped by :meth:`Player.stop`),
+                     PLAYING -> DONE  (replaced and faded out)
 
 Each transition is a single element store made after the data it publishes, so no
-compare-and-swap and no lock is needed (one producer, one consumer).
+compare-and-swap and no lock is needed (one producer, one consumer). Slots keep a reference to
+the clip's audio (clips are immutable); references are dropped on the control thread, so the
+audio thread never frees memory either.
 
 Timeline semantics, in samples since the player started (:meth:`Player.position`):
 
-- Before the first clip starts, the output is silence (counted as underrun blocks).
+- Before the first clip starts (and after :meth:`Player.stop`), the output is silence.
 - The current clip loops (circular index) until the next scheduled clip's start sample.
 - At that sample the new clip begins at its own sample 0 with an equal-power crossfade of
   ``crossfade_samples`` (the old clip fades out while continuing its loop; a clip that starts
   from silence fades in the same way). With ``crossfade_samples == 0`` the switch is hard.
-- A clip whose start sample has already passed is **not** started late (that would move it off
-  the bar grid). :meth:`Player.schedule` returns ``False`` when it can tell at once; when the
-  audio thread finds out (a race with the block being rendered) it marks the slot LATE and
-  :meth:`Player.poll` returns it in ``late`` so the scheduler can reschedule it at the next
-  bar line. Meanwhile the current clip keeps looping, so the audio never stops.
+- Late clips (the ``ClipSink`` contract): a clip whose start sample has already passed when
+  the audio thread first sees it starts at once, at the read position it would have reached
+  had it started on time (``index = now - start_sample``), so it stays phase-locked to the bar
+  grid; it is counted in ``late``. Until then the current clip keeps looping: never silence.
+- Scheduling the clip that would be playing anyway (the scheduler's explicit repeat at a bar
+  line) changes nothing: the loop just goes on (counted in ``repeats``), so repeats never
+  crossfade a clip into itself.
 """
 
 from __future__ import annotations
@@ -42,15 +46,16 @@ from engine.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-FREE, READY, PLAYING, DONE, LATE = 0, 1, 2, 3, 4
+FREE, READY, PLAYING, DONE = 0, 1, 2, 3
 
 #: Indices into the counters array.
-UNDERRUNS, LATE_CLIPS, REPEATS, STARTED, XRUNS, BLOCKS, SUPERSEDED = range(7)
-COUNTER_NAMES = ("underruns", "late", "repeats", "started", "xruns", "blocks", "superseded")
+UNDERRUNS, LATE_CLIPS, LOOPS, STARTED, XRUNS, BLOCKS, SUPERSEDED, DROPPED = range(8)
+COUNTER_NAMES = ("underruns", "late", "loops", "started", "xruns", "blocks", "superseded",
+                 "dropped")
 
 
 class HasAudio(Protocol):
-    """What the player needs from a clip: its audio, float32 ``(channels, samples)``."""
+    """What the player needs from a clip: float32 audio ``(samples, channels)``."""
 
     @property
     def audio(self) -> np.ndarray: ...
@@ -62,29 +67,27 @@ class PlayerConfig:
 
     sample_rate: int = 48000
     channels: int = 2
-    slots: int = 4
+    slots: int = 6
     crossfade_samples: int = 480
     max_block: int = 4096
-    initial_slot_samples: int = 48000 * 8
 
     def __post_init__(self) -> None:
         if not 8000 <= self.sample_rate <= 384000:
             raise InvalidRequest(f"sample rate must be 8000..384000, not {self.sample_rate}")
         if not 1 <= self.channels <= 8:
             raise InvalidRequest(f"channels must be 1..8, not {self.channels}")
-        if not 2 <= self.slots <= 64:
-            raise InvalidRequest(f"slots must be 2..64, not {self.slots}")
+        if not 3 <= self.slots <= 64:
+            raise InvalidRequest(f"slots must be 3..64, not {self.slots}")
         if not 0 <= self.crossfade_samples <= self.sample_rate:
             raise InvalidRequest("crossfade must be between 0 and 1 second")
         if not 16 <= self.max_block <= 65536:
             raise InvalidRequest(f"max block must be 16..65536, not {self.max_block}")
-        if self.initial_slot_samples < 1:
-            raise InvalidRequest("initial slot length must be positive")
 
     @classmethod
     def with_crossfade_ms(cls, sample_rate: int, crossfade_ms: float, **kw: Any) -> PlayerConfig:
         """Config with the crossfade given in milliseconds (rounded to whole samples)."""
-        if not (math.isfinite(crossfade_ms) and 0 <= crossfade_ms <= 1000):
+        if not (isinstance(crossfade_ms, int | float) and math.isfinite(crossfade_ms)
+                and 0 <= crossfade_ms <= 1000):
             raise InvalidRequest(f"crossfade must be 0..1000 ms, not {crossfade_ms!r}")
         return cls(sample_rate=sample_rate,
                    crossfade_samples=round(crossfade_ms * sample_rate / 1000), **kw)
@@ -92,10 +95,10 @@ class PlayerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PlayerEvents:
-    """What happened since the last :meth:`Player.poll` (control thread)."""
+    """What happened since the last :meth:`Player.poll`: clips started (with the sample they
+    were scheduled for) and clips released."""
 
     started: list[tuple[Any, int]]
-    late: list[tuple[Any, int]]
     finished: list[Any]
 
 
@@ -103,16 +106,15 @@ class Player:
     """The bar-timeline player; implements the control plane's ``ClipSink`` protocol.
 
     Threads: :meth:`render` is called only by the audio thread. :meth:`schedule`,
-    :meth:`poll` and :meth:`counters` only by one control thread. :meth:`position` and
-    :meth:`count_xrun` may be called from any thread.
+    :meth:`stop`, :meth:`poll`, :meth:`pending` and :meth:`counters` only by the control
+    thread. :meth:`position` and :meth:`count_xrun` may be called from any thread.
     """
 
     def __init__(self, config: PlayerConfig | None = None) -> None:
         self.config = cfg = config or PlayerConfig()
         n = cfg.slots
-        self._buf: list[np.ndarray] = [
-            np.zeros((cfg.channels, cfg.initial_slot_samples), np.float32) for _ in range(n)
-        ]
+        self._silence = np.zeros((1, cfg.channels), np.float32)
+        self._audio: list[np.ndarray] = [self._silence] * n
         self._state = np.zeros(n, np.int8)
         self._start = np.zeros(n, np.int64)
         self._length = np.ones(n, np.int64)
@@ -122,12 +124,16 @@ class Player:
         self._clips: list[Any] = [None] * n
         self._reported = [False] * n
         self._next_seq = 1
-        self._rejected_late = 0
+        self._repeats = 0
         self._ev_started: list[tuple[Any, int]] = []
-        self._ev_late: list[tuple[Any, int]] = []
         self._ev_finished: list[Any] = []
+        # Written by the control thread, read by the audio thread: drop READY clips with a
+        # sequence number below this (stop), and fade to silence when it changes.
+        self._stop_seq = 0
         # Audio-thread state (only the audio thread writes these).
         self._pos = 0
+        self._event_time = 0
+        self._stop_seen = 0
         self._cur = -1
         self._cur_origin = 0
         self._fading = False
@@ -153,51 +159,65 @@ class Player:
 
     # ---- control thread ---------------------------------------------------------------------
 
-    def schedule(self, clip: HasAudio, start_sample: int) -> bool:
+    def schedule(self, clip: HasAudio, start_sample: int) -> None:
         """Hand ``clip`` to the audio thread, to start at ``start_sample`` (control thread).
 
-        Returns ``False`` (and plays nothing) when the start has already passed or every slot
-        is busy; the caller reschedules at a later bar line. A clip scheduled at the same
-        sample as an earlier one replaces it (latest wins). Copies the audio into a slot, so
-        the caller may reuse its array.
+        A start in the past begins at once, phase-locked (see the module docstring). A clip
+        scheduled at the same sample as an earlier one replaces it. Scheduling the clip that
+        would be playing at ``start_sample`` anyway is a repeat and changes nothing. Raises
+        :class:`~engine.errors.InvalidRequest` for audio of the wrong shape or type, and
+        ``RuntimeError`` when every slot is taken (more clips queued than the look-ahead
+        allows); the audio is not affected either way.
         """
-        audio = np.asarray(clip.audio, dtype=np.float32)
-        if audio.ndim == 1:
-            audio = audio[None, :]
-        if audio.ndim != 2 or audio.shape[1] < 1:
-            raise InvalidRequest(f"clip audio must be (channels, samples), not {audio.shape}")
-        if audio.shape[0] not in (1, self.config.channels):
-            raise InvalidRequest(f"clip has {audio.shape[0]} channels, the player "
-                                 f"{self.config.channels}")
+        audio = clip.audio
+        if not isinstance(audio, np.ndarray) or audio.dtype != np.float32 or audio.ndim != 2:
+            raise InvalidRequest("clip audio must be a float32 array (samples, channels)")
+        if audio.shape[0] < 1 or audio.shape[1] not in (1, self.config.channels):
+            raise InvalidRequest(f"clip audio of shape {audio.shape} does not fit "
+                                 f"{self.config.channels} channel(s)")
+        start_sample = int(start_sample)
         self._reclaim()
-        if start_sample < self._pos:
-            self._rejected_late += 1
-            log.warning("clip for sample %d is late (now %d); not scheduled",
-                        start_sample, self._pos)
-            return False
+        if self._playing_at(start_sample) is clip:
+            self._repeats += 1
+            return
         free = np.flatnonzero(self._state == FREE)
         if free.size == 0:
-            log.warning("no free clip slot for sample %d; not scheduled", start_sample)
-            return False
+            raise RuntimeError(f"no free clip slot for sample {start_sample}: "
+                               f"{self.config.slots} clips already queued or playing")
         slot = int(free[0])
-        n = audio.shape[1]
-        if self._buf[slot].shape[1] < n:  # grow on the control thread; the slot is FREE
-            self._buf[slot] = np.zeros((self.config.channels, n), np.float32)
-        self._buf[slot][:, :n] = audio  # broadcasts mono to every channel
-        self._length[slot] = n
+        self._audio[slot] = audio
+        self._length[slot] = audio.shape[0]
         self._start[slot] = start_sample
         self._seq[slot] = self._next_seq
         self._next_seq += 1
         self._clips[slot] = clip
         self._reported[slot] = False
         self._state[slot] = READY  # publish last
-        return True
+
+    def _playing_at(self, sample: int) -> Any:
+        """The clip that would be playing just before ``sample`` as things stand."""
+        best, best_start = -1, -1
+        for s in range(self.config.slots):
+            if (self._state[s] == READY and self._seq[s] >= self._stop_seq
+                    and best_start <= self._start[s] < sample):
+                best, best_start = s, int(self._start[s])
+        if best >= 0:
+            return self._clips[best]
+        cur = self._cur
+        if cur >= 0 and self._stop_seen == self._stop_seq:
+            return self._clips[cur]
+        return None
+
+    def stop(self) -> None:
+        """Fade out and go silent; clips scheduled before this call are dropped (control
+        thread). ``position`` keeps running and later clips play normally."""
+        self._stop_seq = self._next_seq
 
     def poll(self) -> PlayerEvents:
-        """Reclaim released slots; report clips started, late and finished since last call."""
+        """Reclaim released slots; report clips started and released since the last call."""
         self._reclaim()
-        events = PlayerEvents(self._ev_started, self._ev_late, self._ev_finished)
-        self._ev_started, self._ev_late, self._ev_finished = [], [], []
+        events = PlayerEvents(self._ev_started, self._ev_finished)
+        self._ev_started, self._ev_finished = [], []
         return events
 
     def _reclaim(self) -> None:
@@ -205,31 +225,27 @@ class Player:
             state = int(self._state[slot])
             clip = self._clips[slot]
             if state in (PLAYING, DONE) and not self._reported[slot] and clip is not None:
-                if state == PLAYING or self._counted_start(slot):
+                # A DONE slot played unless it was superseded or dropped before its start;
+                # the audio thread zeroes the sequence number of those before releasing them.
+                if state == PLAYING or self._seq[slot] != 0:
                     self._ev_started.append((clip, int(self._start[slot])))
                     self._reported[slot] = True
             if state == DONE:
                 self._ev_finished.append(clip)
-            elif state == LATE:
-                self._ev_late.append((clip, int(self._start[slot])))
-            if state in (DONE, LATE):
                 self._clips[slot] = None
+                self._audio[slot] = self._silence
                 self._state[slot] = FREE
-
-    def _counted_start(self, slot: int) -> bool:
-        # A DONE slot played unless it was superseded before its start; the audio thread
-        # marks superseded slots by zeroing their sequence number before releasing them.
-        return bool(self._seq[slot] != 0)
 
     def pending(self) -> list[int]:
         """Start samples of clips waiting to start, sorted (control thread)."""
         return sorted(int(self._start[s]) for s in range(self.config.slots)
-                      if self._state[s] == READY)
+                      if self._state[s] == READY and self._seq[s] >= self._stop_seq)
 
     def counters(self) -> dict[str, int]:
-        """Counter snapshot: underruns, late, repeats, started, xruns, blocks, superseded."""
+        """Counter snapshot: underruns (silent blocks), late, loops (wraps of a clip),
+        repeats (explicit repeats), started, xruns, blocks, superseded, dropped."""
         out = {name: int(v) for name, v in zip(COUNTER_NAMES, self._counters, strict=True)}
-        out["late"] += self._rejected_late
+        out["repeats"] = self._repeats
         return out
 
     # ---- audio thread -----------------------------------------------------------------------
@@ -238,40 +254,42 @@ class Player:
         """Fill ``outs`` (one float32 array per channel, equal lengths) with the next frames.
 
         Thread: the audio thread only. Must not block, lock, log or allocate arrays: it only
-        copies from preallocated slots into preallocated scratch buffers and the outputs.
+        copies from clip audio into preallocated scratch buffers and the outputs.
         """
         total = len(outs[0])
         done = 0
         mb = self.config.max_block
+        chans = self.config.channels
         while done < total:
             n = min(mb, total - done)
             self._render_block(n)
             for ch in range(len(outs)):
-                outs[ch][done:done + n] = self._mix[ch if ch < self.config.channels else 0, :n]
+                outs[ch][done:done + n] = self._mix[ch if ch < chans else 0, :n]
             done += n
         self._counters[BLOCKS] += 1
 
     def _render_block(self, n: int) -> None:
         t = self._pos
         end = t + n
-        self._reject_late(t)
+        if self._stop_seen != self._stop_seq:
+            self._apply_stop(t)
         silent = False
         while t < end:
-            nxt = self._next_start(t, end)
-            if nxt == t:
-                self._switch(t)
+            nxt = self._next_event(t, end)
+            if nxt >= 0 and self._event_time == t:
+                self._switch(nxt, t)
                 continue
-            seg_end = end if nxt < 0 else nxt
+            seg_end = end if nxt < 0 else self._event_time
             if self._fading:
                 seg_end = min(seg_end, self._fade_begin + self.config.crossfade_samples)
             o, k = t - self._pos, seg_end - t
             mix = self._mix[:, o:o + k]
             if self._cur < 0:
                 mix[:] = 0.0
-                silent = True
+                silent = not self._fading or self._fade < 0
             else:
                 self._copy_loop(mix, self._cur, t - self._cur_origin, k)
-                self._count_repeats(t, seg_end)
+                self._count_loops(t, seg_end)
             if self._fading:
                 f = t - self._fade_begin
                 mix *= self._fade_in[f:f + k]
@@ -287,54 +305,64 @@ class Player:
         if silent:
             self._counters[UNDERRUNS] += 1
 
-    def _reject_late(self, t: int) -> None:
-        state, start = self._state, self._start
+    def _apply_stop(self, t: int) -> None:
+        """Drop clips queued before the stop and fade the current one out."""
+        self._stop_seen = stop = self._stop_seq
+        state, seq = self._state, self._seq
         for s in range(len(state)):
-            if state[s] == READY and start[s] < t:
-                self._counters[LATE_CLIPS] += 1
-                state[s] = LATE
+            if state[s] == READY and seq[s] < stop:
+                seq[s] = 0
+                self._counters[DROPPED] += 1
+                state[s] = DONE
+        if self._cur >= 0:
+            self._begin_fade(t, -1, t)
 
-    def _next_start(self, t: int, end: int) -> int:
-        """Earliest READY start in [t, end), or -1; superseded duplicates are released."""
+    def _next_event(self, t: int, end: int) -> int:
+        """The READY slot to switch to next (at ``self._event_time`` < ``end``), or -1.
+
+        A slot's switch time is its start, or ``t`` when that has passed (late). Among slots
+        switching at the same time the one with the latest start wins, then the newest;
+        the others are released as superseded.
+        """
         state, start, seq = self._state, self._start, self._seq
-        best, best_start = -1, end
+        best, best_time = -1, end
         for s in range(len(state)):
             if state[s] != READY:
                 continue
             st = start[s]
-            if st < t:  # published while this block was being rendered: too late
-                self._counters[LATE_CLIPS] += 1
-                state[s] = LATE
-                continue
-            if st < best_start or (st == best_start and best >= 0 and seq[s] > seq[best]):
-                best, best_start = s, st
+            when = st if st > t else t
+            if when < best_time or (when == best_time and best >= 0 and (
+                    st > start[best] or (st == start[best] and seq[s] > seq[best]))):
+                best, best_time = s, when
         if best < 0:
             return -1
-        for s in range(len(state)):  # latest wins at the same sample
-            if s != best and state[s] == READY and start[s] == best_start:
+        for s in range(len(state)):
+            if s != best and state[s] == READY and max(start[s], t) == best_time:
                 seq[s] = 0
                 self._counters[SUPERSEDED] += 1
                 state[s] = DONE
-        return int(best_start)
+        self._event_time = int(best_time)
+        return best
 
-    def _switch(self, t: int) -> None:
-        """Start the earliest READY clip whose start is ``t``."""
-        state, start, seq = self._state, self._start, self._seq
-        new = -1
-        for s in range(len(state)):
-            if state[s] == READY and start[s] == t and (new < 0 or seq[s] > seq[new]):
-                new = s
+    def _switch(self, new: int, t: int) -> None:
+        """Make slot ``new`` the current clip from sample ``t`` (phase-locked to its start)."""
+        origin = int(self._start[new])
+        if origin < t:
+            self._counters[LATE_CLIPS] += 1
+        self._state[new] = PLAYING
+        self._counters[STARTED] += 1
+        self._begin_fade(t, new, origin)
+
+    def _begin_fade(self, t: int, new: int, origin: int) -> None:
         if self._fading:
             self._end_fade()
         old, old_origin = self._cur, self._cur_origin
-        self._cur, self._cur_origin = new, t
-        state[new] = PLAYING
-        self._counters[STARTED] += 1
-        if self.config.crossfade_samples > 0:
+        self._cur, self._cur_origin = new, origin
+        if self.config.crossfade_samples > 0 and (old >= 0 or new >= 0):
             self._fading, self._fade, self._fade_origin = True, old, old_origin
             self._fade_begin = t
         elif old >= 0:
-            state[old] = DONE
+            self._state[old] = DONE
 
     def _end_fade(self) -> None:
         if self._fade >= 0:
@@ -342,22 +370,22 @@ class Player:
         self._fading, self._fade = False, -1
 
     def _copy_loop(self, dst: np.ndarray, slot: int, index: int, count: int) -> None:
-        """Copy ``count`` frames of ``slot`` starting at circular ``index`` into ``dst``."""
-        buf = self._buf[slot]
-        length = int(self._length[slot])
+        """Copy ``count`` frames of ``slot`` from circular ``index`` into ``dst`` (ch, frames)."""
+        audio = self._audio[slot]
+        length = audio.shape[0]
         i = index % length
         o = 0
         while o < count:
             k = min(count - o, length - i)
-            dst[:, o:o + k] = buf[:, i:i + k]
+            dst[:, o:o + k] = audio[i:i + k].T
             o += k
             i = 0
 
-    def _count_repeats(self, t: int, end: int) -> None:
+    def _count_loops(self, t: int, end: int) -> None:
         """Count loop restarts of the current clip at samples in [t, end)."""
         length = int(self._length[self._cur])
         rel_lo, rel_hi = t - self._cur_origin, end - 1 - self._cur_origin
         lo = max(1, -(-rel_lo // length))
         hi = rel_hi // length
         if hi >= lo:
-            self._counters[REPEATS] += hi - lo + 1
+            self._counters[LOOPS] += hi - lo + 1
