@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -125,6 +126,8 @@ class Player:
         self._reported = [False] * n
         self._next_seq = 1
         self._repeats = 0
+        self._horizon = -1
+        self._scheduled = threading.Event()
         self._ev_started: list[tuple[Any, int]] = []
         self._ev_finished: list[Any] = []
         # Written by the control thread, read by the audio thread: drop READY clips with a
@@ -179,6 +182,7 @@ class Player:
         self._reclaim()
         if self._playing_at(start_sample) is clip:
             self._repeats += 1
+            self._advance_horizon(start_sample, audio.shape[0])
             return
         free = np.flatnonzero(self._state == FREE)
         if free.size == 0:
@@ -193,6 +197,27 @@ class Player:
         self._clips[slot] = clip
         self._reported[slot] = False
         self._state[slot] = READY  # publish last
+        self._advance_horizon(start_sample, audio.shape[0])
+
+    def _advance_horizon(self, start_sample: int, length: int) -> None:
+        if start_sample + length > self._horizon:
+            self._horizon = start_sample + length
+        self._scheduled.set()
+
+    def horizon(self) -> int:
+        """End of the first pass of the latest scheduled clip (repeats included): the sample
+        up to which the timeline is known; -1 before any clip.
+
+        Thread: any. An offline renderer renders up to it and then waits for more
+        (:meth:`wait_scheduled`) so it never runs ahead of the control plane."""
+        return self._horizon
+
+    def wait_scheduled(self, timeout: float) -> bool:
+        """Block until the next :meth:`schedule` call or ``timeout`` seconds; True when one
+        came. Thread: an offline render thread only, never a real-time audio thread."""
+        got = self._scheduled.wait(timeout)
+        self._scheduled.clear()
+        return got
 
     def _playing_at(self, sample: int) -> Any:
         """The clip that would be playing just before ``sample`` as things stand."""
@@ -212,6 +237,7 @@ class Player:
         """Fade out and go silent; clips scheduled before this call are dropped (control
         thread). ``position`` keeps running and later clips play normally."""
         self._stop_seq = self._next_seq
+        self._scheduled.set()
 
     def poll(self) -> PlayerEvents:
         """Reclaim released slots; report clips started and released since the last call."""

@@ -324,3 +324,14 @@ def test_concurrent_schedule_and_render_never_breaks_the_grid() -> None:
             assert (begin % 128) == 0
             seg, expect = out[0, begin:end], expect[begin - start:]
         np.testing.assert_allclose(seg, expect, rtol=1e-6)
+
+
+def test_horizon_is_the_end_of_the_latest_clips_first_pass() -> None:
+    p = hard()
+    assert p.horizon() == -1
+    a = const_clip(1.0, 100)
+    p.schedule(a, 0)
+    assert p.horizon() == 100
+    p.schedule(a, 100)  # explicit repeat: the timeline is known for another pass
+    assert p.horizon() == 200 and p.counters()["repeats"] == 1
+    assert p.wait_scheduled(0.0)
