@@ -61,7 +61,7 @@ def test_realtime_render_follows_the_clock(tmp_path: Path) -> None:
     assert out.wait(30)
     elapsed = time.monotonic() - t0
     out.stop()
-    audio, rate = sf.read(path, dtype="float32")
+    audio, _ = sf.read(path, dtype="float32")
     assert audio.shape == (9600, 2)
     np.testing.assert_allclose(audio, 0.5, atol=1e-4)  # FLAC is 16 bit
     assert elapsed >= 0.18  # 0.2 s of audio, rendered no faster than real time
