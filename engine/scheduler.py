@@ -178,7 +178,7 @@ class Scheduler:
     def stop(self) -> None:
         """Drop all planned work and forget the playing clip; the jam restarts on ``start``."""
         self.running = False
-        self._drop_all()
+        self._drop_all(count=False)
         self._playing = None
         self._playing_stale = False
         self._committed = None
@@ -299,20 +299,21 @@ class Scheduler:
         self._next_job_id += 1
         return job, position
 
-    def _drop(self, slot: _Slot) -> None:
-        """Remove a slot; cancel its work in flight or discard its clip (pre-emption)."""
+    def _drop(self, slot: _Slot, *, count: bool = True) -> None:
+        """Remove a slot; cancel its work in flight or discard its clip (``count``: a
+        pre-emption, not a stop)."""
         slot.dropped = True
         if slot in self._slots:
             self._slots.remove(slot)
         if slot.task is not None and not slot.task.done():
             slot.task.cancel()
-            self.counters.preempted += 1
+            self.counters.preempted += count
         elif slot.clip is not None:
-            self.counters.preempted += 1
+            self.counters.preempted += count
 
-    def _drop_all(self) -> None:
+    def _drop_all(self, *, count: bool = True) -> None:
         for slot in tuple(self._slots):
-            self._drop(slot)
+            self._drop(slot, count=count)
 
     def _report(self, message: str) -> None:
         self.last_error = message
