@@ -22,6 +22,7 @@ Thread: the control plane (asyncio loop) owns a transport. ``follow`` must be ca
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -71,12 +72,12 @@ class Segment:
     beats_per_bar: int
     sample_rate: int
 
-    @property
+    @functools.cached_property
     def samples_per_bar(self) -> Fraction:
         """Exact samples per bar (the float tempo taken at its exact binary value)."""
         return Fraction(60 * self.sample_rate * self.beats_per_bar) / Fraction(self.tempo)
 
-    @property
+    @functools.cached_property
     def samples_per_beat(self) -> Fraction:
         """Exact samples per beat."""
         return Fraction(60 * self.sample_rate) / Fraction(self.tempo)
@@ -142,6 +143,7 @@ class Transport:
         self._segments: list[Segment] = [
             Segment(0, 0, _check_tempo(tempo), _check_meter(beats_per_bar), sample_rate)
         ]
+        self._lines: dict[int, int] = {}  # bar -> line, cleared whenever the grid changes
 
     # -- the clock -------------------------------------------------------------------------
 
@@ -181,7 +183,12 @@ class Transport:
 
     def bar_start(self, bar: int) -> int:
         """Sample of bar line ``bar`` (an integer, exact, drift-free)."""
-        return self.segment_for_bar(bar).bar_start(bar)
+        line = self._lines.get(bar)
+        if line is None:
+            if len(self._lines) >= 256:
+                self._lines.clear()
+            line = self._lines[bar] = self.segment_for_bar(bar).bar_start(bar)
+        return line
 
     def bar_at(self, sample: int) -> int:
         """The bar that contains ``sample``."""
@@ -217,6 +224,7 @@ class Transport:
         start = self.now() if at_sample is None else int(at_sample)
         last = self._segments[-1]
         self._segments = [dataclasses.replace(last, bar=0, sample=start)]
+        self._lines.clear()
         self.running = True
 
     def stop(self) -> None:
@@ -246,6 +254,7 @@ class Transport:
         else:
             self._segments.append(seg)
         del self._segments[:-MAX_SEGMENTS]
+        self._lines.clear()
         log.info("tempo %.3f BPM, %d/bar from bar %d (sample %d)", new_tempo, new_meter, bar,
                  sample)
         return bar, sample
@@ -272,6 +281,7 @@ class Transport:
         self._segments = [
             Segment(obs.bar, line, obs.tempo, obs.beats_per_bar, self.sample_rate)
         ]
+        self._lines.clear()
         log.info("following external clock: bar %d at sample %d, %.3f BPM, %d/bar",
                  obs.bar, line, obs.tempo, obs.beats_per_bar)
         return True
