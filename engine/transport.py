@@ -38,6 +38,9 @@ MAX_TEMPO = 1000.0
 MAX_SEGMENTS = 64
 #: An external observation within this many samples of the predicted grid is not a change.
 DEFAULT_FOLLOW_TOLERANCE = 64
+#: ... nor is a tempo within this many BPM (measured tempos jitter; the phase check above
+#: re-anchors once a small tempo error has added up).
+DEFAULT_TEMPO_TOLERANCE = 0.01
 
 
 def _check_tempo(tempo: float) -> float:
@@ -132,12 +135,16 @@ class Transport:
         beats_per_bar: int = 4,
         *,
         follow_tolerance: int = DEFAULT_FOLLOW_TOLERANCE,
+        tempo_tolerance: float = DEFAULT_TEMPO_TOLERANCE,
     ) -> None:
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1000:
             raise InvalidRequest(f"sample rate must be an integer >= 1000, not {sample_rate!r}")
         self._clock = clock
         self.sample_rate = sample_rate
         self.follow_tolerance = follow_tolerance
+        self.tempo_tolerance = tempo_tolerance
+        #: Incremented whenever the grid changes (start, tempo/meter change, re-anchor).
+        self.version = 0
         self.external = False
         self.running = False
         self._segments: list[Segment] = [
@@ -225,6 +232,7 @@ class Transport:
         last = self._segments[-1]
         self._segments = [dataclasses.replace(last, bar=0, sample=start)]
         self._lines.clear()
+        self.version += 1
         self.running = True
 
     def stop(self) -> None:
@@ -255,6 +263,7 @@ class Transport:
             self._segments.append(seg)
         del self._segments[:-MAX_SEGMENTS]
         self._lines.clear()
+        self.version += 1
         log.info("tempo %.3f BPM, %d/bar from bar %d (sample %d)", new_tempo, new_meter, bar,
                  sample)
         return bar, sample
@@ -263,8 +272,9 @@ class Transport:
         """Follow an external master; returns True when the grid changed.
 
         An observation within ``follow_tolerance`` samples of the current grid, at the same
-        tempo and meter, changes nothing (jitter is ignored). Otherwise the grid is re-anchored
-        at the observed bar's line (a relocation or tempo change on the master).
+        meter and within ``tempo_tolerance`` BPM, changes nothing (jitter is ignored).
+        Otherwise the grid is re-anchored at the observed bar's line (a relocation or tempo
+        change on the master).
         """
         self.external = True
         self.running = True
@@ -273,15 +283,20 @@ class Transport:
         line = obs.sample - beat_samples
         current = self.segment_for_bar(obs.bar)
         if (
-            current.tempo == obs.tempo
+            abs(current.tempo - obs.tempo) <= self.tempo_tolerance
             and current.beats_per_bar == obs.beats_per_bar
             and abs(self.bar_start(obs.bar) - line) <= self.follow_tolerance
         ):
             return False
-        self._segments = [
-            Segment(obs.bar, line, obs.tempo, obs.beats_per_bar, self.sample_rate)
-        ]
+        seg = Segment(obs.bar, line, obs.tempo, obs.beats_per_bar, self.sample_rate)
+        if abs(current.bar_start(obs.bar) - line) < current.samples_per_bar:
+            # A tempo change or phase correction: bars before it keep their lines.
+            self._segments = [s for s in self._segments if s.bar < obs.bar] + [seg]
+            del self._segments[:-MAX_SEGMENTS]
+        else:  # a relocation: the old bar numbers mean nothing any more
+            self._segments = [seg]
         self._lines.clear()
+        self.version += 1
         log.info("following external clock: bar %d at sample %d, %.3f BPM, %d/bar",
                  obs.bar, line, obs.tempo, obs.beats_per_bar)
         return True

@@ -17,6 +17,7 @@ from engine.control import Engine
 from engine.errors import InvalidRequest, UnknownId
 from engine.scheduler import SchedulerConfig
 from engine.state import EngineState
+from engine.transport import BBTObservation
 
 SR = 48000
 BAR = 96000  # one 4/4 bar at 120 BPM
@@ -271,3 +272,34 @@ def test_bad_state_changes_change_nothing() -> None:
         assert rig.engine.status()["preempted"] == 0
 
     run({}, body)
+
+
+def test_following_an_external_master_relocation_and_tempo() -> None:
+    async def body(rig: Rig) -> None:
+        await rig.clock.advance(5.3)  # internal grid: inside bar 2
+        t = rig.engine.transport
+        now = rig.sink.position()
+        # The master is half a beat into its bar 100 (a relocation), same tempo.
+        assert t.follow(BBTObservation(now, 100, 0.5, 120.0, 4))
+        rig.relocated = len(rig.sink.scheduled)  # type: ignore[attr-defined]
+        await rig.clock.advance(6.0)
+        # The master slows to 100 BPM at its bar 104.
+        line = t.bar_start(104)
+        await rig.clock.run_until(lambda: rig.sink.position() >= line, 10.0, 0.001)
+        assert t.follow(BBTObservation(rig.sink.position(), 104, 0.0, 100.0, 4))
+        with pytest.raises(InvalidRequest):
+            t.set_tempo(90.0)  # the master owns the tempo
+        rig.engine.state.set("tempo", 90.0)  # logged and ignored, never fatal
+        await rig.clock.advance(12.0)
+
+    rig = run({}, body)
+    t = rig.engine.transport
+    after = rig.sink.scheduled[rig.relocated:]  # type: ignore[attr-defined]
+    bars = [t.bar_at(s.start) for s in after]
+    assert bars[0] == 101 and bars == list(range(101, 101 + len(bars)))  # no gap, no double
+    for s, bar in zip(after, bars, strict=True):
+        assert s.start == t.bar_start(bar)
+    slow = [s for s in after if s.clip.spec.tempo == 100.0]
+    assert slow and all(t.bar_at(s.start) >= 105 for s in slow)
+    assert all(s.clip.spec.tempo == 100.0 for s in after if t.bar_at(s.start) >= 109)
+    assert t.tempo == 100.0 and rig.engine.status()["clock"] == "external"
