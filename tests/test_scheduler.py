@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from engine_fakes import FakeClock, FakeGenerator, FakeSink, Scheduled
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.control import Engine
 from engine.errors import InvalidRequest, UnknownId
@@ -30,7 +32,8 @@ class Rig:
         self.clock = FakeClock()
         self.sink = FakeSink(self.clock, SR)
         self.gen = FakeGenerator(self.clock, step_s=0.1)
-        cfg = {"lookahead": 2, "margin_s": MARGIN_S, "backoff_s": 0.25, "cooldown_s": 1.0}
+        cfg = {"lookahead": 2, "margin_s": MARGIN_S, "backoff_s": 0.25, "cooldown_s": 1.0,
+               "max_tick_s": 0.1}
         cfg.update(config)
         state = EngineState({"tempo": 120.0, "bars": 1, "steps": 10, **initial})
         self.engine = Engine(self.gen, self.sink, sample_rate=SR, clock=self.clock,
@@ -303,3 +306,66 @@ def test_following_an_external_master_relocation_and_tempo() -> None:
     assert slow and all(t.bar_at(s.start) >= 105 for s in slow)
     assert all(s.clip.spec.tempo == 100.0 for s in after if t.bar_at(s.start) >= 109)
     assert t.tempo == 100.0 and rig.engine.status()["clock"] == "external"
+
+
+EVENTS = st.one_of(
+    st.tuples(st.just("wait"), st.floats(0.01, 3.0)),
+    st.tuples(st.just("denoising"), st.floats(0.1, 0.9)),
+    st.tuples(st.just("prompt"), st.sampled_from(["techno", "jazz", "bells"])),
+    st.tuples(st.just("tempo"), st.sampled_from([60.0, 93.7, 120.0, 177.3])),
+    st.tuples(st.just("fail"), st.sampled_from(["crash", "bad"])),
+    st.tuples(st.just("slow"), st.floats(0.5, 6.0)),
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(EVENTS, min_size=1, max_size=8))
+def test_random_performances_keep_the_timeline_whole(events: list[tuple[str, Any]]) -> None:
+    """Whatever the performer and the generator do, every bar line gets exactly one clip
+    (new or repeated) on the grid, handed over before its deadline, and no clip planned
+    before a relevant change plays after it."""
+    changes: list[float] = []
+    tempo_changes: list[float] = []
+
+    async def body(rig: Rig) -> None:
+        await rig.clock.advance(1.5)
+        for kind, value in events:
+            if kind == "wait":
+                await rig.clock.advance(value)
+                continue
+            if kind in ("denoising", "prompt", "tempo"):
+                before = rig.engine.state.get(kind)
+                rig.engine.state.set(kind, value)
+                if before != value:
+                    (tempo_changes if kind == "tempo" else changes).append(rig.clock.t)
+            elif kind == "fail":
+                rig.gen.failures.append(RuntimeError("crash") if value == "crash"
+                                        else UnknownId("bad id"))
+                if value == "bad":
+                    rig.engine.state.set("seed", rig.engine.state.get("seed") + 1)
+            else:
+                rig.gen.extra[rig.gen.calls[-1].job_id + 1] = value
+            await rig.clock.advance(0.3)
+        await rig.clock.advance(6.0)
+        assert rig.engine.scheduler.queue <= 2
+
+    rig = run({}, body)
+    assert_on_grid_without_gaps(rig)
+    t = rig.engine.transport
+    created = {job.job_id: job.created for job in rig.gen.calls}
+    previous = None
+    repeats = 0
+    for s in rig.sink.scheduled:
+        if previous is not None and s.job_id == previous.job_id:
+            repeats += 1
+        else:
+            bar = t.bar_at(s.start)
+            if not any(s.at / SR <= c <= s.start / SR for c in tempo_changes):
+                assert (s.clip.spec.tempo, s.clip.spec.beats_per_bar) == t.tempo_at_bar(bar)
+                assert abs(s.clip.spec.num_samples - t.clip_samples(bar, 1)) <= 1
+            stale = [c for c in changes if created[s.job_id] < c <= s.at / SR]
+            assert not stale, f"clip {s.job_id} planned before a change played after it"
+        previous = s
+    status = rig.engine.status()
+    assert status["repeated"] == repeats
+    assert status["generated"] >= len({s.job_id for s in rig.sink.scheduled})
