@@ -64,6 +64,7 @@ class Engine:
         self.planner = JamPlanner(walk_clips)
         self.scheduler = Scheduler(self.state, self.transport, self.planner, sink, self.clock,
                                    config)
+        self._seen = self.state.snapshot()  # last values acted on: repeats change nothing
         self.state.add_listener(self._changed)
         self._run_task: asyncio.Task[None] | None = None
 
@@ -89,7 +90,14 @@ class Engine:
         log.info("stop")
 
     def _changed(self, name: str, value: Value) -> None:
-        """State listener (asyncio loop): tempo/meter at the next bar line; re-plan."""
+        """State listener (asyncio loop): tempo/meter at the next bar line; re-plan.
+
+        A value equal to the last one (a controller resending its fader) changes nothing, so
+        it never pre-empts work in flight.
+        """
+        if self._seen.get(name) == value:
+            return
+        self._seen[name] = value
         if name in TRANSPORT_PARAMS:
             if self.transport.external:
                 log.warning("%s ignored: the transport follows an external clock", name)

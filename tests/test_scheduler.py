@@ -271,8 +271,13 @@ def test_bad_state_changes_change_nothing() -> None:
         with pytest.raises(InvalidRequest):
             rig.engine.state.update({"denoising": 0.1, "steps": 0})
         assert rig.engine.status() == before
+        for _ in range(20):  # a controller resending the same values
+            rig.engine.state.update({"denoising": 0.75, "prompt": "lo-fi hip hop beat",
+                                     "tempo": 120.0})
+            await rig.clock.advance(0.05)
         await rig.clock.advance(4.0)
-        assert rig.engine.status()["preempted"] == 0
+        assert rig.engine.status()["preempted"] == 0 and rig.engine.transport.version == 1
+        assert not rig.gen.cancelled
 
     run({}, body)
 
