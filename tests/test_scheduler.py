@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
-from engine_fakes import FakeClock, FakeGenerator, FakeSink, Scheduled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +19,7 @@ from engine.errors import InvalidRequest, UnknownId
 from engine.scheduler import SchedulerConfig
 from engine.state import EngineState
 from engine.transport import BBTObservation
+from tests.engine_fakes import FakeClock, FakeGenerator, FakeSink, Scheduled
 
 SR = 48000
 BAR = 96000  # one 4/4 bar at 120 BPM
