@@ -67,6 +67,7 @@ class Engine:
         self._seen = self.state.snapshot()  # last values acted on: repeats change nothing
         self.state.add_listener(self._changed)
         self._run_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- transport -------------------------------------------------------------------------
 
@@ -113,7 +114,8 @@ class Engine:
     # -- main task -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the worker tasks and the bar-line loop until :meth:`close` (or cancellation)."""
+        """Run the worker tasks and the bar-line loop until :meth:`close` (returns then) or
+        until cancelled (raises CancelledError)."""
         self._run_task = asyncio.current_task()
         workers = [asyncio.ensure_future(self.scheduler.run_worker(g)) for g in self.generators]
         try:
@@ -122,11 +124,15 @@ class Engine:
                 for worker in workers:
                     if worker.done():  # a worker must never end; say why and restart it
                         index = workers.index(worker)
+                        self.scheduler.counters.failed += 1
                         log.error("worker %d stopped: %r; restarting it", index,
                                   worker.exception() if not worker.cancelled() else "cancelled")
                         workers[index] = asyncio.ensure_future(
                             self.scheduler.run_worker(self.generators[index])
                         )
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
         finally:
             for worker in workers:
                 worker.cancel()
@@ -134,7 +140,8 @@ class Engine:
             self._run_task = None
 
     async def close(self) -> None:
-        """Stop playing and end :meth:`run` (awaits its cleanup)."""
+        """Stop playing and end :meth:`run` (awaits its cleanup; ``run`` returns normally)."""
+        self._closing = True
         self.stop()
         self.state.remove_listener(self._changed)
         task = self._run_task

@@ -373,6 +373,7 @@ class Scheduler:
         cfg = self.config
 
         def progress(step: int, total: int) -> None:
+            """Called by the generator on the loop thread after each step; stores a float."""
             slot.progress = step / total if total else 0.0
 
         while not slot.dropped:
@@ -387,8 +388,9 @@ class Scheduler:
                 slot.task = None
             if slot.dropped:
                 if task.done() and not task.cancelled() and task.exception() is not None:
-                    log.info("pre-empted job %d had failed: %s", slot.job.job_id,
-                             task.exception())
+                    self.counters.failed += 1
+                    log.warning("pre-empted job %d had failed: %r", slot.job.job_id,
+                                task.exception())
                 return
             error: BaseException | None = None
             if task.cancelled():

@@ -66,7 +66,7 @@ def run(initial: Mapping[str, object], body: Callable[[Rig], Awaitable[None]],
             await body(rig)
         finally:
             await rig.engine.close()
-        assert task.done()
+        assert task.done() and task.result() is None
 
     asyncio.run(main())
     return rig
@@ -374,3 +374,33 @@ def test_random_performances_keep_the_timeline_whole(events: list[tuple[str, Any
     status = rig.engine.status()
     assert status["repeated"] == repeats
     assert status["generated"] >= len({s.job_id for s in rig.sink.scheduled})
+
+
+def test_two_workers_keep_up_where_one_is_late() -> None:
+    """3 s generations for 2 s clips: one worker falls behind, two (one task each) keep up."""
+
+    def play(workers: int) -> tuple[Rig, list[FakeGenerator]]:
+        rig = Rig({}, lookahead=2)
+        gens = [FakeGenerator(rig.clock, step_s=0.3) for _ in range(workers)]
+        rig.engine = Engine(gens, rig.sink, sample_rate=SR, clock=rig.clock,
+                            state=EngineState({"bars": 1, "steps": 10}),
+                            config=SchedulerConfig(lookahead=2, margin_s=MARGIN_S,
+                                                   max_tick_s=0.1))
+
+        async def main() -> None:
+            task = asyncio.ensure_future(rig.engine.run())
+            rig.engine.play()
+            await rig.clock.advance(30.0)
+            rig.status = rig.engine.status()  # type: ignore[attr-defined]
+            await rig.engine.close()
+            await task  # run() returns normally after close()
+
+        asyncio.run(main())
+        return rig, gens
+
+    one, _ = play(1)
+    two, gens = play(2)
+    assert one.status["late"] >= 5  # type: ignore[attr-defined]
+    assert two.status["late"] == 0 and two.status["repeated"] == 0  # type: ignore[attr-defined]
+    assert all(len(g.calls) >= 5 for g in gens)
+    assert_on_grid_without_gaps(two)
