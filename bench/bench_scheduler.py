@@ -52,15 +52,19 @@ class ScaledClock:
 class Sink:
     """Counts schedules; the audio clock follows the scaled clock."""
 
-    def __init__(self, clock: ScaledClock) -> None:
+    def __init__(self, clock: ScaledClock, clips: int) -> None:
         self.clock = clock
         self.scheduled: list[tuple[int, int]] = []
+        self.clips = clips
+        self.enough = asyncio.Event()
 
     def position(self) -> int:
         return int(self.clock.now() * SR)
 
     def schedule(self, clip: Clip, start_sample: int) -> None:
         self.scheduled.append((clip.job_id, start_sample))
+        if len({job for job, _ in self.scheduled}) >= self.clips:
+            self.enough.set()
 
     def stop(self) -> None:
         pass
@@ -110,7 +114,7 @@ async def baseline(clips: int, speed: float, step_s: float, steps: int) -> float
 async def engine_run(clips: int, speed: float, step_s: float, steps: int
                      ) -> tuple[float, dict[str, int | float | str], float]:
     clock = ScaledClock(speed)
-    sink = Sink(clock)
+    sink = Sink(clock, clips)
     gen = Generator(clock, step_s)
     state = EngineState({"steps": steps, "bars": 1, "tempo": 120.0})
     engine = Engine(gen, sink, sample_rate=SR, clock=clock, state=state,
@@ -119,8 +123,7 @@ async def engine_run(clips: int, speed: float, step_s: float, steps: int
     wall = time.perf_counter()
     task = asyncio.ensure_future(engine.run())
     engine.play()
-    while len({job for job, _ in sink.scheduled}) < clips:
-        await asyncio.sleep(0.01)
+    await sink.enough.wait()
     status = engine.status()
     await engine.close()
     await asyncio.gather(task, return_exceptions=True)
