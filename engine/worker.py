@@ -174,7 +174,10 @@ def worker_main(conn: multiprocessing.connection.Connection, cancel: Any,
             def progress(step: int, total: int, job_id: int = job_id) -> None:
                 conn.send({"op": "progress", "job_id": job_id, "step": step, "total": total})
 
-            audio = model.make(job, progress, lambda job_id=job_id: cancel.value == job_id)
+            def cancelled(job_id: int = job_id) -> bool:
+                return bool(cancel.value == job_id)
+
+            audio = model.make(job, progress, cancelled)
         except Exception as exc:  # every failure goes back to the daemon as the job's result
             if not isinstance(exc, RiffError):
                 log.exception("job %d failed", job_id)
