@@ -334,9 +334,7 @@ class RiffusionGenerator:
         noise_t = timesteps[-init] if order == 1 else timesteps[begin]
         return timesteps[begin:], noise_t, begin
 
-    def _embeddings(
-        self, batch: list[InferenceRequest]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embeddings(self, batch: list[InferenceRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         """Lerped conditional and unconditional (negative prompt) embeddings, (B, 77k, D)."""
         first = batch[0]
         start, end = first.start, first.end_or_start
@@ -462,4 +460,3 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, threshold: float = 0.999
     s0 = float(np.sin(theta - theta * t) / sin_theta)
     s1 = float(np.sin(theta * t) / sin_theta)
     return (s0 * a + s1 * b).to(v0.dtype)
-
