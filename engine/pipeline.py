@@ -428,7 +428,7 @@ class RiffusionGenerator:
 
     def _decode(self, latents: torch.Tensor, seed: Image.Image | None) -> list[Image.Image]:
         """VAE-decode latents to RGB spectrogram images with Riffusion's EXIF tags."""
-        pixels = self.parts.vae.decode(latents / self.latent_scale).sample
+        pixels = self.parts.vae.decode((1.0 / self.latent_scale) * latents).sample
         pixels = (pixels / 2 + 0.5).clamp(0, 1)
         array = pixels.cpu().permute(0, 2, 3, 1).float().numpy()
         array = (array * 255).round().astype(np.uint8)
