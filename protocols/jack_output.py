@@ -53,8 +53,11 @@ class JackOutput:
         self.ports = [self.client.outports.register(n) for n in names]
         self._player: Player | None = None
         self._durations = np.zeros(TIMING_RING, np.int64)
+        self._entry = np.zeros(TIMING_RING, np.int64)
         self._calls = 0
         self.first_frame_time = -1
+        #: JACK frame time minus player position, updated every cycle (moves on xruns).
+        self.frame_offset = 0
         self.shutdown_reason = ""
         self._active = False
 
@@ -98,6 +101,27 @@ class JackOutput:
         n = min(self._calls, TIMING_RING)
         return self._durations[:n].copy()
 
+    def cycle_finish_us(self) -> np.ndarray:
+        """For the most recent callbacks: microseconds from the start of the JACK cycle to the
+        end of our callback (waiting for the GIL included). Under the period means this
+        client was never the reason for an xrun."""
+        n = min(self._calls, TIMING_RING)
+        return self._entry[:n] * (1e6 / self.sample_rate) + self._durations[:n] / 1e3
+
+    def timing_summary(self) -> dict[str, float]:
+        """Callback duration and cycle finish statistics in microseconds, and the period."""
+        d = self.callback_durations() / 1e3
+        f = self.cycle_finish_us()
+        if d.size == 0:
+            return {"callbacks": 0, "period_us": self.blocksize / self.sample_rate * 1e6}
+        return {"callbacks": int(d.size),
+                "period_us": self.blocksize / self.sample_rate * 1e6,
+                "duration_p50_us": float(np.percentile(d, 50)),
+                "duration_p99_us": float(np.percentile(d, 99)),
+                "duration_max_us": float(d.max()),
+                "finish_p99_us": float(np.percentile(f, 99)),
+                "finish_max_us": float(f.max())}
+
     @property
     def callbacks(self) -> int:
         """Process callbacks run so far."""
@@ -113,12 +137,16 @@ class JackOutput:
         Port buffers are fetched per call (JACK 2 may move them between cycles).
         """
         t0 = time.perf_counter_ns()
+        entry = self.client.frames_since_cycle_start  # includes any wait for the GIL
         if self.first_frame_time < 0:
             self.first_frame_time = self.client.last_frame_time
         player = self._player
         if player is not None:
+            self.frame_offset = self.client.last_frame_time - player.position()
             player.render([port.get_array() for port in self.ports])
-        self._durations[self._calls & (TIMING_RING - 1)] = time.perf_counter_ns() - t0
+        i = self._calls & (TIMING_RING - 1)
+        self._durations[i] = time.perf_counter_ns() - t0
+        self._entry[i] = entry
         self._calls += 1
 
     def _xrun(self, delay_usecs: float) -> None:
