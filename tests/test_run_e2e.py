@@ -171,7 +171,7 @@ def test_daemon_plays_on_the_bar_grid_survives_a_worker_kill_and_follows_tempo(
     # 2. Each clip starts exactly on its bar line: after the crossfade the recording is the
     #    clip's own tone, at its own sample index counted from the logged start sample.
     tempo_line = None
-    for k, (job, sample, bar, _) in enumerate(starts):
+    for k, (job, sample, _bar, _) in enumerate(starts):
         i = idx[k]
         end = idx[k + 1] if k + 1 < len(starts) else min(recorded, i + RATE)
         n_clip = RATE if tempo_line is None or sample < tempo_line else 64000
