@@ -316,7 +316,9 @@ def _numpy_slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out.astype(np.float32))
 
 
-def _reference_riffuse(gen: RiffusionGenerator, req: InferenceRequest, mask_id: str) -> torch.Tensor:
+def _reference_riffuse(
+    gen: RiffusionGenerator, req: InferenceRequest, mask_id: str
+) -> torch.Tensor:
     """Riffusion's img2img interpolation written out step by step: no caches, no batching."""
     from diffusers import PNDMScheduler
 
