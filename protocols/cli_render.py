@@ -1,4 +1,4 @@
-"""``riff render`` and ``riff interpolate``: generate clips from the command line.
+"""``riff render``, ``riff interpolate``, ``riff tiny-model``: generate clips from the shell.
 
 ``riff render`` takes Riffusion's InferenceInput JSON (``--request``) and/or flags (flags win)
 and writes the spectrogram image and its audio. ``riff interpolate`` renders N alphas between
@@ -57,6 +57,17 @@ def register(subparsers: Any) -> None:
     interp.add_argument("--out", type=Path, required=True, help="audio file to write")
     interp.add_argument("--image-dir", type=Path, help="folder for each clip's image")
     interp.set_defaults(func=run_interpolate)
+
+    tiny = subparsers.add_parser(
+        "tiny-model",
+        help="write the tiny random test model as a local diffusers folder",
+        description=(
+            "Write the tiny random model (SD 1.x shapes, built offline; it makes noise, not "
+            "music) as a diffusers folder, usable as --model DIR, for tests and smoke runs."
+        ),
+    )
+    tiny.add_argument("folder", type=Path, help="folder to write (created)")
+    tiny.set_defaults(func=run_tiny_model)
 
 
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
@@ -259,6 +270,17 @@ def run_interpolate(args: argparse.Namespace) -> int:
         f"rendered {len(pieces)} clips in {seconds:.1f} s: "
         f"{args.out} ({joined.shape[1] / sample_rate:.2f} s)"
     )
+    return 0
+
+
+def run_tiny_model(args: argparse.Namespace) -> int:
+    """Handler of ``riff tiny-model``."""
+    from engine.tiny_model import save_tiny_model
+
+    if args.folder.exists() and any(args.folder.iterdir()):
+        raise InvalidRequest(f"{args.folder} exists and is not empty")
+    save_tiny_model(args.folder)
+    print(f"wrote the tiny random model to {args.folder} (use it with --model {args.folder})")
     return 0
 
 

@@ -84,9 +84,10 @@ def test_render_request_file_writes_wav_and_png(tmp_path: Path, seed_dir: Path) 
 
 
 def test_interpolate_with_a_local_model_folder(tmp_path: Path, seed_dir: Path) -> None:
-    from engine.tiny_model import save_tiny_model
-
-    folder = save_tiny_model(tmp_path / "tiny-model")
+    folder = tmp_path / "tiny-model"
+    made = _riff("tiny-model", str(folder), home=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (folder / "model_index.json").is_file()
     wav = tmp_path / "walk.wav"
     out = _riff(
         "interpolate",
