@@ -72,7 +72,9 @@ def register(subparsers: Any) -> None:
 
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
     req = parser.add_argument_group("request (override --request)")
-    req.add_argument("--request", type=Path, help="Riffusion InferenceInput JSON file")
+    req.add_argument(
+        "--request", type=Path, help="Riffusion InferenceInput JSON file ('-' reads stdin)"
+    )
     req.add_argument("--prompt", help="start prompt; (word:1.3), (word), [word] weight words")
     req.add_argument("--seed", type=int, help="start seed (default 0)")
     req.add_argument("--negative", help="negative prompt for both ends")
@@ -117,19 +119,20 @@ def build_request(args: argparse.Namespace) -> Any:
 
     data: dict[str, Any] = {}
     if args.request is not None:
+        name = "stdin" if str(args.request) == "-" else str(args.request)
+        text = sys.stdin.read() if name == "stdin" else Path(args.request).read_text("utf-8")
         try:
-            data = json.loads(Path(args.request).read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"{args.request}: not valid JSON ({exc.msg}, line {exc.lineno})"
-            ) from None
+            raise InvalidRequest(f"{name}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if not isinstance(data, dict):
-            raise InvalidRequest(f"{args.request}: must hold a JSON object")
+            raise InvalidRequest(f"{name}: must hold a JSON object")
     elif args.prompt is None:
         raise InvalidRequest("give --prompt or --request")
+    for key in ("start", "end"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise InvalidRequest(f"{key} must be a prompt input object")
     start = dict(data.get("start") or {})
-    if not isinstance(data.get("end") or {}, dict):
-        raise InvalidRequest("end must be a prompt input object")
     end = dict(data.get("end") or start)
     for flag, key in (("prompt", "prompt"), ("seed", "seed")):
         if getattr(args, flag) is not None:
