@@ -1,4 +1,4 @@
-"""``riff render`` and ``riff interpolate``: generate clips from the command line.
+"""``riff render``, ``riff interpolate``, ``riff tiny-model``: generate clips from the shell.
 
 ``riff render`` takes Riffusion's InferenceInput JSON (``--request``) and/or flags (flags win)
 and writes the spectrogram image and its audio. ``riff interpolate`` renders N alphas between
@@ -58,10 +58,23 @@ def register(subparsers: Any) -> None:
     interp.add_argument("--image-dir", type=Path, help="folder for each clip's image")
     interp.set_defaults(func=run_interpolate)
 
+    tiny = subparsers.add_parser(
+        "tiny-model",
+        help="write the tiny random test model as a local diffusers folder",
+        description=(
+            "Write the tiny random model (SD 1.x shapes, built offline; it makes noise, not "
+            "music) as a diffusers folder, usable as --model DIR, for tests and smoke runs."
+        ),
+    )
+    tiny.add_argument("folder", type=Path, help="folder to write (created)")
+    tiny.set_defaults(func=run_tiny_model)
+
 
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
     req = parser.add_argument_group("request (override --request)")
-    req.add_argument("--request", type=Path, help="Riffusion InferenceInput JSON file")
+    req.add_argument(
+        "--request", type=Path, help="Riffusion InferenceInput JSON file ('-' reads stdin)"
+    )
     req.add_argument("--prompt", help="start prompt; (word:1.3), (word), [word] weight words")
     req.add_argument("--seed", type=int, help="start seed (default 0)")
     req.add_argument("--negative", help="negative prompt for both ends")
@@ -106,19 +119,20 @@ def build_request(args: argparse.Namespace) -> Any:
 
     data: dict[str, Any] = {}
     if args.request is not None:
+        name = "stdin" if str(args.request) == "-" else str(args.request)
+        text = sys.stdin.read() if name == "stdin" else Path(args.request).read_text("utf-8")
         try:
-            data = json.loads(Path(args.request).read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"{args.request}: not valid JSON ({exc.msg}, line {exc.lineno})"
-            ) from None
+            raise InvalidRequest(f"{name}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if not isinstance(data, dict):
-            raise InvalidRequest(f"{args.request}: must hold a JSON object")
+            raise InvalidRequest(f"{name}: must hold a JSON object")
     elif args.prompt is None:
         raise InvalidRequest("give --prompt or --request")
+    for key in ("start", "end"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise InvalidRequest(f"{key} must be a prompt input object")
     start = dict(data.get("start") or {})
-    if not isinstance(data.get("end") or {}, dict):
-        raise InvalidRequest("end must be a prompt input object")
     end = dict(data.get("end") or start)
     for flag, key in (("prompt", "prompt"), ("seed", "seed")):
         if getattr(args, flag) is not None:
@@ -154,22 +168,28 @@ def build_request(args: argparse.Namespace) -> Any:
 
 
 class _Progress:
-    """A tqdm bar on stderr fed by the generator's progress callback."""
+    """A tqdm bar on stderr fed by the generator's progress callback (made at the first step)."""
 
     def __init__(self, enabled: bool, desc: str) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=0, desc=desc, unit="step", file=sys.stderr, disable=not enabled)
+        self.enabled = enabled
+        self.desc = desc
+        self.bar: Any = None
 
     def __call__(self, step: int, total: int) -> None:
         """Called on the generating thread after each step; only updates the bar."""
-        if self.bar.total != total:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", file=sys.stderr)
+        elif self.bar.total != total or step < self.bar.n:
             self.bar.reset(total=total)
-        self.bar.n = step
-        self.bar.refresh()
+        self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -253,6 +273,17 @@ def run_interpolate(args: argparse.Namespace) -> int:
         f"rendered {len(pieces)} clips in {seconds:.1f} s: "
         f"{args.out} ({joined.shape[1] / sample_rate:.2f} s)"
     )
+    return 0
+
+
+def run_tiny_model(args: argparse.Namespace) -> int:
+    """Handler of ``riff tiny-model``."""
+    from engine.tiny_model import save_tiny_model
+
+    if args.folder.exists() and any(args.folder.iterdir()):
+        raise InvalidRequest(f"{args.folder} exists and is not empty")
+    save_tiny_model(args.folder)
+    print(f"wrote the tiny random model to {args.folder} (use it with --model {args.folder})")
     return 0
 
 

@@ -84,9 +84,10 @@ def test_render_request_file_writes_wav_and_png(tmp_path: Path, seed_dir: Path) 
 
 
 def test_interpolate_with_a_local_model_folder(tmp_path: Path, seed_dir: Path) -> None:
-    from engine.tiny_model import save_tiny_model
-
-    folder = save_tiny_model(tmp_path / "tiny-model")
+    folder = tmp_path / "tiny-model"
+    made = _riff("tiny-model", str(folder), home=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (folder / "model_index.json").is_file()
     wav = tmp_path / "walk.wav"
     out = _riff(
         "interpolate",
@@ -104,3 +105,65 @@ def test_interpolate_with_a_local_model_folder(tmp_path: Path, seed_dir: Path) -
         "clip_001.png",
         "clip_002.png",
     ]
+
+
+def _parse(*argv: str) -> object:
+    from protocols.cli import build_parser
+
+    return build_parser().parse_args(["render", *argv, "--out", "x.wav"])
+
+
+def test_flags_override_the_request_file(tmp_path: Path) -> None:
+    from protocols.cli_render import build_request
+
+    path = tmp_path / "r.json"
+    path.write_text(
+        json.dumps(
+            {
+                "alpha": 0.25,
+                "seed_image_id": "og_beat",
+                "start": {"prompt": "jazz", "seed": 1, "denoising": 0.5},
+                "end": {"prompt": "rock", "seed": 2},
+            }
+        )
+    )
+    req = build_request(_parse("--request", str(path)))
+    assert (req.start.prompt, req.end.prompt, req.alpha, req.start.denoising) == (
+        "jazz",
+        "rock",
+        0.25,
+        0.5,
+    )
+    req = build_request(
+        _parse("--request", str(path), "--seed", "9", "--to-prompt", "organ", "--alpha", "1")
+    )
+    assert (req.start.seed, req.end.prompt, req.end.seed, req.alpha) == (9, "organ", 2, 1.0)
+    req = build_request(
+        _parse(
+            "--prompt", "a", "--denoising", "0.3", "--seed-image", "none", "--scheduler", "dpm++"
+        )
+    )
+    assert req.end == req.start and req.start.denoising == 0.3
+    assert req.seed_image_id is None and req.scheduler == "dpmpp"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{", "not valid JSON"),
+        ("[1]", "JSON object"),
+        ('{"start": "x"}', "start must be a prompt input"),
+        ('{"start": {"prompt": "x"}, "alpha": 1.5}', "alpha"),
+        ('{"start": {"prompt": "x"}, "num_inference_steps": 0}', "num_inference_steps"),
+        ('{"start": {"prompt": "x"}, "seed_image_id": "../x"}', "plain name"),
+        ('{"start": {"prompt": "x"}, "bogus": 1}', "unknown field"),
+    ],
+)
+def test_bad_request_files_are_rejected(tmp_path: Path, content: str, message: str) -> None:
+    from engine.errors import InvalidRequest
+    from protocols.cli_render import build_request
+
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    with pytest.raises(InvalidRequest, match=message):
+        build_request(_parse("--request", str(path)))
