@@ -30,6 +30,16 @@ START_HINT = (
 )
 
 
+def _jack_error(message: str) -> None:
+    """libjack's error messages. Thread: any libjack thread; only logs at debug level."""
+    log.debug("libjack: %s", message)
+
+
+def _jack_info(message: str) -> None:
+    """libjack's info messages. Thread: any libjack thread; only logs at debug level."""
+    log.debug("libjack: %s", message)
+
+
 class NoJackServer(RiffError):
     """No JACK server answers under the requested name."""
 
@@ -41,6 +51,10 @@ class JackOutput:
         import jack  # lazily: `riff --help` and file output do not need libjack
 
         self._jack = jack
+        # libjack prints its own diagnostics on stderr; route them to the log instead, so a
+        # missing server is one clear line, not a screenful.
+        jack.set_error_function(_jack_error)
+        jack.set_info_function(_jack_info)
         try:
             self.client = jack.Client(name, no_start_server=True, servername=server)
         except jack.JackOpenError as exc:

@@ -5,6 +5,7 @@ can be recognised sample by sample); the tiny model runs in tests/test_worker.py
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import re
 import signal
@@ -44,13 +45,19 @@ def baseline_xruns(server: str, seconds: float) -> int:
     return rec.xruns
 
 
+def no_surfaces() -> list[str]:
+    """Options that keep control surfaces (when present) off shared ports."""
+    return ["--osc-port", "0"] if importlib.util.find_spec("protocols.surfaces") else []
+
+
 class Daemon:
     """`riff run` in a subprocess; collects its log lines."""
 
     def __init__(self, args: list[str]) -> None:
         env = {**os.environ, "JACK_NO_START_SERVER": "1", "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "protocols.cli", "run", *args], cwd=ROOT, env=env,
+            [sys.executable, "-m", "protocols.cli", "run", *args, *no_surfaces()], cwd=ROOT,
+            env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._cond = threading.Condition()
