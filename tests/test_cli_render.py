@@ -167,3 +167,19 @@ def test_bad_request_files_are_rejected(tmp_path: Path, content: str, message: s
     path.write_text(content)
     with pytest.raises(InvalidRequest, match=message):
         build_request(_parse("--request", str(path)))
+
+
+def test_hub_id_loads_from_the_local_cache(tmp_path: Path) -> None:
+    """A hub id found in the Hugging Face cache loads offline (the tiny model stands in)."""
+    from engine.tiny_model import save_tiny_model
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--riffusion--riffusion-model-v1"
+    save_tiny_model(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    wav = tmp_path / "hub.wav"
+    args = ["render", "--prompt", "jazz", "--steps", "2", "--seed-image", "breakbeat_100"]
+    out = _riff(*args, "--no-progress", "--out", str(wav), home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sf.info(str(wav)).frames > 0
