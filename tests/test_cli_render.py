@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,6 +82,24 @@ def test_render_request_file_writes_wav_and_png(tmp_path: Path, seed_dir: Path) 
     assert bad.returncode == 1 and "alpha" in bad.stderr and "Traceback" not in bad.stderr
     missing = _riff(*args[:7], "--seed-image", "nope", "--image", str(png), home=tmp_path)
     assert missing.returncode == 1 and "available: beat" in missing.stderr
+
+
+def test_unwritable_outputs_fail_before_generating(tmp_path: Path) -> None:
+    from engine.errors import InvalidRequest
+    from protocols.cli_render import run_render
+
+    with pytest.raises(InvalidRequest, match="unknown audio extension"):
+        run_render(_parse_out("--prompt", "x", "--out", str(tmp_path / "a.xyz")))
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        run_render(_parse_out("--prompt", "x", "--image", str(tmp_path / "no" / "a.png")))
+    with pytest.raises(InvalidRequest, match="nothing to write"):
+        run_render(_parse_out("--prompt", "x"))
+
+
+def _parse_out(*argv: str) -> Any:
+    from protocols.cli import build_parser
+
+    return build_parser().parse_args(["render", "--model", "tiny", *argv])
 
 
 def test_interpolate_with_a_local_model_folder(tmp_path: Path, seed_dir: Path) -> None:
