@@ -242,7 +242,8 @@ class RiffusionGenerator:
             if request.mask_image_id is not None:
                 raise InvalidRequest("a mask needs a seed image (seed_image_id is null)")
             width = request.width or DEFAULT_SIZE
-            shape = (1, 4, DEFAULT_SIZE // self.vae_scale, width // self.vae_scale)
+            channels = int(self.parts.unet.config.in_channels)
+            shape = (1, channels, DEFAULT_SIZE // self.vae_scale, width // self.vae_scale)
             return _Plan(name, None, None, shape)
         path = self.seed_images.resolve(request.seed_image_id)
         image = self.seed_images.load(request.seed_image_id)

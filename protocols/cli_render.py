@@ -207,6 +207,17 @@ def _audio(generator: Any, image: Any, method: str) -> Any:
     return mel_to_audio(image_to_mel(image, params), params, method=method, device=device), params
 
 
+def _check_outputs(audio: Path | None, image: Path | None) -> None:
+    """Fail before the slow part when an output cannot be written."""
+    from engine.audio_io import FORMATS
+
+    if audio is not None and audio.suffix.lower() not in FORMATS:
+        raise InvalidRequest(f"{audio}: unknown audio extension (use {', '.join(FORMATS)})")
+    for path in (audio, image):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InvalidRequest(f"{path}: folder {path.resolve().parent} does not exist")
+
+
 def run_render(args: argparse.Namespace) -> int:
     """Handler of ``riff render``."""
     if args.out is None and args.image is None:
@@ -214,6 +225,7 @@ def run_render(args: argparse.Namespace) -> int:
     from engine.audio_io import write_audio
     from engine.spectrogram import save_image
 
+    _check_outputs(args.out, args.image)
     request = build_request(args)
     generator = _load(args)
     bar = _Progress(not args.no_progress and not args.quiet, "render")
@@ -246,6 +258,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"--batch must be between 1 and 16, not {args.batch}")
     if not 0.0 <= args.crossfade <= 5.0:
         raise InvalidRequest(f"--crossfade must be between 0 and 5 seconds, not {args.crossfade}")
+    _check_outputs(args.out, None)
     request = build_request(args)
     generator = _load(args)
     alphas = [float(a) for a in np.linspace(0.0, 1.0, args.count)]

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,6 +82,24 @@ def test_render_request_file_writes_wav_and_png(tmp_path: Path, seed_dir: Path) 
     assert bad.returncode == 1 and "alpha" in bad.stderr and "Traceback" not in bad.stderr
     missing = _riff(*args[:7], "--seed-image", "nope", "--image", str(png), home=tmp_path)
     assert missing.returncode == 1 and "available: beat" in missing.stderr
+
+
+def test_unwritable_outputs_fail_before_generating(tmp_path: Path) -> None:
+    from engine.errors import InvalidRequest
+    from protocols.cli_render import run_render
+
+    with pytest.raises(InvalidRequest, match="unknown audio extension"):
+        run_render(_parse_out("--prompt", "x", "--out", str(tmp_path / "a.xyz")))
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        run_render(_parse_out("--prompt", "x", "--image", str(tmp_path / "no" / "a.png")))
+    with pytest.raises(InvalidRequest, match="nothing to write"):
+        run_render(_parse_out("--prompt", "x"))
+
+
+def _parse_out(*argv: str) -> Any:
+    from protocols.cli import build_parser
+
+    return build_parser().parse_args(["render", "--model", "tiny", *argv])
 
 
 def test_interpolate_with_a_local_model_folder(tmp_path: Path, seed_dir: Path) -> None:
@@ -167,3 +186,19 @@ def test_bad_request_files_are_rejected(tmp_path: Path, content: str, message: s
     path.write_text(content)
     with pytest.raises(InvalidRequest, match=message):
         build_request(_parse("--request", str(path)))
+
+
+def test_hub_id_loads_from_the_local_cache(tmp_path: Path) -> None:
+    """A hub id found in the Hugging Face cache loads offline (the tiny model stands in)."""
+    from engine.tiny_model import save_tiny_model
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--riffusion--riffusion-model-v1"
+    save_tiny_model(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    wav = tmp_path / "hub.wav"
+    args = ["render", "--prompt", "jazz", "--steps", "2", "--seed-image", "breakbeat_100"]
+    out = _riff(*args, "--no-progress", "--out", str(wav), home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sf.info(str(wav)).frames > 0

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from engine.errors import Cancelled, InvalidRequest, ModelUnavailable, UnknownId
@@ -367,3 +369,18 @@ def test_matches_riffusions_algorithm_written_out(gen: RiffusionGenerator) -> No
     assert torch.allclose(result.latents, expected, atol=1e-4)
     batched = gen.generate_alphas(req, [0.0, 0.3])[1]
     assert torch.allclose(batched.latents, expected, atol=1e-4)
+
+
+@given(st.text(alphabet="ab ([", max_size=40))
+def test_parse_weights_keeps_the_text_and_brackets_scale(text: str) -> None:
+    runs = parse_weights(text)  # unclosed brackets apply to the end of the prompt
+    assert "".join(t for t, _ in runs) == "".join(c for c in text if c not in "([")
+    for _, weight in runs:
+        exponent = np.log(weight) / np.log(1.1)
+        assert abs(exponent - round(exponent)) < 1e-6  # only 1.1 ** n weights
+
+
+@given(st.text(max_size=60))
+def test_parse_weights_never_fails(text: str) -> None:
+    runs = parse_weights(text)
+    assert runs and all(isinstance(t, str) and np.isfinite(w) for t, w in runs)
