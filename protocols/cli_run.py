@@ -97,6 +97,9 @@ def register(subparsers: Any) -> None:
     out.add_argument("--client-name", metavar="NAME", help="JACK client name (default riff)")
     out.add_argument("--no-connect", action="store_true", default=None,
                      help="do not connect riff:out_L/out_R to the system playback ports")
+    out.add_argument("--jack-transport", action="store_true",
+                     help="follow JACK transport (tempo, bars, beats) when a timebase master "
+                          "such as a DAW provides it")
     out.add_argument("--crossfade-ms", type=float, help="crossfade at clip changes (default 10)")
     out.add_argument("--output", type=Path, metavar="FILE.wav",
                      help="render into this audio file instead of JACK")
@@ -187,7 +190,8 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
         from protocols.jack_output import JackOutput
 
         _prefer_audio()
-        jack_out = JackOutput(opts["client_name"], server=opts["jack_server"])
+        jack_out = JackOutput(opts["client_name"], server=opts["jack_server"],
+                              follow_transport=args.jack_transport)
         rate = jack_out.sample_rate
     else:
         rate = int(opts["sample_rate"])
@@ -273,8 +277,14 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
                        stop: asyncio.Event) -> None:
     """Log clip starts and one status line per bar until ``stop`` (or the output ends)."""
     last_bar = -1
+    last_bbt = None
     while not stop.is_set():
         events = player.poll()
+        bbt = jack_out.transport_bbt() if jack_out is not None and jack_out.follow_transport \
+            else None
+        if bbt is not None and bbt != last_bbt:
+            last_bbt = bbt
+            _follow(engine, bbt)
         for clip, start in events.started:
             frame = (f", JACK frame {start + jack_out.frame_offset}"
                      if jack_out is not None and jack_out.first_frame_time >= 0 else "")
@@ -296,6 +306,18 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
+
+
+def _follow(engine: Any, bbt: tuple[int, int, float, float, int]) -> None:
+    """Hand a JACK transport position to the engine's transport (loop thread)."""
+    from engine.transport import BBTObservation
+
+    sample, bar, beat, tempo, beats_per_bar = bbt
+    try:
+        engine.transport.follow(BBTObservation(sample=sample, bar=bar, beat=beat, tempo=tempo,
+                                               beats_per_bar=beats_per_bar))
+    except RiffError as exc:
+        log.warning("JACK transport position ignored: %s", exc)
 
 
 def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop

@@ -47,7 +47,8 @@ class NoJackServer(RiffError):
 class JackOutput:
     """A JACK client ``name`` with ports ``out_L``/``out_R`` (``out_1..n`` for other counts)."""
 
-    def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2) -> None:
+    def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2,
+                 follow_transport: bool = False) -> None:
         import jack  # lazily: `riff --help` and file output do not need libjack
 
         self._jack = jack
@@ -74,6 +75,11 @@ class JackOutput:
         self.frame_offset = 0
         self.shutdown_reason = ""
         self._active = False
+        self.follow_transport = follow_transport
+        # Seqlock-published JACK transport BBT: seq, sample, bar, beat, tempo, beats per bar.
+        self._bbt = np.zeros(6, np.float64)
+        self._rolling = jack.ROLLING
+        self._bbt_flag = jack._lib.JackPositionBBT
 
     # ---- control thread ---------------------------------------------------------------------
 
@@ -157,11 +163,41 @@ class JackOutput:
         player = self._player
         if player is not None:
             self.frame_offset = self.client.last_frame_time - player.position()
+            if self.follow_transport:
+                self._publish_bbt(player.position())
             player.render([port.get_array() for port in self.ports])
         i = self._calls & (TIMING_RING - 1)
         self._durations[i] = time.perf_counter_ns() - t0
         self._entry[i] = entry
         self._calls += 1
+
+    def _publish_bbt(self, sample: int) -> None:
+        """Publish the transport's bar/beat/tempo at this cycle's first sample, when a
+        timebase master provides them and the transport rolls. Thread: JACK's process
+        thread; reads a preallocated position struct and writes a preallocated array."""
+        state, pos = self.client.transport_query_struct()
+        if state != self._rolling or not pos.valid & self._bbt_flag or pos.ticks_per_beat <= 0:
+            return
+        bbt = self._bbt
+        bbt[0] += 1  # odd: writing
+        bbt[1] = sample
+        bbt[2] = pos.bar - 1
+        bbt[3] = pos.beat - 1 + pos.tick / pos.ticks_per_beat
+        bbt[4] = pos.beats_per_minute
+        bbt[5] = pos.beats_per_bar
+        bbt[0] += 1  # even: complete
+
+    def transport_bbt(self) -> tuple[int, int, float, float, int] | None:
+        """The latest JACK transport position ``(sample, bar, beat, tempo, beats_per_bar)``
+        (0-based bar and beat, on the player's clock), or None when there is none.
+        Thread: the control thread."""
+        for _ in range(4):
+            seq = self._bbt[0]
+            values = self._bbt[1:].copy()
+            if seq > 0 and seq % 2 == 0 and self._bbt[0] == seq:
+                return (int(values[0]), int(values[1]), float(values[2]), float(values[3]),
+                        round(values[4]))
+        return None
 
     def _xrun(self, delay_usecs: float) -> None:
         """Count an xrun. Thread: JACK's notification thread; must not block."""
