@@ -335,7 +335,7 @@ def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
         margin = round(engine.scheduler.config.margin_s * rate)
         while True:
             sched = engine.scheduler
-            if not sched.running or sched.queue == 0 or sched.progress >= 1.0:
+            if not sched.running or _head_ready(sched):
                 return n
             _, line = engine.transport.next_bar_line(pos + margin)
             room = line - margin - pos - 1  # stay before the deadline
@@ -348,6 +348,13 @@ def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
         return asyncio.run_coroutine_threadsafe(allowance(pos, n), loop).result()
 
     return gate
+
+
+def _head_ready(sched: Any) -> bool:
+    """Whether the next planned clip is ready (or nothing is planned). ``progress`` cannot
+    tell: it reaches 1.0 after the last denoising step, before the clip arrives."""
+    slots = sched._slots  # the scheduler has no public view of its queue's head yet
+    return not slots or slots[0].clip is not None
 
 
 def _read_stdin(engine: Any, loop: asyncio.AbstractEventLoop) -> None:
