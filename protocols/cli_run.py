@@ -253,8 +253,9 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
                      "finished within the cycle by at most %.0f us of a %.0f us period",
                      t["callbacks"], t["duration_p50_us"], t["duration_p99_us"],
                      t["duration_max_us"], t["finish_max_us"], t["period_us"])
-    log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts",
-             c["started"], c["late"], c["xruns"], client.restarts)
+    log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts, "
+             "%d silent blocks (before the first clip or after stop)",
+             c["started"], c["late"], c["xruns"], client.restarts, c["underruns"])
     if file_out is not None and file_out.error is not None:
         raise RiffError(f"writing {args.output} failed: {file_out.error}")
     if jack_out is not None and jack_out.shutdown_reason:
