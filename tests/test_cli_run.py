@@ -58,3 +58,13 @@ def test_offline_render_puts_every_clip_on_its_bar(tmp_path: Path) -> None:
         np.testing.assert_array_equal(audio[start:start + 48000], tone_clip_audio(job, spec))
     assert len({job for job, _ in starts}) == len(starts)  # a new clip every bar, no repeats
     assert re.search(r"stopped: \d+ clips started, 0 late", r.stderr)
+
+
+def test_the_daemon_side_never_imports_torch() -> None:
+    code = ("import sys, protocols.cli, protocols.cli_run, engine.control, engine.worker, "
+            "engine.player, protocols.jack_output, protocols.file_output; "
+            "protocols.cli.build_parser(); print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
