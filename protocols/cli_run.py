@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import importlib
 import logging
@@ -224,7 +225,7 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
                      "offline" if args.offline else "real time", rate,
                      f", {args.duration_bars} bars" if args.duration_bars else "")
         engine_task = asyncio.ensure_future(engine.run())
-        closers.extend(await _start_surfaces(args, engine))
+        closers.extend(await _start_surfaces(args, engine, opts))
         # Everything long-lived exists now: keep it out of the collector's full passes, which
         # would otherwise hold the GIL for milliseconds while JACK's thread waits for it.
         gc.collect()
@@ -263,13 +264,18 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     return 0
 
 
-async def _start_surfaces(args: argparse.Namespace, engine: Any
+async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str, Any]
                           ) -> list[Callable[[], Awaitable[None]]]:
-    """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present."""
+    """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present;
+    JACK MIDI uses the same server and client name as the audio."""
     surfaces = _surfaces_module()
     if surfaces is None:
         return []
     config = surfaces.control_config_from_args(args)
+    if not isinstance(config, type) and dataclasses.is_dataclass(config) \
+            and hasattr(config, "jack_server"):
+        config = dataclasses.replace(config, jack_server=opts["jack_server"],
+                                     client_name=opts["client_name"])
     started = await surfaces.start_control_surfaces(engine, config)
     return [started.close]
 
