@@ -26,7 +26,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from engine.errors import InvalidRequest, RiffError
 
@@ -272,9 +272,8 @@ async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str,
     if surfaces is None:
         return []
     config = surfaces.control_config_from_args(args)
-    if not isinstance(config, type) and dataclasses.is_dataclass(config) \
-            and hasattr(config, "jack_server"):
-        config = dataclasses.replace(config, jack_server=opts["jack_server"],
+    if dataclasses.is_dataclass(config) and hasattr(config, "jack_server"):
+        config = dataclasses.replace(cast(Any, config), jack_server=opts["jack_server"],
                                      client_name=opts["client_name"])
     started = await surfaces.start_control_surfaces(engine, config)
     return [started.close]
@@ -392,9 +391,9 @@ def _read_stdin(engine: Any, loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _parse_value(text: str) -> str | int | float:
-    for cast in (int, float):
+    for convert in (int, float):
         try:
-            return cast(text)
+            return convert(text)
         except ValueError:
             pass
     return text
