@@ -384,3 +384,21 @@ def test_parse_weights_keeps_the_text_and_brackets_scale(text: str) -> None:
 def test_parse_weights_never_fails(text: str) -> None:
     runs = parse_weights(text)
     assert runs and all(isinstance(t, str) and np.isfinite(w) for t, w in runs)
+
+
+def test_device_choice() -> None:
+    from engine.models import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in ("cuda", "mps", "cpu")
+    with pytest.raises(InvalidRequest):
+        pick_device("toaster")
+    with pytest.raises(InvalidRequest):
+        pick_device("meta")
+    if torch.cuda.is_available():
+        assert pick_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ModelUnavailable, match="no CUDA GPU"):
+            pick_device("cuda")
+    with pytest.raises(ModelUnavailable):
+        pick_device(f"cuda:{max(torch.cuda.device_count(), 0) + 7}")
