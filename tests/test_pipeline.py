@@ -402,3 +402,19 @@ def test_device_choice() -> None:
             pick_device("cuda")
     with pytest.raises(ModelUnavailable):
         pick_device(f"cuda:{max(torch.cuda.device_count(), 0) + 7}")
+
+
+def test_long_prompt_chunks_are_encoded_separately(gen: RiffusionGenerator) -> None:
+    tok, enc = gen.parts.tokenizer, gen.parts.text_encoder
+    prompt = " ".join(["jazz", "organ", "drums", "bass"] * 25)
+    tokens = list(tokenize_weighted(tok, prompt).tokens)
+    assert 75 < len(tokens) <= 150
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    first = [bos, *tokens[:75], eos]
+    rest = tokens[75:]
+    second = [bos, *rest] + [eos] * (76 - len(rest))
+    with torch.no_grad():
+        expected = torch.cat([enc(torch.tensor([first]))[0], enc(torch.tensor([second]))[0]], dim=1)
+        got = weighted_embedding(tok, enc, prompt)
+    assert got.shape == (1, 154, 32)
+    assert torch.allclose(got, expected, atol=1e-6)
