@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -418,3 +419,15 @@ def test_long_prompt_chunks_are_encoded_separately(gen: RiffusionGenerator) -> N
         got = weighted_embedding(tok, enc, prompt)
     assert got.shape == (1, 154, 32)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_seed_latent_cache_follows_file_changes(gen: RiffusionGenerator, tmp_path: Path) -> None:
+    own = RiffusionGenerator(gen.parts, SeedImageLibrary([tmp_path], builtin=False))
+    save_image(_seed_image(), tmp_path / "beat.png")
+    before = own.generate(_req())
+    assert torch.equal(before.latents, own.generate(_req()).latents)  # cached: same result
+    flipped = _seed_image().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    save_image(flipped, tmp_path / "beat.png")
+    os.utime(tmp_path / "beat.png", ns=(1, 1))  # a different modification time for sure
+    after = own.generate(_req())
+    assert not torch.allclose(before.latents, after.latents, atol=1e-3)
