@@ -208,7 +208,13 @@ class OscServer(asyncio.DatagramProtocol):
         if self.transport is None or self.transport.is_closing():
             self.counters.dropped += 1
             return
-        self.transport.sendto(build_message(address, args), peer)
+        try:
+            data = build_message(address, args)
+        except Exception:
+            self.counters.dropped += 1
+            log.exception("cannot build OSC reply %s %r", address, args)
+            return
+        self.transport.sendto(data, peer)
 
     def _error(self, peer: Peer, address: str, reason: str, *, count: bool = True) -> None:
         if count:
