@@ -1,0 +1,133 @@
+"""JACK MIDI input: a JACK port whose events reach the asyncio loop with sample timestamps.
+
+The JACK process callback copies each event (up to 3 bytes; SysEx is counted and skipped)
+into a preallocated ring and, when the ring was idle, writes one byte to a non-blocking pipe
+that wakes the loop. The loop drains the ring and hands ``(bytes, seconds)`` to the handler,
+where seconds is the event's JACK frame time / sample rate: sample-accurate, which the MIDI
+clock's tempo estimate uses.
+
+The ring is single producer (JACK thread) / single consumer (loop): the producer only moves
+the write count, the consumer only the read count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import jack
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MidiHandler = Callable[[bytes, float], None]
+_WAKE = b"\x01"
+_FRAME_WRAP = 1 << 32
+
+
+class JackMidiInput:
+    """A JACK client with one MIDI input port feeding ``handler`` on the asyncio loop."""
+
+    def __init__(self, handler: MidiHandler, *, client_name: str = "riff-midi",
+                 port_name: str = "midi_in", connect: Sequence[str] = (),
+                 servername: str | None = None, capacity: int = 4096) -> None:
+        self.handler = handler
+        self.capacity = capacity
+        self._data = np.zeros((capacity, 3), dtype=np.uint8)
+        self._size = np.zeros(capacity, dtype=np.uint8)
+        self._frames = np.zeros(capacity, dtype=np.int64)
+        self._written = 0
+        self._read = 0
+        self._wake_pending = False
+        self.overflows = 0
+        self.skipped_sysex = 0
+        self._connect = tuple(connect)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self.client = jack.Client(client_name, no_start_server=True, servername=servername)
+        self.port = self.client.midi_inports.register(port_name)
+        self.samplerate = float(self.client.samplerate)
+        self._last_raw: int | None = None
+        self._frame_base = 0
+        self.client.set_process_callback(self._process)
+
+    @property
+    def port_name(self) -> str:
+        """The port's full name (``client:port``) for connecting to it."""
+        return str(self.port.name)
+
+    def start(self) -> None:
+        """Activate on the running loop and connect the configured source ports."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._rfd, self._drain)
+        self.client.activate()
+        for source in self._connect:
+            self.client.connect(source, self.port)
+            log.info("JACK MIDI: %s -> %s", source, self.port_name)
+
+    def close(self) -> None:
+        """Deactivate, close the client and the pipe (loop thread)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self._rfd)
+        self.client.deactivate()
+        self.client.close()
+        os.close(self._rfd)
+        os.close(self._wfd)
+        if self.overflows or self.skipped_sysex:
+            log.warning("JACK MIDI: %d events lost to a full ring, %d SysEx skipped",
+                        self.overflows, self.skipped_sysex)
+
+    def _process(self, frames: int) -> None:
+        """JACK process thread: copy events into the ring; no locks, no logging, no waits."""
+        base = self.client.last_frame_time
+        written = self._written
+        for offset, buf in self.port.incoming_midi_events():
+            size = len(buf)
+            if size > 3 or size == 0:
+                self.skipped_sysex += 1
+                continue
+            if written - self._read >= self.capacity:
+                self.overflows += 1
+                continue
+            slot = written % self.capacity
+            raw = bytes(buf)
+            for i in range(size):
+                self._data[slot, i] = raw[i]
+            self._size[slot] = size
+            self._frames[slot] = base + offset
+            written += 1
+        if written != self._written:
+            self._written = written
+            if not self._wake_pending:
+                self._wake_pending = True
+                try:
+                    os.write(self._wfd, _WAKE)
+                except BlockingIOError:
+                    pass  # the pipe already holds a wake-up byte
+
+    def _drain(self) -> None:
+        """Loop thread: deliver every event in the ring to the handler, in order."""
+        try:
+            os.read(self._rfd, 4096)
+        except BlockingIOError:
+            pass
+        self._wake_pending = False  # clear before reading the count: no lost wake-ups
+        written = self._written
+        while self._read < written:
+            slot = self._read % self.capacity
+            size = int(self._size[slot])
+            data = self._data[slot, :size].tobytes()
+            seconds = self._unwrap(int(self._frames[slot])) / self.samplerate
+            self._read += 1
+            self.handler(data, seconds)
+
+    def _unwrap(self, raw: int) -> int:
+        raw %= _FRAME_WRAP
+        if self._last_raw is not None and raw < self._last_raw - _FRAME_WRAP // 2:
+            self._frame_base += _FRAME_WRAP
+        self._last_raw = raw
+        return self._frame_base + raw
