@@ -149,7 +149,7 @@ class CcBinding:
         if spec.kind == "bool":
             return y >= (self.min + self.max) / 2 if self.max != self.min else bool(self.max)
         if spec.kind == "int":
-            return int(round(y))
+            return round(y)
         return y
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from protocols.osc import OscConfig
 from protocols.osc_feedback import Coalescer
 from tests.control_surface_helpers import Served, served
 
-ADDRESS_LIST = sorted(ADDRESSES) + [
+ADDRESS_LIST = [*sorted(ADDRESSES),
     "/riff/play", "/riff/stop", "/riff/state", "/riff/ping", "/riff/preset/load",
     "/riff/preset/save", "/riff/midi/learn", "/riff/subscribe", "/riff/unsubscribe",
     "/riff/record/start", "/riff/record/stop", "/riff/x", "/riff/*", "/", "riff"]
@@ -39,7 +40,8 @@ def _state_is_valid(state: EngineState) -> None:
         assert PARAMETERS[name].coerce(value) == value
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(address=st.sampled_from(ADDRESS_LIST), args=st.lists(osc_arg, max_size=3))
 def test_fuzzed_messages_keep_state_valid(osc: Served, address: str, args: list[Any]) -> None:
     client = osc.client()
@@ -52,7 +54,8 @@ def test_fuzzed_messages_keep_state_valid(osc: Served, address: str, args: list[
     osc.lt.call(lambda: _state_is_valid(osc.engine.state))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.one_of(
     st.binary(max_size=200),
     st.builds(lambda a, b: a + b, st.sampled_from([b"/riff/alpha\x00", b"#bundle\x00",
@@ -70,12 +73,18 @@ def test_fuzzed_datagrams_keep_server_up(osc: Served, data: bytes) -> None:
 
 
 def test_burst_of_10000_none_lost(tmp_path: Path) -> None:
-    for s in served(tmp_path, OscConfig(port=0)):
+    n = 10_000
+    gen = served(tmp_path, OscConfig(port=0))
+    s = next(gen)
+    try:
         client = s.client()
-        n = 10_000
+
+        def blast() -> None:
+            for i in range(n):
+                client.send("/riff/seed", i)
+
         # Send from a thread as fast as the socket takes them; the receive buffer holds them.
-        sender = threading.Thread(
-            target=lambda: [client.send("/riff/seed", i) for i in range(n)])
+        sender = threading.Thread(target=blast)
         sender.start()
         sender.join()
         client.messages_until_pong()
@@ -83,6 +92,8 @@ def test_burst_of_10000_none_lost(tmp_path: Path) -> None:
         assert counters["received"] == n + 1
         assert counters["applied"] == n + 1 and counters["errors"] == 0
         assert s.lt.call(lambda: s.engine.state.get("seed")) == n - 1
+    finally:
+        gen.close()
 
 
 class FakeTimers:
@@ -97,7 +108,7 @@ class FakeTimers:
         self.timers.append(entry)
 
         class Handle:
-            def cancel(inner) -> None:  # noqa: N805
+            def cancel(inner) -> None:
                 self.timers.remove(entry)
         return Handle()
 
@@ -124,7 +135,7 @@ def test_coalescer_rate_and_latest_wins() -> None:
     alpha = [s for s in sent if s[1] == "/riff/alpha"]
     assert alpha[-1][2] == (999,)
     assert 25 <= len(alpha) <= 32
-    gaps = [b[0] - a[0] for a, b in zip(alpha, alpha[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(alpha)]
     assert min(gaps) >= 1 / 30 - 1e-9
     assert [s[2] for s in sent if s[1] == "/riff/guidance"] == [(7,)]
     assert c.superseded == 1000 - len(alpha)
