@@ -8,8 +8,9 @@ message can never do what an OSC message could not.
 
 MIDI learn: :meth:`MidiRouter.start_learn` (``/riff/midi/learn <address>``) arms the router;
 the next CC that arrives is bound to that address over the parameter's whole range and the map
-is saved back to its TOML file (or to ``learned.toml`` in the user's maps folder when the
-running map came from nowhere).
+is saved to ``learn_path`` (the surfaces pass the map's own file, or a file of the same name in
+the user's presets folder for a built-in map), else back to the file it was read from, else to
+``maps/learned.toml`` in the user's presets folder.
 
 Thread: everything here runs on the asyncio loop.
 """
@@ -50,7 +51,7 @@ class MidiRouter:
         self.commands = commands
         self.clock = clock
         self.counters = MidiCounters()
-        self.learn_path = learn_path or commands.presets.save_folder / "maps" / "learned.toml"
+        self.learn_path = learn_path
         self.learning: str | None = None
         self._msb: dict[tuple[int, int], int] = {}
         self._buttons_down: dict[tuple[int, int], bool] = {}
@@ -161,7 +162,8 @@ class MidiRouter:
         hi = float(spec.hi) if spec.hi is not None else 1.0
         binding = CcBinding(cc=cc, address=address, min=lo, max=hi, channel=channel)
         new_map = self.map.with_cc(binding)
-        path = new_map.save(self.map.path or self.learn_path)
+        path = new_map.save(self.learn_path or self.map.path or
+                            self.commands.presets.save_folder / "maps" / "learned.toml")
         self.map = dataclasses.replace(new_map, path=path)
         self._index()
         self.counters.learned += 1

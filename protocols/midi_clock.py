@@ -4,6 +4,8 @@ The clock turns raw realtime bytes with timestamps into :class:`ClockObservation
 whoever follows it. A transport that follows MIDI clock (``engine.transport``) needs only
 ``observe(observation)``; :class:`StateFollower` is the simple follower used when no transport
 hook is given: it sets the ``tempo`` parameter and starts/stops the engine.
+:class:`TransportFollower` locks the engine's transport (``engine.transport.Transport``) to the
+master's grid: tempo and bar phase.
 
 Tempo estimate: the mean tick interval over the first beat, then an exponential moving average
 (time constant about ``smoothing_beats`` beats), so jitter of a few ms on individual ticks
@@ -18,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from engine.errors import RiffError
 from engine.state import PARAMETERS
@@ -151,3 +153,56 @@ class StateFollower:
         except RiffError as exc:
             self.errors += 1
             log.warning("MIDI clock %s not applied: %s", observation.kind, exc)
+
+
+class FollowsClock(Protocol):
+    """The slice of ``engine.transport.Transport`` that :class:`TransportFollower` drives."""
+
+    @property
+    def beats_per_bar(self) -> int: ...
+
+    def now(self) -> int: ...
+
+    def follow(self, obs: Any) -> bool: ...
+
+
+class TransportFollower:
+    """Follows the clock with the engine's transport: its bar grid locks to the master's.
+
+    Each beat (and each tempo change or song position jump) becomes a
+    ``engine.transport.BBTObservation`` at the transport's current sample, so the grid follows
+    the master's tempo and phase; start/continue and stop play and stop the engine. While the
+    master is stopped its tempo still arrives; it goes to ``tempo_follower`` (the tempo
+    parameter), since there is no phase to lock to.
+    """
+
+    def __init__(self, transport: FollowsClock, play: Callable[[], None],
+                 stop: Callable[[], None], tempo_follower: StateFollower | None = None) -> None:
+        from engine.transport import BBTObservation
+
+        self._make = BBTObservation
+        self.transport = transport
+        self.tempo_follower = tempo_follower
+        self._play = play
+        self._stop = stop
+        self.errors = 0
+
+    def observe(self, observation: ClockObservation) -> None:
+        """Apply one observation (asyncio loop)."""
+        try:
+            if observation.kind in ("start", "continue"):
+                self._play()
+            elif observation.kind == "stop":
+                self._stop()
+            elif observation.kind == "tempo" and not observation.running:
+                if self.tempo_follower is not None:
+                    self.tempo_follower.observe(observation)
+            elif observation.bpm > 0 and observation.running:
+                meter = self.transport.beats_per_bar
+                beats = observation.beats
+                self.transport.follow(self._make(
+                    sample=self.transport.now(), bar=int(beats // meter), beat=beats % meter,
+                    tempo=round(observation.bpm, 3), beats_per_bar=meter))
+        except RiffError as exc:
+            self.errors += 1
+            log.warning("MIDI clock %s not followed: %s", observation.kind, exc)

@@ -10,7 +10,8 @@
 ``engine`` is anything with the :class:`~protocols.control_target.ControlTarget` shape
 (``engine.control.Engine``). Pass ``clock_observer`` (an object with
 ``observe(ClockObservation)``, e.g. the transport) to let MIDI clock drive the transport;
-without it, ``--midi-clock`` sets the tempo parameter and starts/stops the engine.
+without it, ``--midi-clock`` locks ``engine.transport`` to the master (tempo and bar phase)
+when the engine has one, else sets the tempo parameter; start/stop play and stop the engine.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from engine.errors import InvalidRequest
 from engine.presets import PresetLibrary
 from protocols.control_target import Commands, ControlTarget
 from protocols.midi import MidiRouter
-from protocols.midi_clock import ClockObserver, MidiClock, StateFollower
+from protocols.midi_clock import ClockObserver, MidiClock, StateFollower, TransportFollower
 from protocols.midi_map import MidiMap
 from protocols.osc import OscConfig, OscServer
 
@@ -137,11 +138,10 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
             midi_map = load_midi_map(library, config.midi_map)
             clock = None
             if config.midi_clock:
-                observer = clock_observer or StateFollower(
-                    lambda bpm: commands.set_address("/riff/tempo", bpm), commands.play,
-                    commands.stop)
+                observer = clock_observer or _default_clock_observer(engine, commands)
                 clock = MidiClock(observer)
-            router = MidiRouter(commands, midi_map, clock=clock)
+            router = MidiRouter(commands, midi_map, clock=clock,
+                                learn_path=_learn_path(library, midi_map, config.midi_map))
             surfaces.router = router
             commands.learn = router.start_learn
             for n, spec in enumerate(config.midi_in):
@@ -152,6 +152,25 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
         await surfaces.close()
         raise
     return surfaces
+
+
+def _learn_path(library: PresetLibrary, midi_map: MidiMap, ident: str | None) -> Path:
+    """Where MIDI learn saves: a map file given by path stays put; a library map is saved
+    under its own name in the user's folder (which shadows the built-in one)."""
+    if ident is not None and (ident.endswith(".toml") or "/" in ident):
+        return Path(ident)
+    name = midi_map.path.name if midi_map.path is not None else "learned.toml"
+    return library.save_folder / "maps" / name
+
+
+def _default_clock_observer(engine: ControlTarget, commands: Commands) -> ClockObserver:
+    """The engine's transport when it has one that follows, else the tempo parameter."""
+    state_follower = StateFollower(lambda bpm: commands.set_address("/riff/tempo", bpm),
+                                   commands.play, commands.stop)
+    transport = getattr(engine, "transport", None)
+    if transport is not None and callable(getattr(transport, "follow", None)):
+        return TransportFollower(transport, commands.play, commands.stop, state_follower)
+    return state_follower
 
 
 def _open_input(spec: str, n: int, router: MidiRouter, config: ControlConfig) -> Any:
