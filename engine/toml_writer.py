@@ -8,7 +8,6 @@ small writer keeps the engine free of another dependency. Output round-trips thr
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -21,10 +20,21 @@ def _key(key: str) -> str:
     return key if _BARE_KEY.match(key) else _string(key)
 
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
+            "\f": "\\f", "\r": "\\r"}
+
+
 def _string(value: str) -> str:
-    # JSON string escapes are valid TOML basic-string escapes, except that JSON may emit
-    # \u escapes for control characters, which TOML also accepts.
-    return json.dumps(value, ensure_ascii=False)
+    # TOML basic strings: escape quotes, backslashes and every control character (incl. DEL).
+    out = []
+    for ch in value:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def _scalar(value: Any) -> str:
