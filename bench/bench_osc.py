@@ -33,12 +33,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.presets import PresetLibrary  # noqa: E402
-from engine.state import EngineState  # noqa: E402
-from protocols.control_target import Commands  # noqa: E402
-from protocols.midi import MidiRouter  # noqa: E402
-from protocols.midi_map import CcBinding, MidiMap  # noqa: E402
-from protocols.osc import OscConfig, OscServer  # noqa: E402
+from engine.presets import PresetLibrary
+from engine.state import EngineState
+from protocols.control_target import Commands
+from protocols.midi import MidiRouter
+from protocols.midi_map import CcBinding, MidiMap
+from protocols.osc import OscConfig, OscServer
 
 SENDER = r"""
 import json, socket, sys, time
