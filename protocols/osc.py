@@ -298,13 +298,24 @@ class OscServer(asyncio.DatagramProtocol):
             raise InvalidRequest(f"{address} takes a number, got {type(value).__name__}")
         self.commands.set_address(address, value)
 
+    @classmethod
+    def _pressed(cls, address: str, args: tuple[Any, ...]) -> bool:
+        """No argument, or one number as a button sends it: 0 is the release (ignored)."""
+        cls._arity(address, args, 0, 1)
+        if not args:
+            return True
+        if not _number(args[0]) and not isinstance(args[0], bool):
+            raise InvalidRequest(f"{address} takes no argument or a number, got "
+                                 f"{type(args[0]).__name__}")
+        return bool(args[0])
+
     def _play(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
-        self._arity(address, args, 0, 0)
-        self.commands.play()
+        if self._pressed(address, args):
+            self.commands.play()
 
     def _stop(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
-        self._arity(address, args, 0, 0)
-        self.commands.stop()
+        if self._pressed(address, args):
+            self.commands.stop()
 
     def _ping(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
         self._arity(address, args, 0, 0)

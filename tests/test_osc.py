@@ -93,10 +93,19 @@ def test_ping_state_play_stop(osc: Served) -> None:
     assert replies["/riff/tempo"] == [97.5]
     assert replies["/riff/alpha/auto"] == [1]
     assert replies["/riff/prompt"] == [PARAMETERS["prompt"].default]
-    for address in ("/riff/play", "/riff/stop", "/riff/state", "/riff/ping"):
+    for address in ("/riff/state", "/riff/ping"):
         client.send(address, 1)
         assert client.messages_until_pong()[0][0] == "/riff/error"
-    assert (osc.engine.plays, osc.engine.stops) == (2, 1)
+    # A button (TouchOSC) sends 1.0 on press and 0.0 on release: only the press acts.
+    client.send("/riff/play", 1.0)
+    client.send("/riff/play", 0.0)
+    client.send("/riff/stop", 1)
+    assert client.messages_until_pong() == []
+    for args in [("go",), (1, 2)]:
+        client.send("/riff/play", *args)
+        client.send("/riff/stop", *args)
+        assert [r[0] for r in client.messages_until_pong()] == ["/riff/error"] * 2
+    assert (osc.engine.plays, osc.engine.stops) == (3, 2)
 
 
 def test_unknown_address_and_patterns(osc: Served) -> None:
