@@ -8,6 +8,10 @@ clock's tempo estimate uses.
 
 The ring is single producer (JACK thread) / single consumer (loop): the producer only moves
 the write count, the consumer only the read count.
+
+With ``feedback=True`` the client also has a ``midi_out`` port: :meth:`JackMidiInput.send`
+(loop thread) queues short messages in a second preallocated ring that the process callback
+writes out at the start of the next period (motorised faders, LED rings).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ class JackMidiInput:
 
     def __init__(self, handler: MidiHandler, *, client_name: str = "riff-midi",
                  port_name: str = "midi_in", connect: Sequence[str] = (),
-                 servername: str | None = None, capacity: int = 4096) -> None:
+                 servername: str | None = None, capacity: int = 4096,
+                 feedback: bool = False) -> None:
         self.handler = handler
         self.capacity = capacity
         self._data = np.zeros((capacity, 3), dtype=np.uint8)
@@ -51,6 +56,12 @@ class JackMidiInput:
         self.client = jack.Client(client_name, no_start_server=True, servername=servername)
         self.port = self.client.midi_inports.register(port_name)
         self.samplerate = float(self.client.samplerate)
+        self.out_port = self.client.midi_outports.register("midi_out") if feedback else None
+        self._out_data = np.zeros((capacity, 3), dtype=np.uint8)
+        self._out_size = np.zeros(capacity, dtype=np.uint8)
+        self._out_written = 0
+        self._out_read = 0
+        self.out_dropped = 0
         self._last_raw: int | None = None
         self._frame_base = 0
         self.client.set_process_callback(self._process)
@@ -81,8 +92,28 @@ class JackMidiInput:
             log.warning("JACK MIDI: %d events lost to a full ring, %d SysEx skipped",
                         self.overflows, self.skipped_sysex)
 
+    def send(self, data: bytes) -> None:
+        """Loop thread: queue one short message (1-3 bytes) for the ``midi_out`` port."""
+        if self.out_port is None or not 1 <= len(data) <= 3:
+            self.out_dropped += 1
+            return
+        if self._out_written - self._out_read >= self.capacity:
+            self.out_dropped += 1
+            return
+        slot = self._out_written % self.capacity
+        self._out_data[slot, :len(data)] = tuple(data)
+        self._out_size[slot] = len(data)
+        self._out_written += 1
+
     def _process(self, frames: int) -> None:
-        """JACK process thread: copy events into the ring; no locks, no logging, no waits."""
+        """JACK process thread: copy events into/out of the rings; no locks, logging, waits."""
+        if self.out_port is not None:
+            self.out_port.clear_buffer()
+            while self._out_read < self._out_written:
+                slot = self._out_read % self.capacity
+                self.out_port.write_midi_event(
+                    0, self._out_data[slot, :self._out_size[slot]].tobytes())
+                self._out_read += 1
         base = self.client.last_frame_time
         written = self._written
         for offset, buf in self.port.incoming_midi_events():

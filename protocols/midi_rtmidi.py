@@ -5,6 +5,9 @@ here) works wherever JACK runs. Other APIs (``LINUX_ALSA``, ``MACOSX_CORE``) are
 
 rtmidi calls back on its own thread; the callback only timestamps the message and hands it to
 the asyncio loop with ``call_soon_threadsafe``.
+
+With ``feedback=True`` an output port is opened too (virtual ``<name>_out``, or the named
+port's output of the same name) for MIDI feedback; :meth:`RtMidiInput.send` runs on the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ class RtMidiInput:
 
     def __init__(self, handler: MidiHandler, *, port: str | None = None,
                  name: str = "midi_in", client_name: str = "riff-rtmidi",
-                 api: str = "UNIX_JACK") -> None:
+                 api: str = "UNIX_JACK", feedback: bool = False) -> None:
         self.handler = handler
         self.port_arg = port
         self.name = name
@@ -33,6 +36,8 @@ class RtMidiInput:
         self.api = api
         self._loop: asyncio.AbstractEventLoop | None = None
         self._port: Any = None
+        self._out: Any = None
+        self.feedback = feedback
         self.dropped = 0
 
     def start(self) -> None:
@@ -49,6 +54,20 @@ class RtMidiInput:
                                             client_name=self.client_name)
         log.info("rtmidi (%s) input %s", self.api, self.port_arg or
                  f"{self.client_name}:{self.name} (virtual)")
+        if self.feedback:
+            if self.port_arg is None:
+                self._out = backend.open_output(f"{self.name}_out", virtual=True,
+                                                client_name=f"{self.client_name}-out")
+            else:
+                self._out = backend.open_output(self.port_arg,
+                                                client_name=f"{self.client_name}-out")
+
+    def send(self, data: bytes) -> None:
+        """Loop thread: send one MIDI message out of the feedback port."""
+        import mido
+
+        if self._out is not None:
+            self._out.send(mido.Message.from_bytes(list(data)))
 
     def _callback(self, message: Any) -> None:
         """rtmidi's thread: timestamp and hand over to the loop; never blocks."""
@@ -62,6 +81,7 @@ class RtMidiInput:
 
     def close(self) -> None:
         """Close the port."""
-        if self._port is not None:
-            self._port.close()
-            self._port = None
+        for port in (self._port, self._out):
+            if port is not None:
+                port.close()
+        self._port = self._out = None

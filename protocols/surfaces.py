@@ -27,6 +27,7 @@ from engine.presets import PresetLibrary
 from protocols.control_target import Commands, ControlTarget
 from protocols.midi import MidiRouter
 from protocols.midi_clock import ClockObserver, MidiClock, StateFollower, TransportFollower
+from protocols.midi_feedback import MidiFeedback
 from protocols.midi_map import MidiMap
 from protocols.osc import OscConfig, OscServer
 
@@ -47,6 +48,7 @@ class ControlConfig:
     midi_in: tuple[str, ...] = ()
     midi_map: str | None = None
     midi_clock: bool = False
+    midi_feedback: bool = False
     preset_dirs: tuple[Path, ...] = ()
     client_name: str = "riff"
     rtmidi_api: str = "UNIX_JACK"
@@ -77,6 +79,9 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
                             "mpkmini) or a .toml file (default generic8 when MIDI is on)")
     group.add_argument("--midi-clock", action="store_true",
                        help="follow MIDI clock in: tempo, start/stop, song position")
+    group.add_argument("--midi-feedback", action="store_true",
+                       help="send mapped parameters back as CC (motorised faders, LED rings): "
+                            "a midi_out port next to each JACK input, an output port for rtmidi")
     group.add_argument("--preset-dir", action="append", default=[], type=Path, metavar="DIR",
                        help="your presets folder (searched first; presets are saved here)")
 
@@ -85,7 +90,8 @@ def control_config_from_args(args: argparse.Namespace) -> ControlConfig:
     """The :class:`ControlConfig` for parsed ``add_control_arguments`` options."""
     osc = None if args.osc_port == 0 else OscConfig(host=args.osc_host, port=args.osc_port)
     return ControlConfig(osc=osc, midi_in=tuple(args.midi_in), midi_map=args.midi_map,
-                         midi_clock=args.midi_clock, preset_dirs=tuple(args.preset_dir))
+                         midi_clock=args.midi_clock, midi_feedback=args.midi_feedback,
+                         preset_dirs=tuple(args.preset_dir))
 
 
 def load_midi_map(library: PresetLibrary, ident: str | None) -> MidiMap:
@@ -109,9 +115,14 @@ class ControlSurfaces:
         self.osc: OscServer | None = None
         self.router: MidiRouter | None = None
         self.inputs: list[Any] = []
+        self.feedback: list[MidiFeedback] = []
 
     async def close(self) -> None:
         """Stop MIDI inputs and the OSC server (asyncio loop)."""
+        for fb in self.feedback:
+            self.commands.state.remove_listener(fb.on_change)
+            fb.close()
+        self.feedback.clear()
         for midi_input in self.inputs:
             try:
                 midi_input.close()
@@ -145,7 +156,12 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
             surfaces.router = router
             commands.learn = router.start_learn
             for n, spec in enumerate(config.midi_in):
-                surfaces.inputs.append(_open_input(spec, n, router, config))
+                midi_input = _open_input(spec, n, router, config)
+                surfaces.inputs.append(midi_input)
+                if config.midi_feedback:
+                    fb = MidiFeedback(lambda: router.map, midi_input.send)
+                    commands.state.add_listener(fb.on_change)
+                    surfaces.feedback.append(fb)
         if config.osc is not None:
             surfaces.osc = await OscServer.start(commands, config.osc)
     except BaseException:
@@ -181,13 +197,14 @@ def _open_input(spec: str, n: int, router: MidiRouter, config: ControlConfig) ->
 
         jack_input = JackMidiInput(router.handle, client_name=f"{config.client_name}-midi{suffix}",
                                    connect=(name,) if name else (),
-                                   servername=config.jack_server)
+                                   servername=config.jack_server,
+                                   feedback=config.midi_feedback)
         jack_input.start()
         return jack_input
     from protocols.midi_rtmidi import RtMidiInput
 
     rt_input = RtMidiInput(router.handle, port=name or None,
                            client_name=f"{config.client_name}-rtmidi{suffix}",
-                           api=config.rtmidi_api)
+                           api=config.rtmidi_api, feedback=config.midi_feedback)
     rt_input.start()
     return rt_input

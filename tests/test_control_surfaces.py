@@ -45,6 +45,28 @@ def test_control_arguments_parse() -> None:
         ControlConfig(midi_in=("serial",))
 
 
+class JackListener:
+    """A JACK client in the test that records the MIDI it receives."""
+
+    def __init__(self, server: str, received: list[bytes]) -> None:
+        import jack
+
+        self.client = jack.Client(f"riff-test-listen-{uuid.uuid4().hex[:6]}",
+                                  no_start_server=True, servername=server)
+        self.port = self.client.midi_inports.register("in")
+
+        def process(frames: int) -> None:
+            for _offset, data in self.port.incoming_midi_events():
+                received.append(bytes(data))
+
+        self.client.set_process_callback(process)
+        self.client.activate()
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
 def _engine() -> Engine:
     clock = FakeClock()
     return Engine(FakeGenerator(clock), FakeSink(clock, 48000), sample_rate=48000, clock=clock)
@@ -56,7 +78,7 @@ def test_real_engine_driven_by_osc_and_jack_midi(jack_server: str, tmp_path: Pat
     engine = _engine()
     PresetLibrary([tmp_path]).save("warm", Preset({"prompt": "warm tape chords"}))
     config = ControlConfig(osc=OscConfig(port=0), midi_in=("jack",), midi_map="generic8",
-                           midi_clock=True, preset_dirs=(tmp_path,),
+                           midi_clock=True, midi_feedback=True, preset_dirs=(tmp_path,),
                            client_name=f"riff-test-{uuid.uuid4().hex[:6]}",
                            jack_server=jack_server)
     surfaces: ControlSurfaces = lt.run(start_control_surfaces(engine, config))
@@ -80,6 +102,13 @@ def test_real_engine_driven_by_osc_and_jack_midi(jack_server: str, tmp_path: Pat
         sender.client.connect(sender.port, midi_in.port_name)
         sender.queue.append(bytes([0xB0, 21, 127]))
         wait_for(lambda: lt.call(lambda: engine.state.get("alpha")) == 1.0)
+        # MIDI feedback: an OSC change of alpha comes out of midi_out as CC 21.
+        received: list[bytes] = []
+        listener = JackListener(jack_server, received)
+        listener.client.connect(midi_in.out_port, listener.port)
+        client.send("/riff/alpha", 0.5)
+        wait_for(lambda: bytes([0xB0, 21, 64]) in list(received))
+        listener.close()
         # MIDI learn from OSC, then the learned CC drives guidance.
         client.send("/riff/midi/learn", "/riff/guidance")
         assert "/riff/error" not in dict(client.messages_until_pong())

@@ -367,7 +367,7 @@ def test_rtmidi_over_jack(jack_server: str, tmp_path: Path, loop_thread: LoopThr
     name = f"riff-test-rt-{uuid.uuid4().hex[:6]}"
 
     def start() -> RtMidiInput:
-        inp = RtMidiInput(rig.router.handle, name="in", client_name=name)
+        inp = RtMidiInput(rig.router.handle, name="in", client_name=name, feedback=True)
         inp.start()
         return inp
 
@@ -389,7 +389,43 @@ def test_rtmidi_over_jack(jack_server: str, tmp_path: Path, loop_thread: LoopThr
         wait_for(lambda: any(b.cc == 90 for b in MidiMap.load(rig.map_path).cc))
         out.send(mido.Message("control_change", channel=0, control=90, value=127))
         wait_for(lambda: loop_thread.call(lambda: rig.get("tempo")) == 240.0)
+        # Feedback out: alpha (CC 1 in the map) set elsewhere comes back as CC 1.
+        from protocols.midi_feedback import MidiFeedback
+
+        got: list[Any] = []
+        back = backend.open_input("back", virtual=True, client_name=f"{name}-back",
+                                  callback=got.append)
+        patch.connect(f"{name}-out:in_out", f"{name}-back:back")
+
+        def wire() -> None:
+            fb = MidiFeedback(lambda: rig.router.map, inp.send)
+            rig.engine.state.add_listener(fb.on_change)
+            rig.engine.state.set("alpha", 1.0)
+
+        loop_thread.call(wire)
+        wait_for(lambda: any(m.type == "control_change" and m.control == 1 and m.value == 127
+                             for m in list(got)))
+        back.close()
     finally:
         out.close()
         patch.close()
         loop_thread.call(inp.close)
+
+
+@pytest.mark.parametrize("curve", ["linear", "exp", "log"])
+@pytest.mark.parametrize("lsb", [None, 34])
+def test_feedback_messages_invert_the_binding(curve: str, lsb: int | None) -> None:
+    from protocols.midi_feedback import cc_messages
+
+    b = CcBinding(cc=2, lsb=lsb, address="/riff/guidance", min=2.0, max=14.0, curve=curve,
+                  channel=None)
+    for value in (2.0, 3.3, 8.0, 13.9, 14.0):
+        messages = cc_messages(b, value, default_channel=5)
+        assert all(m[0] == 0xB5 for m in messages)
+        if lsb is None:
+            x = messages[0][2] / 127
+            tolerance = 12 * 0.5 / 127 * 14  # half a step, times the steepest slope (log)
+        else:
+            x = ((messages[0][2] << 7) | messages[1][2]) / 16383
+            tolerance = 12 * 0.5 / 16383 * 14
+        assert float(b.value(x)) == pytest.approx(value, abs=tolerance)
