@@ -139,6 +139,16 @@ class OscServer(asyncio.DatagramProtocol):
         host, port = self.transport.get_extra_info("sockname")[:2]
         return host, port
 
+    def stats(self) -> dict[str, int]:
+        """Counters plus feedback totals (for logs and the daemon's status)."""
+        out = self.counters.as_dict()
+        out["scheduled"] = len(self._scheduled)
+        if self.feedback is not None:
+            out["subscribers"] = len(self.feedback.subscribers)
+            out["feedback_sent"] = self.feedback.counters.sent
+            out["feedback_coalesced"] = self.feedback.coalescer.superseded
+        return out
+
     async def close(self) -> None:
         """Stop serving: cancel scheduled messages and feedback, close the socket."""
         for handle in self._scheduled:
@@ -150,7 +160,7 @@ class OscServer(asyncio.DatagramProtocol):
             self.feedback.close()
         if self.transport is not None:
             self.transport.close()
-        log.info("OSC stopped: %s", self.counters.as_dict())
+        log.info("OSC stopped: %s", self.stats())
 
     # -- asyncio.DatagramProtocol --------------------------------------------------------
 

@@ -117,6 +117,16 @@ class ControlSurfaces:
         self.inputs: list[Any] = []
         self.feedback: list[MidiFeedback] = []
 
+    def stats(self) -> dict[str, int]:
+        """OSC and MIDI counters, prefixed ``osc_`` and ``midi_`` (JSON-ready)."""
+        out: dict[str, int] = {}
+        if self.osc is not None:
+            out.update({f"osc_{k}": v for k, v in self.osc.stats().items()})
+        if self.router is not None:
+            out.update({f"midi_{k}": v
+                        for k, v in dataclasses.asdict(self.router.counters).items()})
+        return out
+
     async def close(self) -> None:
         """Stop MIDI inputs and the OSC server (asyncio loop)."""
         for fb in self.feedback:
