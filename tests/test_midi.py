@@ -83,7 +83,7 @@ presets = ["mine", "missing"]
 """
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -300,7 +300,9 @@ class JackSender:
             self.port.write_midi_event(0, self.queue.popleft())
         if self.tick_frames:
             base = self.client.last_frame_time
-            if self.next_tick is None:
+            if self.next_tick is None or self.next_tick < base:
+                # First period, or this client missed periods (a stalled test process):
+                # start the pulse again here rather than write into the past.
                 self.next_tick = base
             while self.next_tick < base + frames:
                 self.port.write_midi_event(self.next_tick - base, b"\xf8")
@@ -343,7 +345,9 @@ def test_jack_midi_cc_notes_and_clock(jack_server: str, tmp_path: Path,
         sender.queue.append(bytes([0xFA]))
         assert state.get("tempo") != 100.0
         sender.tick_frames = round(rate * 60 / 100 / 24)  # exact at 48 kHz: 1200 frames
-        wait_for(lambda: loop_thread.call(lambda: state.get("tempo")) == 100.0)
+        # Exact timestamps give exactly 100.0; a stalled sender (missed JACK periods) leaves
+        # the estimate within the reporting step (0.05 BPM) once it has settled.
+        wait_for(lambda: abs(loop_thread.call(lambda: state.get("tempo")) - 100.0) <= 0.06)
         assert rig.engine.plays == 1, (rig.observations[:3], rig.router.counters)
         sender.tick_frames = 0
         sender.queue.append(bytes([0xFC]))
