@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jack
 import numpy as np
@@ -64,7 +65,16 @@ class JackMidiInput:
         self.out_dropped = 0
         self._last_raw: int | None = None
         self._frame_base = 0
+        self.xruns = 0
+        self.shutdown_reason: str | None = None
         self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.set_shutdown_callback(self._shutdown)
+
+    @property
+    def drained(self) -> bool:
+        """Whether every event the JACK thread received has been handed over (loop thread)."""
+        return self._read == self._written
 
     @property
     def port_name(self) -> str:
@@ -88,9 +98,9 @@ class JackMidiInput:
         self.client.close()
         os.close(self._rfd)
         os.close(self._wfd)
-        if self.overflows or self.skipped_sysex:
-            log.warning("JACK MIDI: %d events lost to a full ring, %d SysEx skipped",
-                        self.overflows, self.skipped_sysex)
+        if self.overflows or self.skipped_sysex or self.xruns:
+            log.warning("JACK MIDI: %d events lost to a full ring, %d SysEx skipped, "
+                        "%d xruns", self.overflows, self.skipped_sysex, self.xruns)
 
     def send(self, data: bytes) -> None:
         """Loop thread: queue one short message (1-3 bytes) for the ``midi_out`` port."""
@@ -104,6 +114,15 @@ class JackMidiInput:
         self._out_data[slot, :len(data)] = tuple(data)
         self._out_size[slot] = len(data)
         self._out_written += 1
+
+    def _xrun(self, delay_usecs: float) -> None:
+        """JACK notification thread: count (a missed period loses that period's events)."""
+        self.xruns += 1
+
+    def _shutdown(self, status: Any, reason: str) -> None:
+        """JACK thread, when the server drops this client: remember and log (no JACK calls)."""
+        self.shutdown_reason = reason
+        log.error("JACK MIDI input %s was shut down by the server: %s", self.port_name, reason)
 
     def _process(self, frames: int) -> None:
         """JACK process thread: copy events into/out of the rings; no locks, logging, waits."""

@@ -26,7 +26,7 @@ from protocols.surfaces import (
 )
 from tests.control_surface_helpers import Client, LoopThread
 from tests.engine_fakes import FakeClock, FakeGenerator, FakeSink
-from tests.test_midi import JackSender, wait_for
+from tests.test_midi import JackSender, send_until, wait_for
 
 
 def test_control_arguments_parse() -> None:
@@ -100,8 +100,8 @@ def test_real_engine_driven_by_osc_and_jack_midi(jack_server: str, tmp_path: Pat
         (midi_in,) = surfaces.inputs
         sender = JackSender(jack_server)
         sender.client.connect(sender.port, midi_in.port_name)
-        sender.queue.append(bytes([0xB0, 21, 127]))
-        wait_for(lambda: lt.call(lambda: engine.state.get("alpha")) == 1.0)
+        send_until(sender, [bytes([0xB0, 21, 127])],
+                   lambda: lt.call(lambda: engine.state.get("alpha")) == 1.0)
         # MIDI feedback: an OSC change of alpha comes out of midi_out as CC 21.
         received: list[bytes] = []
         listener = JackListener(jack_server, received)
@@ -112,20 +112,22 @@ def test_real_engine_driven_by_osc_and_jack_midi(jack_server: str, tmp_path: Pat
         # MIDI learn from OSC, then the learned CC drives guidance.
         client.send("/riff/midi/learn", "/riff/guidance")
         assert "/riff/error" not in dict(client.messages_until_pong())
-        sender.queue.append(bytes([0xB0, 99, 0]))
         # The built-in map is saved under its name in the user's folder, which shadows it.
         learned = tmp_path / "maps" / "generic8.toml"
-        wait_for(lambda: learned.is_file())
+        send_until(sender, [bytes([0xB0, 99, 0])], learned.is_file)
         assert any(b.cc == 99 and b.address == "/riff/guidance"
                    for b in MidiMap.load(learned).cc)
         assert PresetLibrary([tmp_path]).map_path("generic8") == learned
-        sender.queue.append(bytes([0xB0, 99, 127]))
-        wait_for(lambda: lt.call(lambda: engine.state.get("guidance")) == 20.0)
+        send_until(sender, [bytes([0xB0, 99, 127])],
+                   lambda: lt.call(lambda: engine.state.get("guidance")) == 20.0)
         # MIDI clock at 100 BPM: the transport follows the master.
-        sender.queue.append(bytes([0xFA]))
+        assert surfaces.router is not None and surfaces.router.clock is not None
+        clock = surfaces.router.clock
+        send_until(sender, [bytes([0xFA])], lambda: lt.call(lambda: clock.running))
         sender.tick_frames = round(sender.client.samplerate * 60 / 100 / 24)
         wait_for(lambda: lt.call(lambda: engine.transport.external
                                  and abs(engine.transport.tempo - 100.0) <= 0.06))
+        wait_for(lambda: lt.call(lambda: midi_in.drained))
         stats = lt.call(surfaces.stats)
         assert stats["osc_errors"] == 0 and stats["osc_subscribers"] == 1
         assert stats["midi_learned"] == 1 and stats["midi_applied"] >= 2
