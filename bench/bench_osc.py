@@ -5,9 +5,12 @@ Prints JSON. Each path is measured next to a baseline taken in the same run:
 - OSC: a sender process sends ``/riff/seed i`` at 1000 messages/s; latency is from its send
   to the engine state holding ``i`` (a state listener timestamps it). Baseline: python-osc's own
   ``AsyncIOOSCUDPServer`` with a bare handler (no validation, no state), on the same loop.
-- MIDI over JACK: a JACK client sends CC at 100/s from its process callback; latency is from
-  that callback to the state holding the value. Baseline: a bare JACK client timestamping the
-  event in its own process callback (what JACK alone costs: about one period).
+- MIDI over JACK: a JACK client in another process sends CC at 100/s from its process
+  callback; latency is from that callback to the state holding the value. Baseline: a bare
+  JACK client timestamping the event in its own process callback (what JACK alone costs).
+  ``lost`` counts CCs that never reached the state; ``xruns`` are periods the engine's JACK
+  client missed (its Python callback waits for the GIL while the loop runs), which lose that
+  period's events.
 - rtmidi over JACK: the same CCs through mido/rtmidi's JACK API.
 
 Clocks: ``time.monotonic_ns`` everywhere (one clock across processes on Linux).
@@ -125,48 +128,62 @@ def _cc_map() -> MidiMap:
     return MidiMap(cc=(CcBinding(cc=1, address="/riff/seed", min=0, max=127),))
 
 
-class CcSender:
-    """A JACK client that sends CC 1 = value at a fixed rate from its process callback."""
+MIDI_SENDER = r"""
+import json, sys, time, jack
+server, target, n, every = sys.argv[1] or None, sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+client = jack.Client("bench-send", no_start_server=True, servername=server)
+port = client.midi_outports.register("out")
+sent = []
+state = {"due": 0.0}
+def process(frames):
+    port.clear_buffer()
+    now = time.monotonic()
+    if len(sent) < n and now >= state["due"]:
+        value = len(sent) % 128
+        port.write_midi_event(0, bytes([0xB0, 1, value]))
+        sent.append((value, time.monotonic_ns()))
+        state["due"] = now + every
+state["due"] = time.monotonic() + 0.5  # after the connection below is made
+client.set_process_callback(process)
+client.activate()
+client.connect(port, target)
+while len(sent) < n:
+    time.sleep(0.05)
+time.sleep(0.2)
+client.deactivate()
+client.close()
+print(json.dumps(sent))
+"""
 
-    def __init__(self, server: str | None, n: int, every_s: float) -> None:
-        import jack
 
-        self.client = jack.Client(f"bench-send-{uuid.uuid4().hex[:6]}", no_start_server=True,
-                                  servername=server)
-        self.port = self.client.midi_outports.register("out")
-        self.n, self.every_s = n, every_s
-        self.sent: list[tuple[int, int]] = []
-        self.next_due = 0.0
-        self.client.set_process_callback(self._process)
-
-    def _process(self, frames: int) -> None:
-        self.port.clear_buffer()
-        now = time.monotonic()
-        if len(self.sent) < self.n and now >= self.next_due:
-            if self.next_due == 0.0:
-                self.next_due = now + 0.3  # let connections settle first
-                return
-            value = len(self.sent) % 128
-            self.port.write_midi_event(0, bytes([0xB0, 1, value]))
-            self.sent.append((value, time.monotonic_ns()))
-            self.next_due = now + self.every_s
+async def send_cc_from_process(server: str | None, target: str, n: int, every_s: float
+                               ) -> list[tuple[int, int]]:
+    """A separate process (its own GIL) sends CC 1 from its JACK process callback."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", MIDI_SENDER, server or "", target, str(n), str(every_s),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    return [(int(v), int(t)) for v, t in json.loads(out)]
 
 
-async def _collect_cc(sender: CcSender, applied: list[tuple[int, int]], timeout: float
-                      ) -> dict[str, Any]:
+async def _collect_cc(sent: list[tuple[int, int]], applied: list[tuple[int, int]],
+                      timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    while len(applied) < sender.n and time.monotonic() < deadline:
+    while len(applied) < len(sent) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    # Values repeat every 128 messages: pair each send with the first apply after it.
+    # Values repeat every 128 messages (1.28 s): pair each send with the first apply of its
+    # value after it and within half that period; a send with none was lost.
     latencies = []
     j = 0
-    for value, t in sender.sent:
-        while j < len(applied) and (applied[j][1] < t or applied[j][0] != value):
-            j += 1
-        if j < len(applied):
-            latencies.append(applied[j][1] - t)
-            j += 1
-    return summary(latencies, len(sender.sent))
+    for value, t in sent:
+        k = j
+        while k < len(applied) and applied[k][1] - t < 640_000_000:
+            if applied[k][0] == value and applied[k][1] >= t:
+                latencies.append(applied[k][1] - t)
+                j = k + 1
+                break
+            k += 1
+    return summary(latencies, len(sent))
 
 
 async def bench_jack_midi(server: str | None, n: int) -> dict[str, Any]:
@@ -180,12 +197,9 @@ async def bench_jack_midi(server: str | None, n: int) -> dict[str, Any]:
     inp = JackMidiInput(router.handle, client_name=f"bench-in-{uuid.uuid4().hex[:6]}",
                         servername=server)
     inp.start()
-    sender = CcSender(server, n, 0.01)
-    sender.client.activate()
-    sender.client.connect(sender.port, inp.port_name)
-    result = await _collect_cc(sender, applied, n * 0.01 + 10)
-    sender.client.deactivate()
-    sender.client.close()
+    sent = await send_cc_from_process(server, inp.port_name, n, 0.01)
+    result = await _collect_cc(sent, applied, 5)
+    result["xruns"] = inp.xruns
     inp.close()
     return result
 
@@ -204,12 +218,8 @@ async def bench_jack_baseline(server: str | None, n: int) -> dict[str, Any]:
 
     client.set_process_callback(process)
     client.activate()
-    sender = CcSender(server, n, 0.01)
-    sender.client.activate()
-    sender.client.connect(sender.port, port)
-    result = await _collect_cc(sender, seen, n * 0.01 + 10)
-    sender.client.deactivate()
-    sender.client.close()
+    sent = await send_cc_from_process(server, port.name, n, 0.01)
+    result = await _collect_cc(sent, seen, 5)
     client.deactivate()
     client.close()
     return result
@@ -249,9 +259,7 @@ async def bench_rtmidi(server: str | None, n: int) -> dict[str, Any]:
     thread.start()
     while thread.is_alive():
         await asyncio.sleep(0.05)
-    fake = CcSender.__new__(CcSender)
-    fake.n, fake.sent = n, sent
-    result = await _collect_cc(fake, applied, 5)
+    result = await _collect_cc(sent, applied, 5)
     out.close()
     patch.close()
     inp.close()
