@@ -22,7 +22,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InvalidRequest
+from engine.errors import InvalidRequest, RiffError
 from engine.presets import PresetLibrary
 from protocols.control_target import Commands, ControlTarget
 from protocols.midi import MidiRouter
@@ -32,6 +32,10 @@ from protocols.midi_map import MidiMap
 from protocols.osc import OscConfig, OscServer
 
 log = logging.getLogger(__name__)
+
+
+class SurfaceUnavailable(RiffError):
+    """A control surface cannot start (no JACK server, no such MIDI port)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +204,16 @@ def _default_clock_observer(engine: ControlTarget, commands: Commands) -> ClockO
 
 
 def _open_input(spec: str, n: int, router: MidiRouter, config: ControlConfig) -> Any:
+    try:
+        return _open_input_unchecked(spec, n, router, config)
+    except RiffError:
+        raise
+    except Exception as exc:  # jack.JackOpenError, rtmidi/mido errors: one line for the CLI
+        raise SurfaceUnavailable(f"MIDI input {spec!r} cannot start: {exc}") from exc
+
+
+def _open_input_unchecked(spec: str, n: int, router: MidiRouter, config: ControlConfig
+                          ) -> Any:
     kind, _, name = spec.partition(":")
     suffix = f"-{n}" if n else ""
     if kind == "jack":

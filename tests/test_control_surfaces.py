@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 
 from engine.control import Engine
+from engine.errors import RiffError
 from engine.presets import Preset, PresetLibrary
 from protocols.midi_map import MidiMap
 from protocols.osc import OscConfig
 from protocols.surfaces import (
     ControlConfig,
     ControlSurfaces,
+    SurfaceUnavailable,
     add_control_arguments,
     control_config_from_args,
     start_control_surfaces,
@@ -136,4 +138,21 @@ def test_real_engine_driven_by_osc_and_jack_midi(jack_server: str, tmp_path: Pat
         if sender is not None:
             sender.close()
         lt.run(surfaces.close())
+        lt.close()
+
+
+def test_unavailable_midi_is_one_clear_error(tmp_path: Path) -> None:
+    lt = LoopThread()
+    try:
+        engine = _engine()
+        config = ControlConfig(osc=OscConfig(port=0), midi_in=("jack",),
+                               jack_server=f"no-such-server-{uuid.uuid4().hex[:6]}",
+                               preset_dirs=(tmp_path,))
+        with pytest.raises(SurfaceUnavailable, match="cannot start"):
+            lt.run(start_control_surfaces(engine, config))
+        bad_map = ControlConfig(osc=None, midi_in=("jack",), midi_map="nope",
+                                preset_dirs=(tmp_path,))
+        with pytest.raises(RiffError, match="nope"):
+            lt.run(start_control_surfaces(engine, bad_map))
+    finally:
         lt.close()
