@@ -64,8 +64,10 @@ class Engine:
         self.planner = JamPlanner(walk_clips)
         self.scheduler = Scheduler(self.state, self.transport, self.planner, sink, self.clock,
                                    config)
+        self._seen = self.state.snapshot()  # last values acted on: repeats change nothing
         self.state.add_listener(self._changed)
         self._run_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- transport -------------------------------------------------------------------------
 
@@ -89,7 +91,14 @@ class Engine:
         log.info("stop")
 
     def _changed(self, name: str, value: Value) -> None:
-        """State listener (asyncio loop): tempo/meter at the next bar line; re-plan."""
+        """State listener (asyncio loop): tempo/meter at the next bar line; re-plan.
+
+        A value equal to the last one (a controller resending its fader) changes nothing, so
+        it never pre-empts work in flight.
+        """
+        if self._seen.get(name) == value:
+            return
+        self._seen[name] = value
         if name in TRANSPORT_PARAMS:
             if self.transport.external:
                 log.warning("%s ignored: the transport follows an external clock", name)
@@ -105,7 +114,8 @@ class Engine:
     # -- main task -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run the worker tasks and the bar-line loop until :meth:`close` (or cancellation)."""
+        """Run the worker tasks and the bar-line loop until :meth:`close` (returns then) or
+        until cancelled (raises CancelledError)."""
         self._run_task = asyncio.current_task()
         workers = [asyncio.ensure_future(self.scheduler.run_worker(g)) for g in self.generators]
         try:
@@ -114,11 +124,15 @@ class Engine:
                 for worker in workers:
                     if worker.done():  # a worker must never end; say why and restart it
                         index = workers.index(worker)
+                        self.scheduler.counters.failed += 1
                         log.error("worker %d stopped: %r; restarting it", index,
                                   worker.exception() if not worker.cancelled() else "cancelled")
                         workers[index] = asyncio.ensure_future(
                             self.scheduler.run_worker(self.generators[index])
                         )
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
         finally:
             for worker in workers:
                 worker.cancel()
@@ -126,7 +140,8 @@ class Engine:
             self._run_task = None
 
     async def close(self) -> None:
-        """Stop playing and end :meth:`run` (awaits its cleanup)."""
+        """Stop playing and end :meth:`run` (awaits its cleanup; ``run`` returns normally)."""
+        self._closing = True
         self.stop()
         self.state.remove_listener(self._changed)
         task = self._run_task

@@ -161,6 +161,7 @@ class Scheduler:
         self._playing_stale = False
         self._committed: JamPosition | None = None
         self._decided_bar = 0
+        self._grid_version = transport.version
         self._next_job_id = 0
         self._blocked = False
         self._blocked_until = 0.0
@@ -173,6 +174,7 @@ class Scheduler:
         self.stop()
         self.running = True
         self._decided_bar = self.transport.bar()
+        self._grid_version = self.transport.version
         self._fill(self.transport.now())
 
     def stop(self) -> None:
@@ -207,6 +209,8 @@ class Scheduler:
             return cfg.max_tick_s
         now = self.transport.now()
         margin = round(cfg.margin_s * self.transport.sample_rate)
+        if self.transport.version != self._grid_version:
+            self._regrid(now)
         if self._playing is None:
             head = self._slots[0] if self._slots else None
             if head is not None and head.clip is not None:
@@ -224,6 +228,31 @@ class Scheduler:
         self._fill(now)
         wait = self.transport.bar_start(self._decided_bar + 1) - margin - now
         return min(cfg.max_tick_s, max(wait / self.transport.sample_rate, 0.001))
+
+    def _regrid(self, now: int) -> None:
+        """The grid changed (tempo or meter change, external master re-anchored or relocated).
+
+        Bar numbers stay continuous for a tempo change; after a relocation the playing clip
+        is treated as a repeat ending at the next bar line, so the next clip (or a repeat)
+        starts on the master's next bar line. Planned clips made for another tempo or meter
+        are re-planned.
+        """
+        self._grid_version = self.transport.version
+        bar = self.transport.bar_at(now)
+        if not bar - 1 <= self._decided_bar <= bar + 1:
+            log.info("transport relocated to bar %d", bar)
+            self._decided_bar = bar
+            if self._slots:  # planned in the old bar numbers
+                self.invalidate("the transport relocated")
+        playing = self._playing
+        if playing is not None and not playing.start_bar <= bar < playing.end_bar:
+            self._playing = _Playing(playing.clip, bar, bar + 1, repeating=True)
+        if any(
+            (slot.job.spec.tempo, slot.job.spec.beats_per_bar)
+            != self.transport.tempo_at_bar(slot.job.start_bar)
+            for slot in self._slots
+        ):
+            self.invalidate("the transport's tempo or meter changed")
 
     def _decide(self, bar: int, line: int) -> None:
         playing = self._playing
@@ -272,7 +301,8 @@ class Scheduler:
             if self._slots:
                 last = self._slots[-1]
                 prev: JamPosition | None = last.position
-                start_bar = last.job.start_bar + last.job.spec.bars
+                start_bar = max(last.job.start_bar + last.job.spec.bars,
+                                self.transport.bar_at(now) + 1)
             else:
                 prev = self._committed
                 start_bar = self.transport.bar_at(now) + 1
@@ -343,6 +373,7 @@ class Scheduler:
         cfg = self.config
 
         def progress(step: int, total: int) -> None:
+            """Called by the generator on the loop thread after each step; stores a float."""
             slot.progress = step / total if total else 0.0
 
         while not slot.dropped:
@@ -357,8 +388,9 @@ class Scheduler:
                 slot.task = None
             if slot.dropped:
                 if task.done() and not task.cancelled() and task.exception() is not None:
-                    log.info("pre-empted job %d had failed: %s", slot.job.job_id,
-                             task.exception())
+                    self.counters.failed += 1
+                    log.warning("pre-empted job %d had failed: %r", slot.job.job_id,
+                                task.exception())
                 return
             error: BaseException | None = None
             if task.cancelled():
@@ -403,8 +435,11 @@ class Scheduler:
 
     @property
     def progress(self) -> float:
-        """Progress 0..1 of the next clip's generation."""
-        return self._slots[0].progress if self._slots else 0.0
+        """Progress 0..1 of the next clip not yet ready (1.0 when all planned clips are)."""
+        for slot in self._slots:
+            if slot.clip is None:
+                return slot.progress
+        return 1.0 if self._slots else 0.0
 
     @property
     def playing_job(self) -> int:

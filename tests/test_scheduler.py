@@ -11,12 +11,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
-from engine_fakes import FakeClock, FakeGenerator, FakeSink, Scheduled
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.control import Engine
 from engine.errors import InvalidRequest, UnknownId
 from engine.scheduler import SchedulerConfig
 from engine.state import EngineState
+from engine.transport import BBTObservation
+from tests.engine_fakes import FakeClock, FakeGenerator, FakeSink, Scheduled
 
 SR = 48000
 BAR = 96000  # one 4/4 bar at 120 BPM
@@ -29,7 +32,8 @@ class Rig:
         self.clock = FakeClock()
         self.sink = FakeSink(self.clock, SR)
         self.gen = FakeGenerator(self.clock, step_s=0.1)
-        cfg = {"lookahead": 2, "margin_s": MARGIN_S, "backoff_s": 0.25, "cooldown_s": 1.0}
+        cfg = {"lookahead": 2, "margin_s": MARGIN_S, "backoff_s": 0.25, "cooldown_s": 1.0,
+               "max_tick_s": 0.1}
         cfg.update(config)
         state = EngineState({"tempo": 120.0, "bars": 1, "steps": 10, **initial})
         self.engine = Engine(self.gen, self.sink, sample_rate=SR, clock=self.clock,
@@ -62,7 +66,7 @@ def run(initial: Mapping[str, object], body: Callable[[Rig], Awaitable[None]],
             await body(rig)
         finally:
             await rig.engine.close()
-        assert task.done()
+        assert task.done() and task.result() is None
 
     asyncio.run(main())
     return rig
@@ -267,7 +271,136 @@ def test_bad_state_changes_change_nothing() -> None:
         with pytest.raises(InvalidRequest):
             rig.engine.state.update({"denoising": 0.1, "steps": 0})
         assert rig.engine.status() == before
+        for _ in range(20):  # a controller resending the same values
+            rig.engine.state.update({"denoising": 0.75, "prompt": "lo-fi hip hop beat",
+                                     "tempo": 120.0})
+            await rig.clock.advance(0.05)
         await rig.clock.advance(4.0)
-        assert rig.engine.status()["preempted"] == 0
+        assert rig.engine.status()["preempted"] == 0 and rig.engine.transport.version == 1
+        assert not rig.gen.cancelled
 
     run({}, body)
+
+
+def test_following_an_external_master_relocation_and_tempo() -> None:
+    async def body(rig: Rig) -> None:
+        await rig.clock.advance(5.3)  # internal grid: inside bar 2
+        t = rig.engine.transport
+        now = rig.sink.position()
+        # The master is half a beat into its bar 100 (a relocation), same tempo.
+        assert t.follow(BBTObservation(now, 100, 0.5, 120.0, 4))
+        rig.relocated = len(rig.sink.scheduled)  # type: ignore[attr-defined]
+        await rig.clock.advance(6.0)
+        # The master slows to 100 BPM at its bar 104.
+        line = t.bar_start(104)
+        await rig.clock.run_until(lambda: rig.sink.position() >= line, 10.0, 0.001)
+        assert t.follow(BBTObservation(rig.sink.position(), 104, 0.0, 100.0, 4))
+        with pytest.raises(InvalidRequest):
+            t.set_tempo(90.0)  # the master owns the tempo
+        rig.engine.state.set("tempo", 90.0)  # logged and ignored, never fatal
+        await rig.clock.advance(12.0)
+
+    rig = run({}, body)
+    t = rig.engine.transport
+    after = rig.sink.scheduled[rig.relocated:]  # type: ignore[attr-defined]
+    bars = [t.bar_at(s.start) for s in after]
+    assert bars[0] == 101 and bars == list(range(101, 101 + len(bars)))  # no gap, no double
+    for s, bar in zip(after, bars, strict=True):
+        assert s.start == t.bar_start(bar)
+    slow = [s for s in after if s.clip.spec.tempo == 100.0]
+    assert slow and all(t.bar_at(s.start) >= 105 for s in slow)
+    assert all(s.clip.spec.tempo == 100.0 for s in after if t.bar_at(s.start) >= 109)
+    assert t.tempo == 100.0 and rig.engine.status()["clock"] == "external"
+
+
+EVENTS = st.one_of(
+    st.tuples(st.just("wait"), st.floats(0.01, 3.0)),
+    st.tuples(st.just("denoising"), st.floats(0.1, 0.9)),
+    st.tuples(st.just("prompt"), st.sampled_from(["techno", "jazz", "bells"])),
+    st.tuples(st.just("tempo"), st.sampled_from([60.0, 93.7, 120.0, 177.3])),
+    st.tuples(st.just("fail"), st.sampled_from(["crash", "bad"])),
+    st.tuples(st.just("slow"), st.floats(0.5, 6.0)),
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(EVENTS, min_size=1, max_size=8))
+def test_random_performances_keep_the_timeline_whole(events: list[tuple[str, Any]]) -> None:
+    """Whatever the performer and the generator do, every bar line gets exactly one clip
+    (new or repeated) on the grid, handed over before its deadline, and no clip planned
+    before a relevant change plays after it."""
+    changes: list[float] = []
+    tempo_changes: list[float] = []
+
+    async def body(rig: Rig) -> None:
+        await rig.clock.advance(1.5)
+        for kind, value in events:
+            if kind == "wait":
+                await rig.clock.advance(value)
+                continue
+            if kind in ("denoising", "prompt", "tempo"):
+                before = rig.engine.state.get(kind)
+                rig.engine.state.set(kind, value)
+                if before != value:
+                    (tempo_changes if kind == "tempo" else changes).append(rig.clock.t)
+            elif kind == "fail":
+                rig.gen.failures.append(RuntimeError("crash") if value == "crash"
+                                        else UnknownId("bad id"))
+                if value == "bad":
+                    rig.engine.state.set("seed", rig.engine.state.get("seed") + 1)
+            else:
+                rig.gen.extra[rig.gen.calls[-1].job_id + 1] = value
+            await rig.clock.advance(0.3)
+        await rig.clock.advance(6.0)
+        assert rig.engine.scheduler.queue <= 2
+
+    rig = run({}, body)
+    assert_on_grid_without_gaps(rig)
+    t = rig.engine.transport
+    created = {job.job_id: job.created for job in rig.gen.calls}
+    previous = None
+    repeats = 0
+    for s in rig.sink.scheduled:
+        if previous is not None and s.job_id == previous.job_id:
+            repeats += 1
+        else:
+            bar = t.bar_at(s.start)
+            if not any(s.at / SR <= c <= s.start / SR for c in tempo_changes):
+                assert (s.clip.spec.tempo, s.clip.spec.beats_per_bar) == t.tempo_at_bar(bar)
+                assert abs(s.clip.spec.num_samples - t.clip_samples(bar, 1)) <= 1
+            stale = [c for c in changes if created[s.job_id] < c <= s.at / SR]
+            assert not stale, f"clip {s.job_id} planned before a change played after it"
+        previous = s
+    status = rig.engine.status()
+    assert status["repeated"] == repeats
+    assert status["generated"] >= len({s.job_id for s in rig.sink.scheduled})
+
+
+def test_two_workers_keep_up_where_one_is_late() -> None:
+    """3 s generations for 2 s clips: one worker falls behind, two (one task each) keep up."""
+
+    def play(workers: int) -> tuple[Rig, list[FakeGenerator]]:
+        rig = Rig({}, lookahead=2)
+        gens = [FakeGenerator(rig.clock, step_s=0.3) for _ in range(workers)]
+        rig.engine = Engine(gens, rig.sink, sample_rate=SR, clock=rig.clock,
+                            state=EngineState({"bars": 1, "steps": 10}),
+                            config=SchedulerConfig(lookahead=2, margin_s=MARGIN_S,
+                                                   max_tick_s=0.1))
+
+        async def main() -> None:
+            task = asyncio.ensure_future(rig.engine.run())
+            rig.engine.play()
+            await rig.clock.advance(30.0)
+            rig.status = rig.engine.status()  # type: ignore[attr-defined]
+            await rig.engine.close()
+            await task  # run() returns normally after close()
+
+        asyncio.run(main())
+        return rig, gens
+
+    one, _ = play(1)
+    two, gens = play(2)
+    assert one.status["late"] >= 5  # type: ignore[attr-defined]
+    assert two.status["late"] == 0 and two.status["repeated"] == 0  # type: ignore[attr-defined]
+    assert all(len(g.calls) >= 5 for g in gens)
+    assert_on_grid_without_gaps(two)
