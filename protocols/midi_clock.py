@@ -7,16 +7,18 @@ hook is given: it sets the ``tempo`` parameter and starts/stops the engine.
 :class:`TransportFollower` locks the engine's transport (``engine.transport.Transport``) to the
 master's grid: tempo and bar phase.
 
-Tempo estimate: the mean tick interval over the first beat, then an exponential moving average
-(time constant about ``smoothing_beats`` beats), so jitter of a few ms on individual ticks
-(USB MIDI, rtmidi threads) does not wobble the tempo while real tempo changes still arrive
-within a beat or two. With JACK MIDI timestamps (sample-accurate) it is exact.
+Tempo estimate: the mean tick interval over a sliding window of ``smoothing_beats`` beats
+(2 by default), computed from the window's first and last timestamps. Jitter of a few ms on
+single ticks (USB MIDI, rtmidi threads) is divided by the whole window, a tempo change is fully
+taken within the window, and with JACK MIDI timestamps (sample-accurate) it is exact. Tempo
+observations are reported when the estimate moves by ``min_change_bpm`` or more.
 
 Thread: :meth:`MidiClock.handle` and every observer run on the asyncio loop.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -61,17 +63,15 @@ class ClockObserver(Protocol):
 class MidiClock:
     """Turns clock bytes into observations for ``observer``."""
 
-    def __init__(self, observer: ClockObserver, *, smoothing_beats: float = 1.0,
+    def __init__(self, observer: ClockObserver, *, smoothing_beats: float = 2.0,
                  min_change_bpm: float = 0.05) -> None:
         self.observer = observer
-        self.alpha = 1.0 / (TICKS_PER_BEAT * smoothing_beats)
         self.min_change_bpm = min_change_bpm
         self.running = False
         self.ticks = 0  # ticks since song start (song position * 6 after a jump)
         self.bpm = 0.0
-        self._interval = 0.0
-        self._n_intervals = 0
-        self._last_tick: float | None = None
+        window = max(2, round(TICKS_PER_BEAT * smoothing_beats))
+        self._times: collections.deque[float] = collections.deque(maxlen=window + 1)
         self._reported_bpm = 0.0
 
     def _emit(self, kind: ObservationKind, t: float) -> None:
@@ -100,23 +100,18 @@ class MidiClock:
         return True
 
     def _tick(self, t: float) -> None:
-        last, self._last_tick = self._last_tick, t
-        if last is not None:
-            interval = t - last
-            # 0.2 s per tick is 12.5 BPM: a gap that long means the clock stopped and resumed.
-            if 0 < interval < 0.2:
-                self._n_intervals += 1
-                if self._n_intervals <= TICKS_PER_BEAT:  # plain mean over the first beat
-                    self._interval += (interval - self._interval) / self._n_intervals
-                else:
-                    self._interval += self.alpha * (interval - self._interval)
-                self.bpm = 60.0 / (TICKS_PER_BEAT * self._interval)
-            else:
-                self._n_intervals = 0
-                self._interval = 0.0
+        times = self._times
+        # 0.2 s per tick is 12.5 BPM: a gap that long (or time going back) means the clock
+        # stopped and resumed; measure afresh.
+        if times and not 0 < t - times[-1] < 0.2:
+            times.clear()
+        times.append(t)
+        intervals = len(times) - 1
+        if intervals:
+            self.bpm = 60.0 * intervals / (TICKS_PER_BEAT * (times[-1] - times[0]))
         if self.running:
             self.ticks += 1
-        if self._n_intervals >= TICKS_PER_BEAT // 2 and (
+        if intervals >= TICKS_PER_BEAT // 2 and (
                 abs(self.bpm - self._reported_bpm) >= self.min_change_bpm):
             self._reported_bpm = self.bpm
             self._emit("tempo", t)

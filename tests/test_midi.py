@@ -454,3 +454,29 @@ def test_feedback_messages_invert_the_binding(curve: str, lsb: int | None) -> No
             x = ((messages[0][2] << 7) | messages[1][2]) / 16383
             tolerance = 12 * 0.5 / 16383 * 14
         assert float(b.value(x)) == pytest.approx(value, abs=tolerance)
+
+
+def test_transport_follower_locks_the_real_transport() -> None:
+    from engine.transport import Transport
+    from protocols.midi_clock import TransportFollower
+
+    now = [0]
+    transport = Transport(lambda: now[0], 48000, 120.0, 4)
+    plays: list[int] = []
+    tempos: list[float] = []
+    follower = TransportFollower(transport, lambda: plays.append(1), lambda: None,
+                                 StateFollower(tempos.append, lambda: None, lambda: None))
+    clock = MidiClock(follower)
+    t = 10.0
+    for _ in range(30):  # pulses before start: tempo only (there is no phase yet)
+        t += 60 / 100 / 24
+        clock.handle(bytes([0xF8]), t)
+    assert tempos and tempos[-1] == 100.0 and not transport.external
+    clock.handle(bytes([0xFA]), t)
+    assert plays == [1]
+    for _ in range(24 * 8):
+        t += 60 / 128 / 24
+        now[0] = round(t * 48000)
+        clock.handle(bytes([0xF8]), t)
+    assert transport.external and transport.tempo == 128.0
+    assert transport.bar_at(now[0]) == 2  # 8 beats of 4/4 since start: bar 2 begins now
