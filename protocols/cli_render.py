@@ -49,7 +49,10 @@ def register(subparsers: Any) -> None:
     _add_request_options(interp)
     interp.add_argument("--count", type=int, default=5, help="number of clips (default 5)")
     interp.add_argument(
-        "--crossfade", type=float, default=0.0, help="seconds of crossfade between clips"
+        "--crossfade",
+        type=float,
+        default=0.02,
+        help="seconds of equal-power crossfade between clips, hiding seam clicks (default 0.02)",
     )
     interp.add_argument(
         "--batch", type=int, default=1, help="alphas per batched UNet call (default 1)"
@@ -279,7 +282,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
                     save_image(result.image, args.image_dir / f"clip_{first + n:03d}.png")
     finally:
         bar.close()
-    joined = join_audio(pieces, int(args.crossfade * sample_rate))
+    joined = join_audio(pieces, round(args.crossfade * sample_rate))
     write_audio(args.out, joined, sample_rate)
     seconds = time.perf_counter() - start
     print(

@@ -118,7 +118,8 @@ def test_interpolate_with_a_local_model_folder(tmp_path: Path, seed_dir: Path) -
         home=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert sf.info(str(wav)).frames == 3 * (WIDTH - 1) * HOP
+    fade = round(0.02 * 44100)  # the default crossfade at each of the two joins
+    assert sf.info(str(wav)).frames == 3 * (WIDTH - 1) * HOP - 2 * fade
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [
         "clip_000.png",
         "clip_001.png",
@@ -202,3 +203,15 @@ def test_hub_id_loads_from_the_local_cache(tmp_path: Path) -> None:
     out = _riff(*args, "--no-progress", "--out", str(wav), home=tmp_path)
     assert out.returncode == 0, out.stderr
     assert sf.info(str(wav)).frames > 0
+
+
+def test_join_audio_crossfades_equal_power() -> None:
+    from protocols.cli_render import join_audio
+
+    a = np.ones((1, 1000), dtype=np.float32)
+    b = np.ones((1, 1000), dtype=np.float32)
+    joined = join_audio([a, b], 100)
+    assert joined.shape == (1, 1900)
+    middle = joined[0, 900:1000]
+    assert np.all(middle >= 0.99) and np.all(middle <= np.sqrt(2) + 1e-6)  # cos + sin
+    assert join_audio([a, b], 0).shape == (1, 2000)
