@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import uuid
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def riff(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "JACK_NO_START_SERVER": "1"}
-    return subprocess.run([sys.executable, "-m", "protocols.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    off = ["--osc-port", "0"] if args[0] == "run" and find_spec("protocols.surfaces") else []
+    return subprocess.run([sys.executable, "-m", "protocols.cli", *args, *off], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
@@ -35,6 +37,14 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # nothing was written
 
 
+def test_bad_config_file_is_a_one_line_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[run]\nmodle = "tiny"\n')
+    r = riff("run", "--config", str(config), "--output", str(tmp_path / "x.wav"))
+    assert r.returncode == 1 and "modle" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_no_jack_server_says_how_to_start_one() -> None:
     r = riff("run", "--model", "test-tones", "--jack-server", f"absent-{uuid.uuid4().hex[:8]}")
     assert r.returncode == 1
@@ -44,8 +54,11 @@ def test_no_jack_server_says_how_to_start_one() -> None:
 
 def test_offline_render_puts_every_clip_on_its_bar(tmp_path: Path) -> None:
     out = tmp_path / "jam.wav"
-    r = riff("run", "--model", "test-tones", "--tempo", "240", "--bars", "1", "--steps", "3",
-             "--crossfade-ms", "0", "--output", str(out), "--offline", "--duration-bars", "5")
+    config = tmp_path / "jam.toml"
+    config.write_text('tempo = 240.0\nbars = 1\nsteps = 3\n'
+                      '[run]\nmodel = "test-tones"\ncrossfade_ms = 0.0\n')
+    r = riff("run", "--config", str(config), "--output", str(out), "--offline",
+             "--duration-bars", "5")
     assert r.returncode == 0, r.stderr[-2000:]
     audio, rate = sf.read(out, dtype="float32")
     assert rate == 48000 and audio.shape == (5 * 48000, 2)
