@@ -104,7 +104,7 @@ def test_daemon_plays_on_the_bar_grid_survives_a_worker_kill_and_follows_tempo(
     rec = None
     switch = sys.getswitchinterval()
     try:
-        baseline = baseline_xruns(jack_server, seconds=3.0)
+        baseline = baseline_xruns(jack_server, seconds=2.0)
         daemon.wait_for(lambda ls: any("JACK: playing on" in s for s in ls))
         # The recorder's callback needs this process's GIL: keep full GC passes and long
         # switch intervals from holding it (the daemon does the same for its own callback).
@@ -147,16 +147,22 @@ def test_daemon_plays_on_the_bar_grid_survives_a_worker_kill_and_follows_tempo(
         except subprocess.TimeoutExpired:
             daemon.proc.kill()
             raise
+    baseline += baseline_xruns(jack_server, seconds=2.0)  # and once more after the run
     log = "\n".join(daemon.lines)
     print(log)
     assert code == 0, log[-3000:]
     assert "stopped:" in log and "worker stopped" in log
     xruns = re.search(r"stopped: \d+ clips started, \d+ late, (\d+) xruns", log)
     assert xruns is not None, log[-2000:]
-    if baseline == 0:  # the machine keeps real time: the engine must not cause any xrun
+    # Xruns depend on the whole machine, so they are asserted against a baseline taken in
+    # the same run: a recorder alone for 2 s before and 2 s after. When the machine kept real
+    # time then, the engine must not have caused a single xrun; on a machine too loaded to
+    # keep real time even without the engine, the count is reported, not asserted
+    # (bench/bench_jack.py measures it properly).
+    if baseline == 0:
         assert int(xruns.group(1)) == 0 and rec_xruns == 0, log[-2000:]
     else:
-        warnings.warn(f"this machine had {baseline} xruns in 3 s with only a recorder "
+        warnings.warn(f"this machine had {baseline} xruns in 4 s with only a recorder "
                       f"running, so the engine's {xruns.group(1)} xruns were not asserted",
                       stacklevel=1)
     assert daemon.pids()[1] != first_pid
