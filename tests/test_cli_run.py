@@ -81,3 +81,18 @@ def test_the_daemon_side_never_imports_torch() -> None:
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_jack_transport_positions_drive_the_engines_transport() -> None:
+    from types import SimpleNamespace
+
+    from engine.transport import Transport
+    from protocols.cli_run import _follow
+
+    transport = Transport(lambda: 0, 48000, 120.0, 4)
+    engine = SimpleNamespace(transport=transport)
+    _follow(engine, (96000, 2, 1.0, 150.0, 3))  # bar 2, beat 1 at 150 BPM in 3/4
+    assert transport.external and transport.tempo == 150.0 and transport.beats_per_bar == 3
+    assert transport.bar_start(2) == 96000 - 19200  # one beat (19200 samples) earlier
+    _follow(engine, (0, 0, 9.0, 150.0, 3))  # a beat outside the bar: ignored, logged
+    assert transport.tempo == 150.0
