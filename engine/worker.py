@@ -346,6 +346,7 @@ class WorkerClient:
                 future.set_exception(crashed)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(crashed)
+            self._ready.exception()  # reported here; a cancelled start() will not read it
         self._ready = None
         self._proc = None
         if self._closing or self._fatal is not None:

@@ -204,7 +204,9 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     engine_task: asyncio.Task[None] | None = None
     try:
         log.info("starting the generator (model %s, device %s)", opts["model"], opts["device"])
-        await client.start()
+        if not await _until_stopped(client.start(), stop):
+            log.info("stopped while the model was loading")
+            return 0
         engine = Engine(client, player, sample_rate=rate, state=state)
         if jack_out is not None:
             connected = jack_out.start(player, connect=not opts["no_connect"])
@@ -262,6 +264,21 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     if jack_out is not None and jack_out.shutdown_reason:
         raise RiffError(f"the JACK server went away: {jack_out.shutdown_reason}")
     return 0
+
+
+async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``work`` unless ``stop`` is set first (then cancel it); True when it finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()  # raises the start's error, if any
+    return True
 
 
 async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str, Any]
