@@ -16,7 +16,7 @@ from typing import Any
 from engine.errors import InvalidRequest
 
 #: A seed image, mask or preset id: a plain name, never a path.
-PLAIN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+PLAIN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150
@@ -26,7 +26,7 @@ MAX_PROMPT_CHARS = 2000
 
 def check_plain_id(value: object, field: str) -> str:
     """Return ``value`` if it is a plain id (letters, digits, ``_ . -``; no path parts)."""
-    if not isinstance(value, str) or not PLAIN_ID.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not PLAIN_ID.fullmatch(value) or value in (".", ".."):
         raise InvalidRequest(
             f"{field} must be a plain name (letters, digits, '_', '-', '.'), not {value!r}"
         )
