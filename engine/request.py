@@ -94,7 +94,8 @@ class InferenceRequest:
     Riffusion's fields: ``alpha``, ``num_inference_steps``, ``seed_image_id``,
     ``mask_image_id``, ``start``, ``end``. Engine fields (all optional): ``width`` in pixels
     (a multiple of 8; ``None`` keeps the seed image's width, 512 without one), ``scheduler``
-    (a scheduler name; ``None`` is the model's own) and ``txt2img`` (ignore the seed image).
+    (a scheduler name such as ``ddim`` or ``dpmpp``; ``None`` is the model's own). A
+    ``seed_image_id`` of ``null`` asks for text-to-image.
     """
 
     start: PromptInput
