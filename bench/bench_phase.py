@@ -77,7 +77,9 @@ def convergence(mel: np.ndarray, audio: np.ndarray) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER)
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs per method (median)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="timed runs per method, interleaved (median)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", nargs="*", default=list(SEEDS))
     args = parser.parse_args()
@@ -96,18 +98,21 @@ def main() -> int:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name in args.images:
         mel = image_to_mel(load_image(args.folder / f"{name}.png"))
-        results[name] = {}
-        for method, run in methods.items():
-            times = []
-            for _ in range(args.repeat):
+        times: dict[str, list[float]] = {method: [] for method in methods}
+        audio: dict[str, np.ndarray] = {}
+        for _ in range(args.repeat):  # interleaved, so load changes hit every method alike
+            for method, run in methods.items():
                 start = time.perf_counter()
-                audio = run(mel)
-                times.append(time.perf_counter() - start)
-            results[name][method] = {
-                "seconds": round(statistics.median(times), 3),
-                "convergence": round(convergence(mel, audio), 4),
+                audio[method] = run(mel)
+                times[method].append(time.perf_counter() - start)
+        results[name] = {
+            method: {
+                "seconds": round(statistics.median(times[method]), 3),
+                "convergence": round(convergence(mel, audio[method]), 4),
             }
-            print(name, method, results[name][method], file=sys.stderr, flush=True)
+            for method in methods
+        }
+        print(name, results[name], file=sys.stderr, flush=True)
     summary: dict[str, object] = {}
     for method in ("fast", "quality"):
         speed = [results[n]["baseline"]["seconds"] / results[n][method]["seconds"] for n in results]
