@@ -16,7 +16,7 @@ from typing import Any
 from engine.errors import InvalidRequest
 
 #: A seed image, mask or preset id: a plain name, never a path.
-PLAIN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+PLAIN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 150
@@ -26,7 +26,7 @@ MAX_PROMPT_CHARS = 2000
 
 def check_plain_id(value: object, field: str) -> str:
     """Return ``value`` if it is a plain id (letters, digits, ``_ . -``; no path parts)."""
-    if not isinstance(value, str) or not PLAIN_ID.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not PLAIN_ID.fullmatch(value) or value in (".", ".."):
         raise InvalidRequest(
             f"{field} must be a plain name (letters, digits, '_', '-', '.'), not {value!r}"
         )
@@ -94,7 +94,8 @@ class InferenceRequest:
     Riffusion's fields: ``alpha``, ``num_inference_steps``, ``seed_image_id``,
     ``mask_image_id``, ``start``, ``end``. Engine fields (all optional): ``width`` in pixels
     (a multiple of 8; ``None`` keeps the seed image's width, 512 without one), ``scheduler``
-    (a scheduler name; ``None`` is the model's own) and ``txt2img`` (ignore the seed image).
+    (a scheduler name such as ``ddim`` or ``dpmpp``; ``None`` is the model's own). A
+    ``seed_image_id`` of ``null`` asks for text-to-image.
     """
 
     start: PromptInput

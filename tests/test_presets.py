@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import tomllib
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from engine import toml_writer
@@ -26,6 +26,7 @@ keys = st.text(min_size=1, max_size=12)
                                        st.lists(st.dictionaries(keys, scalar, min_size=1,
                                                                 max_size=3),
                                                 min_size=1, max_size=3)), max_size=6))
+@example({"key\n": "a newline ends this key"})
 def test_toml_writer_round_trips(data: dict[str, Any]) -> None:
     assert tomllib.loads(toml_writer.dumps(data, header="a\nb")) == data
 

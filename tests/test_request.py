@@ -34,6 +34,7 @@ def test_web_app_request_is_accepted_as_is() -> None:
         ({"seed_image_id": "../x"}, "plain name"),
         ({"seed_image_id": "/etc/passwd"}, "plain name"),
         ({"mask_image_id": ".."}, "plain name"),
+        ({"seed_image_id": "og_beat\n"}, "plain name"),
         ({"width": 500}, "multiple of 8"),
         ({"denoise": 0.5}, "unknown field"),
         ({"start": {"prompt": "x", "seed": -1}}, "seed"),
