@@ -1,0 +1,281 @@
+"""The transport: tempo, meter, bar counter and a sample clock, with a bar grid that never drifts.
+
+Bar lines are integers in samples. Each stretch of constant tempo and meter is a
+:class:`Segment` anchored at a bar line (``bar``, ``sample``); any later bar line in it is
+``sample + round((n - bar) * samples_per_bar)`` with ``samples_per_bar`` an exact fraction.
+Lengths are never accumulated, so rounding never adds up: after ten hours at 93.7 BPM every bar
+line is still within half a sample of its exact position.
+
+A tempo or meter change takes effect at the next bar line: a new segment is anchored there.
+
+The clock is injected: a callable returning the audio clock in samples (the player's
+``position()``), so tests drive the transport with a fake clock.
+
+Sources: the internal clock (default; tempo and meter from the performer) or an external
+master (JACK transport BBT, MIDI clock) fed to :meth:`Transport.follow` as
+:class:`BBTObservation` values; the transport then follows the master's grid.
+
+Thread: the control plane (asyncio loop) owns a transport. ``follow`` must be called there too
+(a JACK or MIDI thread hands its observations over with ``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from fractions import Fraction
+
+from engine.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+MIN_TEMPO = 1.0
+MAX_TEMPO = 1000.0
+#: Segments kept for looking up past bars; older ones are forgotten.
+MAX_SEGMENTS = 64
+#: An external observation within this many samples of the predicted grid is not a change.
+DEFAULT_FOLLOW_TOLERANCE = 64
+
+
+def _check_tempo(tempo: float) -> float:
+    if isinstance(tempo, bool) or not isinstance(tempo, int | float):
+        raise InvalidRequest(f"tempo must be a number, not {tempo!r}")
+    tempo = float(tempo)
+    if not math.isfinite(tempo) or not MIN_TEMPO <= tempo <= MAX_TEMPO:
+        raise InvalidRequest(f"tempo must be between {MIN_TEMPO:g} and {MAX_TEMPO:g} BPM")
+    return tempo
+
+
+def _check_meter(beats_per_bar: int) -> int:
+    if isinstance(beats_per_bar, bool) or not isinstance(beats_per_bar, int):
+        raise InvalidRequest(f"beats per bar must be an integer, not {beats_per_bar!r}")
+    if not 1 <= beats_per_bar <= 64:
+        raise InvalidRequest(f"beats per bar must be between 1 and 64, not {beats_per_bar}")
+    return beats_per_bar
+
+
+def _round(x: Fraction) -> int:
+    """Round half up (exact, no float)."""
+    return math.floor(x + Fraction(1, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """A stretch of constant tempo and meter, anchored at bar line ``bar`` = sample ``sample``."""
+
+    bar: int
+    sample: int
+    tempo: float
+    beats_per_bar: int
+    sample_rate: int
+
+    @property
+    def samples_per_bar(self) -> Fraction:
+        """Exact samples per bar (the float tempo taken at its exact binary value)."""
+        return Fraction(60 * self.sample_rate * self.beats_per_bar) / Fraction(self.tempo)
+
+    @property
+    def samples_per_beat(self) -> Fraction:
+        """Exact samples per beat."""
+        return Fraction(60 * self.sample_rate) / Fraction(self.tempo)
+
+    def bar_start(self, bar: int) -> int:
+        """Sample of bar line ``bar`` in this segment's grid."""
+        return self.sample + _round((bar - self.bar) * self.samples_per_bar)
+
+    def bar_at(self, sample: int) -> int:
+        """The bar containing ``sample`` in this segment's grid."""
+        bar = self.bar + math.floor((sample - self.sample) / self.samples_per_bar)
+        while self.bar_start(bar + 1) <= sample:
+            bar += 1
+        while self.bar_start(bar) > sample:
+            bar -= 1
+        return bar
+
+
+@dataclasses.dataclass(frozen=True)
+class BBTObservation:
+    """An external master's position: at audio-clock ``sample`` it is ``beat`` beats into
+    ``bar`` (0-based bar; ``beat`` fractional, ``0 <= beat < beats_per_bar``) at ``tempo``.
+
+    JACK transport: bar - 1, (beat - 1) + tick / ticks_per_beat, beats_per_minute,
+    beats_per_bar. MIDI clock: song position and the tempo measured from the 24 ppqn pulses.
+    """
+
+    sample: int
+    bar: int
+    beat: float
+    tempo: float
+    beats_per_bar: int
+
+    def __post_init__(self) -> None:
+        _check_tempo(self.tempo)
+        _check_meter(self.beats_per_bar)
+        if not math.isfinite(self.beat) or not 0.0 <= self.beat < self.beats_per_bar + 1e-9:
+            raise InvalidRequest(f"beat must be in [0, {self.beats_per_bar}), not {self.beat!r}")
+
+
+class Transport:
+    """Tempo, meter, bar counter and sample clock (see the module docstring).
+
+    ``clock()`` returns the audio clock in samples; it is called from the control plane only.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], int],
+        sample_rate: int,
+        tempo: float = 120.0,
+        beats_per_bar: int = 4,
+        *,
+        follow_tolerance: int = DEFAULT_FOLLOW_TOLERANCE,
+    ) -> None:
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1000:
+            raise InvalidRequest(f"sample rate must be an integer >= 1000, not {sample_rate!r}")
+        self._clock = clock
+        self.sample_rate = sample_rate
+        self.follow_tolerance = follow_tolerance
+        self.external = False
+        self.running = False
+        self._segments: list[Segment] = [
+            Segment(0, 0, _check_tempo(tempo), _check_meter(beats_per_bar), sample_rate)
+        ]
+
+    # -- the clock -------------------------------------------------------------------------
+
+    def now(self) -> int:
+        """The audio clock in samples."""
+        return int(self._clock())
+
+    def bar(self) -> int:
+        """The bar playing now (the bar counter)."""
+        return self.bar_at(self.now())
+
+    @property
+    def tempo(self) -> float:
+        """Tempo of the latest segment (the one in effect from its bar line on)."""
+        return self._segments[-1].tempo
+
+    @property
+    def beats_per_bar(self) -> int:
+        """Meter of the latest segment."""
+        return self._segments[-1].beats_per_bar
+
+    def segment_for_bar(self, bar: int) -> Segment:
+        """The segment whose grid holds bar line ``bar``."""
+        for seg in reversed(self._segments):
+            if seg.bar <= bar:
+                return seg
+        return self._segments[0]
+
+    def segment_at(self, sample: int) -> Segment:
+        """The segment in effect at ``sample``."""
+        for seg in reversed(self._segments):
+            if seg.sample <= sample:
+                return seg
+        return self._segments[0]
+
+    # -- the grid --------------------------------------------------------------------------
+
+    def bar_start(self, bar: int) -> int:
+        """Sample of bar line ``bar`` (an integer, exact, drift-free)."""
+        return self.segment_for_bar(bar).bar_start(bar)
+
+    def bar_at(self, sample: int) -> int:
+        """The bar that contains ``sample``."""
+        bar = self.segment_at(sample).bar_at(sample)
+        # A later segment may start at an earlier bar line than this grid predicts.
+        while self.bar_start(bar + 1) <= sample:
+            bar += 1
+        while bar > -(2**62) and self.bar_start(bar) > sample:
+            bar -= 1
+        return bar
+
+    def next_bar_line(self, after_sample: int) -> tuple[int, int]:
+        """The first bar line strictly after ``after_sample``: ``(bar, sample)``."""
+        bar = self.bar_at(after_sample) + 1
+        return bar, self.bar_start(bar)
+
+    def clip_samples(self, start_bar: int, bars: int) -> int:
+        """Exact length in samples of ``bars`` bars from ``start_bar`` at that bar's tempo."""
+        if bars < 1:
+            raise InvalidRequest(f"a clip is at least one bar, not {bars}")
+        seg = self.segment_for_bar(start_bar)
+        return seg.bar_start(start_bar + bars) - seg.bar_start(start_bar)
+
+    def tempo_at_bar(self, bar: int) -> tuple[float, int]:
+        """``(tempo, beats_per_bar)`` in effect at bar line ``bar``."""
+        seg = self.segment_for_bar(bar)
+        return seg.tempo, seg.beats_per_bar
+
+    # -- control ---------------------------------------------------------------------------
+
+    def start(self, at_sample: int | None = None) -> None:
+        """Start the internal clock: bar 0 begins at ``at_sample`` (default: now)."""
+        start = self.now() if at_sample is None else int(at_sample)
+        last = self._segments[-1]
+        self._segments = [dataclasses.replace(last, bar=0, sample=start)]
+        self.running = True
+
+    def stop(self) -> None:
+        """Stop counting bars (the audio clock keeps running)."""
+        self.running = False
+
+    def set_tempo(
+        self, tempo: float | None = None, beats_per_bar: int | None = None
+    ) -> tuple[int, int]:
+        """Change tempo and/or meter at the next bar line; returns that ``(bar, sample)``.
+
+        Several changes before the same bar line merge (the latest values win). Raises
+        InvalidRequest (changing nothing) for bad values or while following an external master.
+        """
+        if self.external:
+            raise InvalidRequest("the transport follows an external clock; tempo is set there")
+        last = self._segments[-1]
+        new_tempo = last.tempo if tempo is None else _check_tempo(tempo)
+        new_meter = last.beats_per_bar if beats_per_bar is None else _check_meter(beats_per_bar)
+        bar, sample = self.next_bar_line(self.now())
+        # Latest wins: a change still pending at (or after) that bar line is replaced.
+        while len(self._segments) > 1 and self._segments[-1].bar >= bar:
+            self._segments.pop()
+        seg = Segment(bar, sample, new_tempo, new_meter, self.sample_rate)
+        if self._segments[-1].bar >= bar:
+            self._segments[-1] = seg
+        else:
+            self._segments.append(seg)
+        del self._segments[:-MAX_SEGMENTS]
+        log.info("tempo %.3f BPM, %d/bar from bar %d (sample %d)", new_tempo, new_meter, bar,
+                 sample)
+        return bar, sample
+
+    def follow(self, obs: BBTObservation) -> bool:
+        """Follow an external master; returns True when the grid changed.
+
+        An observation within ``follow_tolerance`` samples of the current grid, at the same
+        tempo and meter, changes nothing (jitter is ignored). Otherwise the grid is re-anchored
+        at the observed bar's line (a relocation or tempo change on the master).
+        """
+        self.external = True
+        self.running = True
+        beat_samples = _round(Fraction(obs.beat) * Fraction(60 * self.sample_rate)
+                              / Fraction(obs.tempo))
+        line = obs.sample - beat_samples
+        current = self.segment_for_bar(obs.bar)
+        if (
+            current.tempo == obs.tempo
+            and current.beats_per_bar == obs.beats_per_bar
+            and abs(self.bar_start(obs.bar) - line) <= self.follow_tolerance
+        ):
+            return False
+        self._segments = [
+            Segment(obs.bar, line, obs.tempo, obs.beats_per_bar, self.sample_rate)
+        ]
+        log.info("following external clock: bar %d at sample %d, %.3f BPM, %d/bar",
+                 obs.bar, line, obs.tempo, obs.beats_per_bar)
+        return True
+
+    def use_internal(self) -> None:
+        """Go back to the internal clock, keeping the current grid."""
+        self.external = False
