@@ -106,6 +106,9 @@ class HttpProblem(Exception):
         self.headers = headers or {}
 
 
+#: Seconds between heartbeat lines on a /v1/clip stream whose job is still waiting.
+HEARTBEAT_S = 5.0
+
 #: Engine errors -> HTTP status. Unknown ids are the client's mistake, as in Riffusion (400).
 STATUS = {InvalidRequest: 422, InvalidImage: 422, UnknownId: 400, ModelUnavailable: 503}
 
@@ -182,7 +185,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
 
     @app.exception_handler(RiffError)
     async def _riff_error(request: Request, exc: RiffError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_of(exc))
+        return JSONResponse({"detail": str(exc), "kind": type(exc).__name__}, status_of(exc))
 
     @app.exception_handler(QueueFull)
     async def _full(request: Request, exc: QueueFull) -> JSONResponse:
@@ -325,7 +328,14 @@ async def _clip_events(ticket: Any, events: asyncio.Queue[tuple[int, int] | None
     """The /v1/clip stream. Runs on the loop; a client that goes away cancels the job."""
     try:
         yield _line({"event": "queued", "job_id": job.job_id, "step": position})
-        while (item := await events.get()) is not None:
+        while True:
+            try:
+                item = await asyncio.wait_for(events.get(), HEARTBEAT_S)
+            except asyncio.TimeoutError:  # still waiting in the queue: tell the client
+                yield _line({"event": "queued", "job_id": job.job_id})
+                continue
+            if item is None:
+                break
             yield _line({"event": "progress", "step": item[0], "total": item[1]})
         try:
             clip: Clip = ticket.future.result()

@@ -110,6 +110,7 @@ class Health(BaseModel):
 
 
 class Problem(BaseModel):
-    """An error answer."""
+    """An error answer; ``kind`` names the engine's error class where there is one."""
 
     detail: str
+    kind: str | None = None
