@@ -80,6 +80,7 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024
     max_width: int = 2048
+    max_steps: int = 150
     max_clip_seconds: float = 120.0
 
     def __post_init__(self) -> None:
@@ -91,6 +92,8 @@ class ServeConfig:
             raise InvalidRequest("max_body_bytes must be between 1 KiB and 16 MiB")
         if not 8 <= self.max_width <= 8192:
             raise InvalidRequest("max_width must be between 8 and 8192 pixels")
+        if not 1 <= self.max_steps <= 150:
+            raise InvalidRequest("max_steps must be between 1 and 150")
         if not 0 < self.max_clip_seconds <= 3600:
             raise InvalidRequest("max_clip_seconds must be between 0 and 3600")
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
@@ -203,6 +206,9 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
         if req.width is not None and req.width > config.max_width:
             raise InvalidRequest(f"width must be at most {config.max_width} pixels on this "
                                  f"server, not {req.width}")
+        if req.num_inference_steps > config.max_steps:
+            raise InvalidRequest(f"num_inference_steps must be at most {config.max_steps} on "
+                                 f"this server, not {req.num_inference_steps}")
         backend.check(req)
         return req
 
