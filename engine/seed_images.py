@@ -1,0 +1,84 @@
+"""Seed and mask images, looked up by plain name in one or more folders.
+
+Requests name seed images and masks by id (``og_beat``, ``mask_beat_lines_80``), as
+Riffusion's do. Ids are plain names, never paths: the library only ever opens
+``<folder>/<id>.png`` (or ``.jpg``) inside its own folders. User folders are searched first,
+then the engine's built-in ``seed_images/`` folder, so Riffusion's own seed folder can be used
+by its ids with ``--seed-images DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from engine.errors import InvalidImage, UnknownId
+from engine.request import check_plain_id
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes tried for an id, in order.
+SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Refuse images larger than this many pixels (decompression bombs).
+MAX_PIXELS = 8192 * 1024
+
+
+def builtin_folder() -> Path:
+    """The engine's own ``seed_images/`` folder at the repository root."""
+    return Path(__file__).resolve().parent.parent / "seed_images"
+
+
+class SeedImageLibrary:
+    """Resolves seed image and mask ids to files in an ordered list of folders.
+
+    Safe to share between threads: it holds no mutable state after construction.
+    """
+
+    def __init__(self, folders: Sequence[Path | str] = (), *, builtin: bool = True) -> None:
+        self.folders: tuple[Path, ...] = tuple(Path(f) for f in folders) + (
+            (builtin_folder(),) if builtin else ()
+        )
+
+    def _candidates(self, image_id: str) -> list[Path]:
+        return [folder / (image_id + s) for folder in self.folders for s in SUFFIXES]
+
+    def resolve(self, image_id: str) -> Path:
+        """The file of ``image_id``; raises InvalidRequest for a non-plain id, else UnknownId."""
+        check_plain_id(image_id, "seed image id")
+        stem = Path(image_id).stem if Path(image_id).suffix.lower() in SUFFIXES else image_id
+        for path in self._candidates(stem):
+            if path.is_file():
+                return path
+        available = ", ".join(self.ids()) or "none"
+        raise UnknownId(f"unknown seed image {image_id!r} (available: {available})")
+
+    def load(self, image_id: str) -> Image.Image:
+        """Open ``image_id`` as a fully loaded RGB image; raises InvalidImage if unreadable."""
+        path = self.resolve(image_id)
+        try:
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise InvalidImage(f"seed image {image_id!r} is too large: {img.size}")
+                exif = img.getexif()
+                out = img.convert("RGB")
+                out.load()
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            if isinstance(exc, InvalidImage):
+                raise
+            raise InvalidImage(f"cannot read seed image {image_id!r}: {exc}") from exc
+        if exif:
+            out.info["exif"] = exif.tobytes()
+        return out
+
+    def ids(self) -> list[str]:
+        """Every id available, sorted, without duplicates (earlier folders win)."""
+        names: set[str] = set()
+        for folder in self.folders:
+            if folder.is_dir():
+                names.update(
+                    p.stem for p in folder.iterdir() if p.suffix.lower() in SUFFIXES
+                )
+        return sorted(names)
