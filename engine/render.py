@@ -102,7 +102,11 @@ class Renderer:
         params = params_from_image(result.image)
         mel = image_to_mel(result.image, params)
         audio = mel_to_audio(mel, params, method=self.phase, device=self.device)
-        return Rendered(result.image, np.asarray(audio, dtype=np.float32), params.sample_rate,
+        image = result.image
+        if not set(params.to_exif()) <= set(image.getexif()):
+            image = image.copy()  # served images always carry their parameters
+            image.getexif().update(params.to_exif())
+        return Rendered(image, np.asarray(audio, dtype=np.float32), params.sample_rate,
                         time.perf_counter() - started)
 
     def render_clip(self, job: GenerationJob, *, cancel: Cancel | None = None,

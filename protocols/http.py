@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Protocol
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -221,7 +222,8 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
             lambda cancel, progress: backend.render(req, cancel=cancel, progress=progress))
         image, audio = await asyncio.gather(
             asyncio.to_thread(jpeg_bytes, rendered.image),
-            asyncio.to_thread(audio_bytes, rendered.audio, rendered.sample_rate, "mp3"),
+            asyncio.to_thread(audio_bytes, _normalized(rendered.audio), rendered.sample_rate,
+                              "mp3"),
         )
         return {"image": data_uri("image/jpeg", image), "audio": data_uri("audio/mpeg", audio),
                 "duration_s": float(rendered.duration_s)}
@@ -356,6 +358,12 @@ async def _clip_events(ticket: Any, events: asyncio.Queue[tuple[int, int] | None
     finally:
         if not ticket.future.done():
             ticket.cancel()
+
+
+def _normalized(audio: Any, peak: float = 0.891) -> Any:
+    """``audio`` scaled to a -1 dBFS peak, as Riffusion normalises what it serves."""
+    top = float(np.max(np.abs(audio))) if audio.size else 0.0
+    return audio * (peak / top) if top > 0 and np.isfinite(top) else audio
 
 
 def _line(record: dict[str, Any]) -> bytes:

@@ -7,10 +7,13 @@ the real pipeline.
 
 from __future__ import annotations
 
+import functools
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +21,28 @@ import uvicorn
 
 from engine.jobs import Clip, GenerationJob
 from engine.render import Renderer
+from engine.spectrogram import SpectrogramParams, audio_to_mel, mel_to_image
 from protocols.http import bind
+
+
+def write_seed_image(folder: Path, name: str = "og_beat", width: int = 512) -> Path:
+    """A seed image made here from a decaying 220 Hz pulse at 4 per second (Riffusion's format)."""
+    params = SpectrogramParams()
+    n = (width - 1) * params.hop_length
+    t = np.arange(n) / params.sample_rate
+    audio = 0.3 * np.sin(2 * np.pi * 220 * t) * np.exp(-((t * 4) % 1) * 8)
+    image = mel_to_image(audio_to_mel(audio.astype(np.float32)[None], params), params)
+    path = folder / f"{name}.png"
+    image.save(path, exif=image.getexif())
+    return path
+
+
+@functools.cache
+def shared_renderer() -> Renderer:
+    """The tiny model with a seed folder holding og_beat, loaded once per test process."""
+    folder = Path(tempfile.mkdtemp(prefix="riff-seeds-"))
+    write_seed_image(folder)
+    return Renderer.load("tiny", device="cpu", seed_image_dirs=[folder])
 
 
 @contextmanager
