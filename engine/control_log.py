@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 from engine.errors import InvalidRequest
 from engine.request import InferenceRequest
+from engine.wire import parse_request
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def _event(kind: object, record: dict[str, Any], where: str) -> Event:
         return _build(CommandEvent, record, where)
     if kind == "generation":
         try:
-            record["request"] = InferenceRequest.from_dict(record.get("request"))
+            record["request"] = parse_request(record.get("request"))
         except InvalidRequest as exc:
             raise InvalidRequest(f"{where}: {exc}") from None
         if not isinstance(record.get("clip", {}), dict):

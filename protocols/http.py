@@ -40,9 +40,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from engine import __version__
+from engine import __version__, wire
 from engine.errors import InvalidImage, InvalidRequest, ModelUnavailable, RiffError, UnknownId
-from engine.jobs import Clip, ClipSpec, GenerationJob
+from engine.jobs import Clip, GenerationJob
 from engine.request import InferenceRequest
 from protocols import http_models as models
 from protocols.http_media import audio_bytes, data_uri, jpeg_bytes, png_bytes
@@ -203,7 +203,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
         return await _read_json(request, config.max_body_bytes)
 
     def validated(data: Any) -> InferenceRequest:
-        req = InferenceRequest.from_dict(data)
+        req = wire.parse_request(data)
         if req.width is not None and req.width > config.max_width:
             raise InvalidRequest(f"width must be at most {config.max_width} pixels on this "
                                  f"server, not {req.width}")
@@ -265,7 +265,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
     async def clip(request: Request) -> StreamingResponse:
         """Generate a clip for a remote engine: progress events, then the clip's audio."""
         job = parse_job(await read_request(request), config)
-        validated(job.request.to_dict())
+        validated(job.request.to_dict())  # this server's limits and the seed ids
         events: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
         ticket = queue().enqueue(
             lambda cancel, progress: backend.render_clip(job, cancel=cancel, progress=progress),
@@ -308,27 +308,12 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
 
 
 def parse_job(data: Any, config: ServeConfig) -> GenerationJob:
-    """A GenerationJob from the /v1/clip body; raises InvalidRequest naming the field."""
-    if not isinstance(data, dict):
-        raise InvalidRequest("clip job must be a JSON object")
-    unknown = sorted(set(data) - {"job_id", "request", "spec", "start_bar"})
-    if unknown:
-        raise InvalidRequest(f"clip job has unknown field(s): {', '.join(unknown)}")
-    for name in ("job_id", "request", "spec"):
-        if name not in data:
-            raise InvalidRequest(f"clip job needs '{name}'")
-    spec_data = data["spec"]
-    if not isinstance(spec_data, dict):
-        raise InvalidRequest("spec must be a JSON object")
-    fields = {f.name for f in dataclasses.fields(ClipSpec)}
-    if set(spec_data) != fields:
-        raise InvalidRequest(f"spec needs exactly the fields {', '.join(sorted(fields))}")
-    spec = ClipSpec(**spec_data)
-    if spec.seconds > config.max_clip_seconds:
-        raise InvalidRequest(f"spec is {spec.seconds:.1f} s long; this server renders at most "
-                             f"{config.max_clip_seconds:g} s")
-    return GenerationJob(job_id=data["job_id"], request=InferenceRequest.from_dict(
-        data["request"]), spec=spec, start_bar=data.get("start_bar", 0), created=0.0)
+    """A GenerationJob from the /v1/clip body, within this server's clip length limit."""
+    job = wire.parse_job(data)
+    if job.spec.seconds > config.max_clip_seconds:
+        raise InvalidRequest(f"spec is {job.spec.seconds:.1f} s long; this server renders at "
+                             f"most {config.max_clip_seconds:g} s")
+    return job
 
 
 async def _clip_events(ticket: Any, events: asyncio.Queue[tuple[int, int] | None],
@@ -370,6 +355,10 @@ def _line(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, separators=(",", ":")) + "\n").encode()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def _read_json(request: Request, limit: int) -> Any:
     """The request body parsed as JSON, refusing bodies over ``limit`` bytes before reading."""
     length = request.headers.get("content-length")
@@ -381,8 +370,8 @@ async def _read_json(request: Request, limit: int) -> Any:
         if len(body) > limit:
             raise HttpProblem(413, f"request body is larger than {limit} bytes")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(body, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise HttpProblem(400, f"request body is not JSON: {exc}") from None
 
 

@@ -34,6 +34,7 @@ import soundfile as sf
 
 from engine.errors import InvalidImage, InvalidRequest, RiffError, UnknownId
 from engine.jobs import Clip, GenerationJob, ProgressCallback
+from engine.wire import job_to_json
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,7 @@ class RemoteClipGenerator:
     async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
                        ) -> Clip:
         """Generate ``job`` on the server; see the module docstring for the failure policy."""
-        body = {
-            "job_id": job.job_id, "request": job.request.to_dict(),
-            "spec": dataclasses.asdict(job.spec), "start_bar": job.start_bar,
-        }
+        body = job_to_json(job)
         cfg = self.config
         for attempt in range(cfg.retries + 1):
             self.attempts += 1
