@@ -9,7 +9,7 @@ the phase gradient; a Hann window of ``L`` samples behaves like a Gaussian with
     dphi/dn   = 2 pi k / M + (1 / lambda) d log s / dnu     (per sample; nu in cycles/sample)
     dphi/dnu  = -lambda d log s / dn
 
-The heap integration follows the largest magnitudes first, so the phase of strong
+The integration follows the largest magnitudes first, so the phase of strong
 components is integrated along ridges. It runs in numba (compiled once, cached on disk).
 """
 
@@ -23,41 +23,7 @@ import numpy as np
 HANN_LAMBDA = 0.25645
 
 
-@numba.njit(cache=True, nogil=True)
-def _heap_push(vals: np.ndarray, idx: np.ndarray, size: int, v: float, i: int) -> int:
-    pos = size
-    vals[pos] = v
-    idx[pos] = i
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if vals[parent] >= vals[pos]:
-            break
-        vals[parent], vals[pos] = vals[pos], vals[parent]
-        idx[parent], idx[pos] = idx[pos], idx[parent]
-        pos = parent
-    return size + 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _heap_pop(vals: np.ndarray, idx: np.ndarray, size: int) -> int:
-    """Remove the root (caller reads it first); returns the new size."""
-    size -= 1
-    vals[0] = vals[size]
-    idx[0] = idx[size]
-    pos = 0
-    while True:
-        left = 2 * pos + 1
-        if left >= size:
-            break
-        child = left
-        if left + 1 < size and vals[left + 1] > vals[left]:
-            child = left + 1
-        if vals[pos] >= vals[child]:
-            break
-        vals[child], vals[pos] = vals[pos], vals[child]
-        idx[child], idx[pos] = idx[pos], idx[child]
-        pos = child
-    return size
+BUCKETS = 4096
 
 
 @numba.njit(cache=True, nogil=True)
@@ -65,42 +31,82 @@ def _integrate(
     logs: np.ndarray,
     tgrad: np.ndarray,
     fgrad: np.ndarray,
-    order: np.ndarray,
     floor: float,
     circular: bool,
     phase: np.ndarray,
 ) -> None:
+    """Heap integration with a bucket queue (priority = log magnitude in BUCKETS steps).
+
+    Exact heap order only matters between cells of clearly different magnitude, so a bucket
+    queue (O(1) per cell) replaces the binary heap (O(log n)). Starting points are taken in
+    descending bucket order; each floods its island.
+    """
     frames, bins = logs.shape
-    done = logs <= floor  # cells too weak to matter keep the phase they came with
-    vals = np.empty(frames * bins, dtype=np.float32)
-    idx = np.empty(frames * bins, dtype=np.int64)
-    for start in order:
-        m0 = start // bins
-        k0 = start % bins
-        if done[m0, k0]:
+    n = frames * bins
+    top = logs.max()
+    span = max(top - floor, 1e-6)
+    bucket = np.full(n, -1, dtype=np.int32)
+    count = np.zeros(BUCKETS + 1, dtype=np.int64)
+    for m in range(frames):
+        for k in range(bins):
+            v = logs[m, k]
+            if v > floor:
+                b = min(BUCKETS - 1, int((v - floor) / span * BUCKETS))
+                bucket[m * bins + k] = b
+                count[b + 1] += 1
+    for b in range(BUCKETS):
+        count[b + 1] += count[b]
+    order = np.empty(count[BUCKETS], dtype=np.int64)
+    fill = count[:BUCKETS].copy()
+    for cell in range(n):
+        b = bucket[cell]
+        if b >= 0:
+            order[fill[b]] = cell
+            fill[b] += 1
+    head = np.full(BUCKETS, -1, dtype=np.int64)
+    nxt = np.empty(n, dtype=np.int64)
+    done = bucket < 0  # cells too weak to matter keep the phase they came with
+    for i in range(order.shape[0] - 1, -1, -1):
+        start = order[i]
+        if done[start]:
             continue
-        done[m0, k0] = True
-        phase[m0, k0] = 0.0
-        size = _heap_push(vals, idx, 0, logs[m0, k0], start)
-        while size > 0:
-            cell = idx[0]
-            size = _heap_pop(vals, idx, size)
+        done[start] = True
+        phase[start // bins, start % bins] = 0.0
+        cur = bucket[start]
+        nxt[start] = -1
+        head[cur] = start
+        while True:
+            while cur >= 0 and head[cur] < 0:
+                cur -= 1
+            if cur < 0:
+                break
+            cell = head[cur]
+            head[cur] = nxt[cell]
             m = cell // bins
             k = cell % bins
-            # neighbours in time (phase advance tgrad) and frequency (fgrad)
             for step in (-1, 1):
                 mm = m + step
                 if circular:
                     mm %= frames
-                if 0 <= mm < frames and not done[mm, k]:
-                    phase[mm, k] = phase[m, k] + step * 0.5 * (tgrad[m, k] + tgrad[mm, k])
-                    done[mm, k] = True
-                    size = _heap_push(vals, idx, size, logs[mm, k], mm * bins + k)
+                if 0 <= mm < frames:
+                    other = mm * bins + k
+                    if not done[other]:
+                        phase[mm, k] = phase[m, k] + step * 0.5 * (tgrad[m, k] + tgrad[mm, k])
+                        done[other] = True
+                        b = bucket[other]
+                        nxt[other] = head[b]
+                        head[b] = other
+                        cur = max(cur, b)
                 kk = k + step
-                if 0 <= kk < bins and not done[m, kk]:
-                    phase[m, kk] = phase[m, k] + step * 0.5 * (fgrad[m, k] + fgrad[m, kk])
-                    done[m, kk] = True
-                    size = _heap_push(vals, idx, size, logs[m, kk], m * bins + kk)
+                if 0 <= kk < bins:
+                    other = m * bins + kk
+                    if not done[other]:
+                        phase[m, kk] = phase[m, k] + step * 0.5 * (fgrad[m, k] + fgrad[m, kk])
+                        done[other] = True
+                        b = bucket[other]
+                        nxt[other] = head[b]
+                        head[b] = other
+                        cur = max(cur, b)
 
 
 def pghi(
@@ -119,7 +125,7 @@ def pghi(
     neighbours so the estimate is consistent across a loop's seam.
     """
     s = np.ascontiguousarray(magnitude, dtype=np.float32)
-    frames, bins = s.shape
+    _frames, bins = s.shape
     lam = HANN_LAMBDA * win * win
     peak = float(s.max()) if s.size else 0.0
     rng = np.random.default_rng(seed)
@@ -142,15 +148,5 @@ def pghi(
         dlog_dm[1:-1] = (logs[2:] - logs[:-2]) * 0.5
     fgrad = (-lam / (hop * n_fft)) * dlog_dm
     floor = float(np.log(peak * tolerance))
-    strong = np.flatnonzero(logs.reshape(-1) > floor)
-    order = strong[np.argsort(-logs.reshape(-1)[strong], kind="stable")]
-    _integrate(
-        logs,
-        tgrad.astype(np.float32),
-        fgrad.astype(np.float32),
-        order,
-        floor,
-        circular,
-        phase,
-    )
+    _integrate(logs, tgrad.astype(np.float32), fgrad.astype(np.float32), floor, circular, phase)
     return phase

@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from engine import dsp_kernels as kernels
 from engine.errors import InvalidRequest
 from engine.pghi import pghi
 from engine.spectrogram import PCM_SCALE, SpectrogramParams, mel_filterbank
@@ -53,6 +54,7 @@ class MethodSettings:
     iterations: int
     momentum: float
     mel_projection: bool
+    tolerance: float = 1e-3  # PGHI: cells this far below the peak get random phase
 
 
 SETTINGS = {
@@ -227,11 +229,11 @@ def _griffin_lim_full_rate(target: torch.Tensor, p: SpectrogramParams, seed: int
     prev = torch.zeros_like(spec)
     alpha = 0.99 / 1.99
     for _ in range(32):
-        rebuilt = stft.analyse_buffer(stft.synthesise_buffer(spec)).to(target.device)
+        rebuilt = stft.analyse(stft.synthesise(spec)).to(target.device)
         phase = rebuilt - alpha * prev
         spec = amp * phase / phase.abs().clamp_min(1e-16)
         prev = rebuilt
-    return stft.to_signal(stft.synthesise_buffer(spec))
+    return stft.synthesise(spec)
 
 
 def _normalise_phase(spec: torch.Tensor, amp: torch.Tensor) -> None:
@@ -239,6 +241,24 @@ def _normalise_phase(spec: torch.Tensor, amp: torch.Tensor) -> None:
     z = torch.view_as_real(spec)
     scale = (z * z).sum(-1).add_(1e-30).rsqrt_().mul_(amp)
     z.mul_(scale.unsqueeze(-1))
+
+
+def _magnitude(spec: torch.Tensor, bins: int) -> torch.Tensor:
+    """|spec[..., :bins]| as float32."""
+    if spec.device.type == "cpu":
+        out = torch.empty((*spec.shape[:-1], bins))
+        kernels.magnitude(spec.numpy(), bins, out.numpy())
+        return out
+    return spec[..., :bins].abs()
+
+
+def _padded(amp: torch.Tensor, bins: int) -> torch.Tensor:
+    """amp (..., used) zero-extended to (..., bins)."""
+    if amp.shape[-1] == bins:
+        return amp
+    out = torch.zeros((*amp.shape[:-1], bins), device=amp.device, dtype=amp.dtype)
+    out[..., : amp.shape[-1]] = amp
+    return out
 
 
 def _reconstruct(
@@ -269,6 +289,7 @@ def _reconstruct(
                 hop=hop,
                 n_fft=n_fft,
                 circular=circular,
+                tolerance=settings.tolerance,
                 seed=seed + c,
             )
             for c in range(channels)
@@ -280,18 +301,21 @@ def _reconstruct(
     full_phase[..., : basis.bins] = torch.from_numpy(phase).to(dev)
     spec = torch.polar(amp, full_phase)
     prev = spec.clone()
+    on_cpu = dev.type == "cpu"
+    goal = amp[..., : basis.bins].contiguous()
     for _ in range(settings.iterations):
-        rebuilt = small.analyse_buffer(small.synthesise_buffer(spec))
+        rebuilt = small.analyse(small.synthesise(spec))
         if settings.mel_projection:
-            z = torch.view_as_real(rebuilt)
-            mag = (z * z).sum(-1).sqrt_()
-            goal = _project_mel(basis, mag, mel_target, bins)
+            goal = _project_mel(basis, _magnitude(rebuilt, basis.bins), mel_target, basis.bins)
+        if on_cpu:
+            kernels.project_with_momentum(
+                rebuilt.numpy(), goal.numpy(), prev.numpy(), settings.momentum
+            )
+            spec = rebuilt
         else:
-            goal = amp
-        _normalise_phase(rebuilt, goal)
-        # fast Griffin-Lim: extrapolate along the last step
-        spec = rebuilt + settings.momentum * (rebuilt - prev)
-        prev = rebuilt
+            _normalise_phase(rebuilt, _padded(goal, bins))
+            spec = rebuilt + settings.momentum * (rebuilt - prev)
+            prev = rebuilt
     final = torch.zeros(channels, frames, full.bins, dtype=torch.complex64, device=dev)
     final[..., :bins] = prev
     _normalise_phase(final, amp_full)

@@ -42,6 +42,7 @@ from engine.errors import Cancelled, InvalidImage, InvalidRequest
 from engine.prompt_weighting import tokenize_weighted, weighted_embedding
 from engine.request import InferenceRequest
 from engine.seed_images import SeedImageLibrary
+from engine.spectrogram import TAG_LOOP_BPM, SpectrogramParams, read_loop_meta, write_loop_meta
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class _Plan:
     init_dist: Any  # the seed image's latent distribution, or None for text-to-image
     mask: torch.Tensor | None
     latent_shape: tuple[int, int, int, int]
+    seed_image: Image.Image | None = None
 
 
 class RiffusionGenerator:
@@ -250,7 +252,7 @@ class RiffusionGenerator:
             mask_image = self.seed_images.load(request.mask_image_id)
             mask = self._mask_tensor(mask_image, width, height)
         shape = tuple(dist.mean.shape)
-        return _Plan(name, dist, mask, (shape[0], shape[1], shape[2], shape[3]))
+        return _Plan(name, dist, mask, (shape[0], shape[1], shape[2], shape[3]), image)
 
     def _seed_latent_dist(self, path: Path, image: Image.Image, width: int, height: int) -> Any:
         """The VAE's latent distribution of a seed image (cached by file, size and dtype).
@@ -423,20 +425,24 @@ class RiffusionGenerator:
             if progress is not None:
                 progress(i + 1, total)
 
-        images = self._decode(latents)
+        images = self._decode(latents, plan.seed_image)
         return images, [lat[None].float().cpu() for lat in latents]
 
-    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+    def _decode(self, latents: torch.Tensor, seed: Image.Image | None) -> list[Image.Image]:
         """VAE-decode latents to RGB spectrogram images with Riffusion's EXIF tags."""
         pixels = self.parts.vae.decode(latents / self.latent_scale).sample
         pixels = (pixels / 2 + 0.5).clamp(0, 1)
         array = pixels.cpu().permute(0, 2, 3, 1).float().numpy()
         array = (array * 255).round().astype(np.uint8)
-        return [_with_exif(Image.fromarray(a)) for a in array]
+        return [_with_exif(Image.fromarray(a), seed) for a in array]
 
 
-def _with_exif(image: Image.Image) -> Image.Image:
-    """Attach the spectrogram parameters as EXIF (done by the codec's SpectrogramParams)."""
+def _with_exif(image: Image.Image, seed: Image.Image | None) -> Image.Image:
+    """Attach Riffusion's spectrogram EXIF tags, and the seed image's loop metadata when the
+    output has the seed's width (its musical length is then the seed's)."""
+    image.getexif().update(SpectrogramParams().to_exif().items())
+    if seed is not None and seed.width == image.width and TAG_LOOP_BPM in seed.getexif():
+        write_loop_meta(image, read_loop_meta(seed))
     return image
 
 

@@ -127,7 +127,7 @@ def tokenize_weighted(tokenizer: Any, prompt: str) -> TokenizedPrompt:
     tokens: list[int] = []
     weights: list[float] = []
     for text, weight in parse_weights(prompt):
-        ids = list(tokenizer(text).input_ids[1:-1])
+        ids = list(tokenizer(text, verbose=False).input_ids[1:-1])
         tokens += ids
         weights += [weight] * len(ids)
         if len(tokens) > limit:

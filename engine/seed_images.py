@@ -15,15 +15,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from engine.errors import InvalidImage, UnknownId
+from engine.errors import UnknownId
 from engine.request import check_plain_id
+from engine.spectrogram import load_image
 
 logger = logging.getLogger(__name__)
 
 #: File suffixes tried for an id, in order.
 SUFFIXES = (".png", ".jpg", ".jpeg")
-#: Refuse images larger than this many pixels (decompression bombs).
-MAX_PIXELS = 8192 * 1024
 
 
 def builtin_folder() -> Path:
@@ -56,22 +55,8 @@ class SeedImageLibrary:
         raise UnknownId(f"unknown seed image {image_id!r} (available: {available})")
 
     def load(self, image_id: str) -> Image.Image:
-        """Open ``image_id`` as a fully loaded RGB image; raises InvalidImage if unreadable."""
-        path = self.resolve(image_id)
-        try:
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise InvalidImage(f"seed image {image_id!r} is too large: {img.size}")
-                exif = img.getexif()
-                out = img.convert("RGB")
-                out.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            if isinstance(exc, InvalidImage):
-                raise
-            raise InvalidImage(f"cannot read seed image {image_id!r}: {exc}") from exc
-        if exif:
-            out.info["exif"] = exif.tobytes()
-        return out
+        """Open ``image_id`` fully decoded, EXIF intact; raises InvalidImage if unreadable."""
+        return load_image(self.resolve(image_id))
 
     def ids(self) -> list[str]:
         """Every id available, sorted, without duplicates (earlier folders win)."""

@@ -9,10 +9,14 @@ the padded frame) differs by a factor ``(-1)**k`` since the centre is at ``n_fft
 
 Frames are centred at ``m * hop``. Two boundary models:
 
-- linear: a signal of ``(frames - 1) * hop`` samples, zero outside (the analysis sees the
-  zeros; synthesis keeps only the signal's own samples);
+- linear: a signal of ``(frames - 1) * hop`` samples, reflected at both ends as
+  ``torch.stft(center=True, pad_mode="reflect")`` does, so the spectrum of a reconstruction
+  measured the usual way matches the one it was fitted to, edge frames included;
 - circular: a loop of ``frames * hop`` samples; frames wrap around its end, so the
   reconstruction repeats seamlessly.
+
+Both are a map from each frame's window samples to signal samples; synthesis is the exact
+least-squares inverse (overlap-add through that map divided by the summed squared window).
 
 Arrays are torch tensors laid out (channels, frames, bins). On the CPU the FFTs go through
 ``scipy.fft`` (pocketfft in single precision, two workers), which is about twice as fast as
@@ -24,7 +28,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from engine import dsp_kernels as kernels
 
 #: FFT worker threads on the CPU.
 FFT_WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -68,24 +75,22 @@ class Stft:
         half = self.win // 2
         dev = self.device
         self.window = torch.hann_window(self.win, dtype=torch.float32, device=dev)
-        starts = torch.arange(self.frames, device=dev) * self.hop
-        offsets = torch.arange(self.win, device=dev)
+        starts = np.arange(self.frames)[:, None] * self.hop
+        offsets = np.arange(self.win)[None, :] - half
         if self.circular:
             self.length = self.frames * self.hop
-            self.buffer_length = self.length
-            index = (starts[:, None] - half + offsets[None, :]) % self.length
+            index = (starts + offsets) % self.length
         else:
             self.length = (self.frames - 1) * self.hop
-            self.buffer_length = self.length + self.win
-            index = starts[:, None] + offsets[None, :]
-        self.index = index  # (frames, win) buffer positions of each frame's samples
-        self.flat_index = index.reshape(-1)
-        envelope = torch.zeros(self.buffer_length, device=dev)
+            if self.length < 2:
+                raise ValueError("a linear signal needs at least two samples")
+            reflect = np.pad(np.arange(self.length), half, mode="reflect")
+            index = reflect[starts + offsets + half]
+        self.index = torch.from_numpy(index).to(dev)  # (frames, win) signal sample indices
+        self.flat_index = self.index.reshape(-1)
+        envelope = torch.zeros(self.length, device=dev)
         envelope.index_add_(0, self.flat_index, (self.window**2).repeat(self.frames))
         self.inv_envelope = 1.0 / envelope.clamp_min(1e-3 * float(envelope.max()))
-        if not self.circular:  # only the signal's own samples survive synthesis
-            self.inv_envelope[:half] = 0
-            self.inv_envelope[half + self.length :] = 0
         self.bins = self.n_fft // 2 + 1
         self._frame_buf: torch.Tensor | None = None
 
@@ -96,40 +101,37 @@ class Stft:
             self._frame_buf = buf
         return buf
 
-    def analyse_buffer(self, buffer: torch.Tensor) -> torch.Tensor:
-        """Spectrum (channels, frames, bins) of a synthesis buffer (channels, buffer_length)."""
-        half = self.win // 2
-        seg = buffer[:, self.index] * self.window
-        buf = self._buffer(buffer.shape[0])
-        buf[:, :, :half] = seg[:, :, half:]
-        buf[:, :, self.n_fft - half :] = seg[:, :, :half]
-        return rfft(buf, self.n_fft)
-
-    def synthesise_buffer(self, spec: torch.Tensor) -> torch.Tensor:
-        """Least-squares signal (channels, buffer_length) of a spectrum, in buffer layout."""
-        half = self.win // 2
-        frames = irfft(spec, self.n_fft)
-        seg = torch.cat([frames[:, :, self.n_fft - half :], frames[:, :, :half]], dim=2)
-        seg *= self.window
-        out = torch.zeros(spec.shape[0], self.buffer_length, device=spec.device)
-        out.index_add_(1, self.flat_index, seg.reshape(spec.shape[0], -1))
-        out *= self.inv_envelope
-        return out
-
-    def to_signal(self, buffer: torch.Tensor) -> torch.Tensor:
-        """The signal (channels, length) held in a synthesis buffer."""
-        if self.circular:
-            return buffer
-        half = self.win // 2
-        return buffer[:, half : half + self.length]
-
     def analyse(self, signal: torch.Tensor) -> torch.Tensor:
         """Spectrum (channels, frames, bins) of a signal (channels, length)."""
-        if self.circular:
-            return self.analyse_buffer(signal)
         half = self.win // 2
-        return self.analyse_buffer(torch.nn.functional.pad(signal, (half, half)))
+        buf = self._buffer(signal.shape[0])
+        if signal.device.type == "cpu":
+            kernels.frames_from_signal(
+                signal.numpy(), self.index.numpy(), self.window.numpy(), buf.numpy()
+            )
+        else:
+            seg = signal[:, self.index] * self.window
+            buf[:, :, :half] = seg[:, :, half:]
+            buf[:, :, self.n_fft - half :] = seg[:, :, :half]
+        return rfft(buf, self.n_fft)
 
     def synthesise(self, spec: torch.Tensor) -> torch.Tensor:
         """Least-squares signal (channels, length) of a spectrum (channels, frames, bins)."""
-        return self.to_signal(self.synthesise_buffer(spec))
+        half = self.win // 2
+        frames = irfft(spec, self.n_fft)
+        out = torch.empty(spec.shape[0], self.length, device=spec.device)
+        if spec.device.type == "cpu":
+            kernels.overlap_add(
+                frames.numpy(),
+                self.index.numpy(),
+                self.window.numpy(),
+                self.inv_envelope.numpy(),
+                out.numpy(),
+            )
+            return out
+        seg = torch.cat([frames[:, :, self.n_fft - half :], frames[:, :, :half]], dim=2)
+        seg *= self.window
+        out.zero_()
+        out.index_add_(1, self.flat_index, seg.reshape(spec.shape[0], -1))
+        out *= self.inv_envelope
+        return out

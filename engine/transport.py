@@ -22,6 +22,7 @@ Thread: the control plane (asyncio loop) owns a transport. ``follow`` must be ca
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -37,6 +38,9 @@ MAX_TEMPO = 1000.0
 MAX_SEGMENTS = 64
 #: An external observation within this many samples of the predicted grid is not a change.
 DEFAULT_FOLLOW_TOLERANCE = 64
+#: ... nor is a tempo within this many BPM (measured tempos jitter; the phase check above
+#: re-anchors once a small tempo error has added up).
+DEFAULT_TEMPO_TOLERANCE = 0.01
 
 
 def _check_tempo(tempo: float) -> float:
@@ -71,12 +75,12 @@ class Segment:
     beats_per_bar: int
     sample_rate: int
 
-    @property
+    @functools.cached_property
     def samples_per_bar(self) -> Fraction:
         """Exact samples per bar (the float tempo taken at its exact binary value)."""
         return Fraction(60 * self.sample_rate * self.beats_per_bar) / Fraction(self.tempo)
 
-    @property
+    @functools.cached_property
     def samples_per_beat(self) -> Fraction:
         """Exact samples per beat."""
         return Fraction(60 * self.sample_rate) / Fraction(self.tempo)
@@ -131,17 +135,22 @@ class Transport:
         beats_per_bar: int = 4,
         *,
         follow_tolerance: int = DEFAULT_FOLLOW_TOLERANCE,
+        tempo_tolerance: float = DEFAULT_TEMPO_TOLERANCE,
     ) -> None:
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1000:
             raise InvalidRequest(f"sample rate must be an integer >= 1000, not {sample_rate!r}")
         self._clock = clock
         self.sample_rate = sample_rate
         self.follow_tolerance = follow_tolerance
+        self.tempo_tolerance = tempo_tolerance
+        #: Incremented whenever the grid changes (start, tempo/meter change, re-anchor).
+        self.version = 0
         self.external = False
         self.running = False
         self._segments: list[Segment] = [
             Segment(0, 0, _check_tempo(tempo), _check_meter(beats_per_bar), sample_rate)
         ]
+        self._lines: dict[int, int] = {}  # bar -> line, cleared whenever the grid changes
 
     # -- the clock -------------------------------------------------------------------------
 
@@ -181,7 +190,12 @@ class Transport:
 
     def bar_start(self, bar: int) -> int:
         """Sample of bar line ``bar`` (an integer, exact, drift-free)."""
-        return self.segment_for_bar(bar).bar_start(bar)
+        line = self._lines.get(bar)
+        if line is None:
+            if len(self._lines) >= 256:
+                self._lines.clear()
+            line = self._lines[bar] = self.segment_for_bar(bar).bar_start(bar)
+        return line
 
     def bar_at(self, sample: int) -> int:
         """The bar that contains ``sample``."""
@@ -217,6 +231,8 @@ class Transport:
         start = self.now() if at_sample is None else int(at_sample)
         last = self._segments[-1]
         self._segments = [dataclasses.replace(last, bar=0, sample=start)]
+        self._lines.clear()
+        self.version += 1
         self.running = True
 
     def stop(self) -> None:
@@ -246,6 +262,8 @@ class Transport:
         else:
             self._segments.append(seg)
         del self._segments[:-MAX_SEGMENTS]
+        self._lines.clear()
+        self.version += 1
         log.info("tempo %.3f BPM, %d/bar from bar %d (sample %d)", new_tempo, new_meter, bar,
                  sample)
         return bar, sample
@@ -254,8 +272,9 @@ class Transport:
         """Follow an external master; returns True when the grid changed.
 
         An observation within ``follow_tolerance`` samples of the current grid, at the same
-        tempo and meter, changes nothing (jitter is ignored). Otherwise the grid is re-anchored
-        at the observed bar's line (a relocation or tempo change on the master).
+        meter and within ``tempo_tolerance`` BPM, changes nothing (jitter is ignored).
+        Otherwise the grid is re-anchored at the observed bar's line (a relocation or tempo
+        change on the master).
         """
         self.external = True
         self.running = True
@@ -264,14 +283,20 @@ class Transport:
         line = obs.sample - beat_samples
         current = self.segment_for_bar(obs.bar)
         if (
-            current.tempo == obs.tempo
+            abs(current.tempo - obs.tempo) <= self.tempo_tolerance
             and current.beats_per_bar == obs.beats_per_bar
             and abs(self.bar_start(obs.bar) - line) <= self.follow_tolerance
         ):
             return False
-        self._segments = [
-            Segment(obs.bar, line, obs.tempo, obs.beats_per_bar, self.sample_rate)
-        ]
+        seg = Segment(obs.bar, line, obs.tempo, obs.beats_per_bar, self.sample_rate)
+        if abs(current.bar_start(obs.bar) - line) < current.samples_per_bar:
+            # A tempo change or phase correction: bars before it keep their lines.
+            self._segments = [s for s in self._segments if s.bar < obs.bar] + [seg]
+            del self._segments[:-MAX_SEGMENTS]
+        else:  # a relocation: the old bar numbers mean nothing any more
+            self._segments = [seg]
+        self._lines.clear()
+        self.version += 1
         log.info("following external clock: bar %d at sample %d, %.3f BPM, %d/bar",
                  obs.bar, line, obs.tempo, obs.beats_per_bar)
         return True

@@ -136,9 +136,15 @@ def test_follow_external_bbt() -> None:
     assert t.external
     assert t.bar_start(7) == 1_000_000 - 43200  # 1.5 beats of 28800 samples
     assert t.bar_start(8) == 1_000_000 - 43200 + 86400
-    # Jitter within the tolerance changes nothing.
-    assert not t.follow(BBTObservation(1_000_010, 7, 1.5, 100.0, 3))
-    assert t.bar_start(7) == 1_000_000 - 43200
+    # Jitter within the tolerances (phase and measured tempo) changes nothing.
+    version = t.version
+    assert not t.follow(BBTObservation(1_000_010, 7, 1.5, 100.004, 3))
+    assert t.bar_start(7) == 1_000_000 - 43200 and t.version == version
+    # A tempo change on the master at its bar 9 keeps the lines before it.
+    line9 = t.bar_start(9)
+    assert t.follow(BBTObservation(line9 + 32000, 9, 1.0, 90.0, 3))
+    assert t.bar_start(8) == 1_000_000 - 43200 + 86400 and t.bar_start(9) == line9
+    assert t.bar_start(10) == line9 + 96000 and t.version == version + 1
     # A tempo change on the master re-anchors; the internal tempo control is refused.
     assert t.follow(BBTObservation(2_000_000, 20, 0.0, 110.0, 3))
     assert t.bar_start(20) == 2_000_000 and t.tempo == 110.0

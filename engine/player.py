@@ -1,0 +1,417 @@
+"""Bar-timeline player: loops the current clip and switches to the next one on its start sample.
+
+Why this shape: the audio thread (the JACK process callback, or the file writer's thread) must
+never wait, allocate or take a lock, while the control plane hands it clips whenever they are
+ready. So the player owns a fixed pool of clip *slots*; each slot has one owner at a time,
+recorded in a small numpy state array, and each state change is made by exactly one side:
+
+    control thread:  FREE  -> READY   (after writing the audio reference, start, seq)
+                     DONE  -> FREE    (reclaim, in :meth:`Player.poll`)
+    audio thread:    READY -> PLAYING (start sample reached), READY -> DONE (superseded by a
+                     newer clip at the same sample, or dropped by :meth:`Player.stop`),
+                     PLAYING -> DONE  (replaced and faded out)
+
+Each transition is a single element store made after the data it publishes, so no
+compare-and-swap and no lock is needed (one producer, one consumer). Slots keep a reference to
+the clip's audio (clips are immutable); references are dropped on the control thread, so the
+audio thread never frees memory either.
+
+Timeline semantics, in samples since the player started (:meth:`Player.position`):
+
+- Before the first clip starts (and after :meth:`Player.stop`), the output is silence.
+- The current clip loops (circular index) until the next scheduled clip's start sample.
+- At that sample the new clip begins at its own sample 0 with an equal-power crossfade of
+  ``crossfade_samples`` (the old clip fades out while continuing its loop; a clip that starts
+  from silence fades in the same way). With ``crossfade_samples == 0`` the switch is hard.
+- Late clips (the ``ClipSink`` contract): a clip whose start sample has already passed when
+  the audio thread first sees it starts at once, at the read position it would have reached
+  had it started on time (``index = now - start_sample``), so it stays phase-locked to the bar
+  grid; it is counted in ``late``. Until then the current clip keeps looping: never silence.
+- Scheduling the clip that would be playing anyway (the scheduler's explicit repeat at a bar
+  line) changes nothing: the loop just goes on (counted in ``repeats``), so repeats never
+  crossfade a clip into itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+FREE, READY, PLAYING, DONE = 0, 1, 2, 3
+
+#: Indices into the counters array.
+UNDERRUNS, LATE_CLIPS, LOOPS, STARTED, XRUNS, BLOCKS, SUPERSEDED, DROPPED = range(8)
+COUNTER_NAMES = ("underruns", "late", "loops", "started", "xruns", "blocks", "superseded",
+                 "dropped")
+
+
+class HasAudio(Protocol):
+    """What the player needs from a clip: float32 audio ``(samples, channels)``."""
+
+    @property
+    def audio(self) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class PlayerConfig:
+    """Fixed sizes of the player, all in samples; validated once."""
+
+    sample_rate: int = 48000
+    channels: int = 2
+    slots: int = 6
+    crossfade_samples: int = 480
+    max_block: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 8000 <= self.sample_rate <= 384000:
+            raise InvalidRequest(f"sample rate must be 8000..384000, not {self.sample_rate}")
+        if not 1 <= self.channels <= 8:
+            raise InvalidRequest(f"channels must be 1..8, not {self.channels}")
+        if not 3 <= self.slots <= 64:
+            raise InvalidRequest(f"slots must be 3..64, not {self.slots}")
+        if not 0 <= self.crossfade_samples <= self.sample_rate:
+            raise InvalidRequest("crossfade must be between 0 and 1 second")
+        if not 16 <= self.max_block <= 65536:
+            raise InvalidRequest(f"max block must be 16..65536, not {self.max_block}")
+
+    @classmethod
+    def with_crossfade_ms(cls, sample_rate: int, crossfade_ms: float, **kw: Any) -> PlayerConfig:
+        """Config with the crossfade given in milliseconds (rounded to whole samples)."""
+        if not (isinstance(crossfade_ms, int | float) and math.isfinite(crossfade_ms)
+                and 0 <= crossfade_ms <= 1000):
+            raise InvalidRequest(f"crossfade must be 0..1000 ms, not {crossfade_ms!r}")
+        return cls(sample_rate=sample_rate,
+                   crossfade_samples=round(crossfade_ms * sample_rate / 1000), **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlayerEvents:
+    """What happened since the last :meth:`Player.poll`: clips started (with the sample they
+    were scheduled for) and clips released."""
+
+    started: list[tuple[Any, int]]
+    finished: list[Any]
+
+
+class Player:
+    """The bar-timeline player; implements the control plane's ``ClipSink`` protocol.
+
+    Threads: :meth:`render` is called only by the audio thread. :meth:`schedule`,
+    :meth:`stop`, :meth:`poll`, :meth:`pending` and :meth:`counters` only by the control
+    thread. :meth:`position` and :meth:`count_xrun` may be called from any thread.
+    """
+
+    def __init__(self, config: PlayerConfig | None = None) -> None:
+        self.config = cfg = config or PlayerConfig()
+        n = cfg.slots
+        self._silence = np.zeros((1, cfg.channels), np.float32)
+        self._audio: list[np.ndarray] = [self._silence] * n
+        self._state = np.zeros(n, np.int8)
+        self._start = np.zeros(n, np.int64)
+        self._length = np.ones(n, np.int64)
+        self._seq = np.zeros(n, np.int64)
+        self._counters = np.zeros(len(COUNTER_NAMES), np.int64)
+        # Control-thread bookkeeping (the audio thread never reads these).
+        self._clips: list[Any] = [None] * n
+        self._reported = [False] * n
+        self._next_seq = 1
+        self._repeats = 0
+        self._horizon = -1
+        self._scheduled = threading.Event()
+        self._ev_started: list[tuple[Any, int]] = []
+        self._ev_finished: list[Any] = []
+        # Written by the control thread, read by the audio thread: drop READY clips with a
+        # sequence number below this (stop), and fade to silence when it changes.
+        self._stop_seq = 0
+        # Audio-thread state (only the audio thread writes these).
+        self._pos = 0
+        self._event_time = 0
+        self._stop_seen = 0
+        self._cur = -1
+        self._cur_origin = 0
+        self._fading = False
+        self._fade = -1
+        self._fade_origin = 0
+        self._fade_begin = 0
+        self._mix = np.zeros((cfg.channels, cfg.max_block), np.float32)
+        self._tmp = np.zeros((cfg.channels, cfg.max_block), np.float32)
+        xf = cfg.crossfade_samples
+        ramp = np.arange(xf, dtype=np.float64) / max(xf, 1) * (np.pi / 2)
+        self._fade_in = np.sin(ramp).astype(np.float32)
+        self._fade_out = np.cos(ramp).astype(np.float32)
+
+    # ---- any thread -------------------------------------------------------------------------
+
+    def position(self) -> int:
+        """Samples rendered so far: the timeline position of the next block (any thread)."""
+        return self._pos
+
+    def count_xrun(self) -> None:
+        """Count one xrun reported by the audio backend (its notification thread)."""
+        self._counters[XRUNS] += 1
+
+    # ---- control thread ---------------------------------------------------------------------
+
+    def schedule(self, clip: HasAudio, start_sample: int) -> None:
+        """Hand ``clip`` to the audio thread, to start at ``start_sample`` (control thread).
+
+        A start in the past begins at once, phase-locked (see the module docstring). A clip
+        scheduled at the same sample as an earlier one replaces it. Scheduling the clip that
+        would be playing at ``start_sample`` anyway is a repeat and changes nothing. Raises
+        :class:`~engine.errors.InvalidRequest` for audio of the wrong shape or type, and
+        ``RuntimeError`` when every slot is taken (more clips queued than the look-ahead
+        allows); the audio is not affected either way.
+        """
+        audio = clip.audio
+        if not isinstance(audio, np.ndarray) or audio.dtype != np.float32 or audio.ndim != 2:
+            raise InvalidRequest("clip audio must be a float32 array (samples, channels)")
+        if audio.shape[0] < 1 or audio.shape[1] not in (1, self.config.channels):
+            raise InvalidRequest(f"clip audio of shape {audio.shape} does not fit "
+                                 f"{self.config.channels} channel(s)")
+        start_sample = int(start_sample)
+        self._reclaim()
+        if self._playing_at(start_sample) is clip:
+            self._repeats += 1
+            self._advance_horizon(start_sample, audio.shape[0])
+            return
+        free = np.flatnonzero(self._state == FREE)
+        if free.size == 0:
+            raise RuntimeError(f"no free clip slot for sample {start_sample}: "
+                               f"{self.config.slots} clips already queued or playing")
+        slot = int(free[0])
+        self._audio[slot] = audio
+        self._length[slot] = audio.shape[0]
+        self._start[slot] = start_sample
+        self._seq[slot] = self._next_seq
+        self._next_seq += 1
+        self._clips[slot] = clip
+        self._reported[slot] = False
+        self._state[slot] = READY  # publish last
+        self._advance_horizon(start_sample, audio.shape[0])
+
+    def _advance_horizon(self, start_sample: int, length: int) -> None:
+        if start_sample + length > self._horizon:
+            self._horizon = start_sample + length
+        self._scheduled.set()
+
+    def horizon(self) -> int:
+        """End of the first pass of the latest scheduled clip (repeats included): the sample
+        up to which the timeline is known; -1 before any clip.
+
+        Thread: any. An offline renderer renders up to it and then waits for more
+        (:meth:`wait_scheduled`) so it never runs ahead of the control plane."""
+        return self._horizon
+
+    def wait_scheduled(self, timeout: float) -> bool:
+        """Block until the next :meth:`schedule` call or ``timeout`` seconds; True when one
+        came. Thread: an offline render thread only, never a real-time audio thread."""
+        got = self._scheduled.wait(timeout)
+        self._scheduled.clear()
+        return got
+
+    def _playing_at(self, sample: int) -> Any:
+        """The clip that would be playing just before ``sample`` as things stand."""
+        best, best_start = -1, -1
+        for s in range(self.config.slots):
+            if (self._state[s] == READY and self._seq[s] >= self._stop_seq
+                    and best_start <= self._start[s] < sample):
+                best, best_start = s, int(self._start[s])
+        if best >= 0:
+            return self._clips[best]
+        cur = self._cur
+        if cur >= 0 and self._stop_seen == self._stop_seq:
+            return self._clips[cur]
+        return None
+
+    def stop(self) -> None:
+        """Fade out and go silent; clips scheduled before this call are dropped (control
+        thread). ``position`` keeps running and later clips play normally."""
+        self._stop_seq = self._next_seq
+        self._scheduled.set()
+
+    def poll(self) -> PlayerEvents:
+        """Reclaim released slots; report clips started and released since the last call."""
+        self._reclaim()
+        events = PlayerEvents(self._ev_started, self._ev_finished)
+        self._ev_started, self._ev_finished = [], []
+        return events
+
+    def _reclaim(self) -> None:
+        for slot in range(self.config.slots):
+            state = int(self._state[slot])
+            clip = self._clips[slot]
+            if state in (PLAYING, DONE) and not self._reported[slot] and clip is not None:
+                # A DONE slot played unless it was superseded or dropped before its start;
+                # the audio thread zeroes the sequence number of those before releasing them.
+                if state == PLAYING or self._seq[slot] != 0:
+                    self._ev_started.append((clip, int(self._start[slot])))
+                    self._reported[slot] = True
+            if state == DONE:
+                self._ev_finished.append(clip)
+                self._clips[slot] = None
+                self._audio[slot] = self._silence
+                self._state[slot] = FREE
+
+    def pending(self) -> list[int]:
+        """Start samples of clips waiting to start, sorted (control thread)."""
+        return sorted(int(self._start[s]) for s in range(self.config.slots)
+                      if self._state[s] == READY and self._seq[s] >= self._stop_seq)
+
+    def counters(self) -> dict[str, int]:
+        """Counter snapshot: underruns (silent blocks), late, loops (wraps of a clip),
+        repeats (explicit repeats), started, xruns, blocks, superseded, dropped."""
+        out = {name: int(v) for name, v in zip(COUNTER_NAMES, self._counters, strict=True)}
+        out["repeats"] = self._repeats
+        return out
+
+    # ---- audio thread -----------------------------------------------------------------------
+
+    def render(self, outs: Sequence[np.ndarray] | np.ndarray) -> None:
+        """Fill ``outs`` (one float32 array per channel, equal lengths) with the next frames.
+
+        Thread: the audio thread only. Must not block, lock, log or allocate arrays: it only
+        copies from clip audio into preallocated scratch buffers and the outputs.
+        """
+        total = len(outs[0])
+        done = 0
+        mb = self.config.max_block
+        chans = self.config.channels
+        while done < total:
+            n = min(mb, total - done)
+            self._render_block(n)
+            for ch in range(len(outs)):
+                outs[ch][done:done + n] = self._mix[ch if ch < chans else 0, :n]
+            done += n
+        self._counters[BLOCKS] += 1
+
+    def _render_block(self, n: int) -> None:
+        t = self._pos
+        end = t + n
+        if self._stop_seen != self._stop_seq:
+            self._apply_stop(t)
+        silent = False
+        while t < end:
+            nxt = self._next_event(t, end)
+            if nxt >= 0 and self._event_time == t:
+                self._switch(nxt, t)
+                continue
+            seg_end = end if nxt < 0 else self._event_time
+            if self._fading:
+                seg_end = min(seg_end, self._fade_begin + self.config.crossfade_samples)
+            o, k = t - self._pos, seg_end - t
+            mix = self._mix[:, o:o + k]
+            if self._cur < 0:
+                mix[:] = 0.0
+                silent = not self._fading or self._fade < 0
+            else:
+                self._copy_loop(mix, self._cur, t - self._cur_origin, k)
+                self._count_loops(t, seg_end)
+            if self._fading:
+                f = t - self._fade_begin
+                mix *= self._fade_in[f:f + k]
+                if self._fade >= 0:
+                    tmp = self._tmp[:, :k]
+                    self._copy_loop(tmp, self._fade, t - self._fade_origin, k)
+                    tmp *= self._fade_out[f:f + k]
+                    mix += tmp
+                if seg_end >= self._fade_begin + self.config.crossfade_samples:
+                    self._end_fade()
+            t = seg_end
+        self._pos = end
+        if silent:
+            self._counters[UNDERRUNS] += 1
+
+    def _apply_stop(self, t: int) -> None:
+        """Drop clips queued before the stop and fade the current one out."""
+        self._stop_seen = stop = self._stop_seq
+        state, seq = self._state, self._seq
+        for s in range(len(state)):
+            if state[s] == READY and seq[s] < stop:
+                seq[s] = 0
+                self._counters[DROPPED] += 1
+                state[s] = DONE
+        if self._cur >= 0:
+            self._begin_fade(t, -1, t)
+
+    def _next_event(self, t: int, end: int) -> int:
+        """The READY slot to switch to next (at ``self._event_time`` < ``end``), or -1.
+
+        A slot's switch time is its start, or ``t`` when that has passed (late). Among slots
+        switching at the same time the one with the latest start wins, then the newest;
+        the others are released as superseded.
+        """
+        state, start, seq = self._state, self._start, self._seq
+        best, best_time = -1, end
+        for s in range(len(state)):
+            if state[s] != READY:
+                continue
+            st = start[s]
+            when = st if st > t else t
+            if when < best_time or (when == best_time and best >= 0 and (
+                    st > start[best] or (st == start[best] and seq[s] > seq[best]))):
+                best, best_time = s, when
+        if best < 0:
+            return -1
+        for s in range(len(state)):
+            if s != best and state[s] == READY and max(start[s], t) == best_time:
+                seq[s] = 0
+                self._counters[SUPERSEDED] += 1
+                state[s] = DONE
+        self._event_time = int(best_time)
+        return best
+
+    def _switch(self, new: int, t: int) -> None:
+        """Make slot ``new`` the current clip from sample ``t`` (phase-locked to its start)."""
+        origin = int(self._start[new])
+        if origin < t:
+            self._counters[LATE_CLIPS] += 1
+        self._state[new] = PLAYING
+        self._counters[STARTED] += 1
+        self._begin_fade(t, new, origin)
+
+    def _begin_fade(self, t: int, new: int, origin: int) -> None:
+        if self._fading:
+            self._end_fade()
+        old, old_origin = self._cur, self._cur_origin
+        self._cur, self._cur_origin = new, origin
+        if self.config.crossfade_samples > 0 and (old >= 0 or new >= 0):
+            self._fading, self._fade, self._fade_origin = True, old, old_origin
+            self._fade_begin = t
+        elif old >= 0:
+            self._state[old] = DONE
+
+    def _end_fade(self) -> None:
+        if self._fade >= 0:
+            self._state[self._fade] = DONE
+        self._fading, self._fade = False, -1
+
+    def _copy_loop(self, dst: np.ndarray, slot: int, index: int, count: int) -> None:
+        """Copy ``count`` frames of ``slot`` from circular ``index`` into ``dst`` (ch, frames)."""
+        audio = self._audio[slot]
+        length = audio.shape[0]
+        i = index % length
+        o = 0
+        while o < count:
+            k = min(count - o, length - i)
+            dst[:, o:o + k] = audio[i:i + k].T
+            o += k
+            i = 0
+
+    def _count_loops(self, t: int, end: int) -> None:
+        """Count loop restarts of the current clip at samples in [t, end)."""
+        length = int(self._length[self._cur])
+        rel_lo, rel_hi = t - self._cur_origin, end - 1 - self._cur_origin
+        lo = max(1, -(-rel_lo // length))
+        hi = rel_hi // length
+        if hi >= lo:
+            self._counters[LOOPS] += hi - lo + 1

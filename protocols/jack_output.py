@@ -1,0 +1,132 @@
+"""JACK output: a client with stereo output ports whose process callback plays a :class:`Player`.
+
+Why here and not in ``engine``: JACK is a wire protocol like OSC; the engine only knows the
+player, whose :meth:`~engine.player.Player.render` is what the callback runs.
+
+Threads: the constructor, :meth:`JackOutput.start` and :meth:`JackOutput.close` run on the
+control thread. JACK calls :meth:`JackOutput._process` on its real-time thread and the xrun
+and shutdown callbacks on its notification thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from engine.errors import RiffError
+from engine.player import Player
+
+log = logging.getLogger(__name__)
+
+#: How many callback durations are kept for :meth:`JackOutput.callback_durations`.
+TIMING_RING = 1 << 16
+
+START_HINT = (
+    "start one first, e.g. `jackd -d alsa` (a sound card), `jackd -d dummy -r 48000 -p 256` "
+    "(no sound card), or with qjackctl; or render to a file with --output FILE.wav"
+)
+
+
+class NoJackServer(RiffError):
+    """No JACK server answers under the requested name."""
+
+
+class JackOutput:
+    """A JACK client ``name`` with ports ``out_L``/``out_R`` (``out_1..n`` for other counts)."""
+
+    def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2) -> None:
+        import jack  # lazily: `riff --help` and file output do not need libjack
+
+        self._jack = jack
+        try:
+            self.client = jack.Client(name, no_start_server=True, servername=server)
+        except jack.JackOpenError as exc:
+            where = f"named {server!r} " if server else ""
+            raise NoJackServer(f"no JACK server {where}is running ({exc}); {START_HINT}") from None
+        self.name = self.client.name
+        self.sample_rate = int(self.client.samplerate)
+        self.blocksize = int(self.client.blocksize)
+        names = ["out_L", "out_R"] if channels == 2 else [f"out_{i + 1}" for i in range(channels)]
+        self.ports = [self.client.outports.register(n) for n in names]
+        self._player: Player | None = None
+        self._durations = np.zeros(TIMING_RING, np.int64)
+        self._calls = 0
+        self.first_frame_time = -1
+        self.shutdown_reason = ""
+        self._active = False
+
+    # ---- control thread ---------------------------------------------------------------------
+
+    def start(self, player: Player, connect: bool = True) -> list[str]:
+        """Activate the client playing ``player``; connect to the system playback ports unless
+        ``connect`` is false. Returns the ports connected to (control thread)."""
+        if player.config.sample_rate != self.sample_rate:
+            raise ValueError(f"player runs at {player.config.sample_rate} Hz, JACK at "
+                             f"{self.sample_rate} Hz")
+        self._player = player
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.set_shutdown_callback(self._shutdown)
+        self.client.activate()
+        self._active = True
+        connected: list[str] = []
+        if connect:
+            targets = self.client.get_ports(is_physical=True, is_input=True, is_audio=True)
+            for port, target in zip(self.ports, targets, strict=False):
+                self.client.connect(port, target)
+                connected.append(target.name)
+            if not targets:
+                log.warning("no physical playback ports to connect to; connect %s:%s yourself",
+                            self.name, self.ports[0].shortname)
+        return connected
+
+    def close(self) -> None:
+        """Deactivate and close the client (ports disappear); safe to call twice."""
+        if self._active:
+            self._active = False
+            try:
+                self.client.deactivate()
+            except self._jack.JackError as exc:  # the server may be gone already
+                log.warning("deactivating the JACK client failed: %s", exc)
+        self.client.close()
+
+    def callback_durations(self) -> np.ndarray:
+        """Durations of the most recent process callbacks in nanoseconds (a copy)."""
+        n = min(self._calls, TIMING_RING)
+        return self._durations[:n].copy()
+
+    @property
+    def callbacks(self) -> int:
+        """Process callbacks run so far."""
+        return self._calls
+
+    # ---- JACK threads -----------------------------------------------------------------------
+
+    def _process(self, frames: int) -> None:
+        """Copy the player's next ``frames`` into the output port buffers.
+
+        Thread: JACK's real-time process thread. Must not block, take locks, log, print, do
+        I/O or allocate audio buffers; it only renders from preallocated slots and counts.
+        Port buffers are fetched per call (JACK 2 may move them between cycles).
+        """
+        t0 = time.perf_counter_ns()
+        if self.first_frame_time < 0:
+            self.first_frame_time = self.client.last_frame_time
+        player = self._player
+        if player is not None:
+            player.render([port.get_array() for port in self.ports])
+        self._durations[self._calls & (TIMING_RING - 1)] = time.perf_counter_ns() - t0
+        self._calls += 1
+
+    def _xrun(self, delay_usecs: float) -> None:
+        """Count an xrun. Thread: JACK's notification thread; must not block."""
+        if self._player is not None:
+            self._player.count_xrun()
+
+    def _shutdown(self, status: Any, reason: str) -> None:
+        """Remember that the server went away. Thread: JACK's notification thread; must not
+        call back into JACK or block."""
+        self.shutdown_reason = reason or "JACK server shut down"

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Synthesise the engine's own seed loops and masks into seed_images/.
+
+Each seed is a drum pattern with a bass pulse, exactly two bars of 4/4 at its tempo, encoded
+as a *circular* spectrogram (the frames wrap around the loop's end), so the image is exactly
+``bars * beats * 60 / bpm`` seconds wide at 10 ms per pixel and loops without a seam. The
+tempo and length are stored as loop metadata. Widths are multiples of 8 px (the model's latent
+grid): 93.75 BPM = 512 px (``og_beat``, the id Riffusion's web app asks for), 100 BPM = 480 px,
+120 BPM = 400 px, 80 BPM = 600 px.
+
+Masks are plain greyscale PNGs in Riffusion's style (white = repaint, darker = keep more).
+
+    python scripts/make_seed_images.py [--out seed_images]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.spectrogram import (  # noqa: E402
+    LoopMeta,
+    SpectrogramParams,
+    audio_to_mel,
+    mel_to_image,
+    save_image,
+    write_loop_meta,
+)
+
+SR = 44100
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Two bars of sixteenth-note steps: 'x' hit, '.' rest (32 characters per voice)."""
+
+    name: str
+    bpm: float
+    kick: str
+    snare: str
+    hat: str
+    bass: str
+    bass_hz: float
+
+
+PATTERNS = (
+    Pattern(
+        "og_beat",
+        93.75,
+        kick="x.....x...x.....x.....x..x......",
+        snare="....x.......x.......x.......x..x",
+        hat="x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.",
+        bass="x.....x...x.....x.....x..x......",
+        bass_hz=55.0,
+    ),
+    Pattern(
+        "four_on_floor_120",
+        120.0,
+        kick="x...x...x...x...x...x...x...x...",
+        snare="....x.......x.......x.......x...",
+        hat="..x...x...x...x...x...x...x...x.",
+        bass="..x...x...x...x...x..xx...x...x.",
+        bass_hz=49.0,
+    ),
+    Pattern(
+        "breakbeat_100",
+        100.0,
+        kick="x.........x.x.....x.......x.....",
+        snare="....x..x.x..x..x....x..x.x..x...",
+        hat="xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+        bass="x.........x.x.....x.......x.....",
+        bass_hz=61.7,
+    ),
+    Pattern(
+        "slow_groove_80",
+        80.0,
+        kick="x.......x.x.....x.......x..x....",
+        snare="........x...............x.......",
+        hat="x...x...x...x...x...x...x...x...",
+        bass="x..x....x.x.....x..x....x..x....",
+        bass_hz=41.2,
+    ),
+)
+
+
+def _kick(rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(0.35 * SR)) / SR
+    freq = 45 + 110 * np.exp(-t * 30)
+    phase = 2 * np.pi * np.cumsum(freq) / SR
+    return np.sin(phase) * np.exp(-t * 9) * 0.9
+
+
+def _snare(rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(0.25 * SR)) / SR
+    noise = rng.standard_normal(t.size)
+    noise = np.diff(noise, prepend=0.0) * 0.5  # tilt towards the highs
+    tone = np.sin(2 * np.pi * 190 * t) * np.exp(-t * 25)
+    return (noise * np.exp(-t * 18) * 0.35 + tone * 0.4) * 0.9
+
+
+def _hat(rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(0.06 * SR)) / SR
+    noise = np.diff(rng.standard_normal(t.size + 2), n=2)
+    return noise * np.exp(-t * 70) * 0.08
+
+
+def _bass(hz: float, seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    wave = sum(np.sin(2 * np.pi * hz * h * t) / h for h in (1, 2, 3, 4))
+    return wave * np.exp(-t * 5) * 0.35
+
+
+def render(pattern: Pattern, params: SpectrogramParams) -> tuple[np.ndarray, int]:
+    """Audio of the loop (samples,) and its length in samples (a whole number of hops)."""
+    seconds = 8 * 60.0 / pattern.bpm
+    frames = round(seconds * params.sample_rate / params.hop_length)
+    length = frames * params.hop_length
+    rng = np.random.default_rng(sum(map(ord, pattern.name)))
+    out = np.zeros(length)
+    step = length / 32
+    voices = {
+        "kick": (pattern.kick, lambda: _kick(rng)),
+        "snare": (pattern.snare, lambda: _snare(rng)),
+        "hat": (pattern.hat, lambda: _hat(rng)),
+        "bass": (pattern.bass, lambda: _bass(pattern.bass_hz, 2.5 * step / SR)),
+    }
+    for hits, make in voices.values():
+        for i, c in enumerate(hits):
+            if c != "x":
+                continue
+            sound = make() * (1.0 if i % 4 == 0 else 0.8)
+            idx = (round(i * step) + np.arange(sound.size)) % length  # wrap: it is a loop
+            np.add.at(out, idx, sound)
+    out *= 0.7 / np.max(np.abs(out))
+    return out.astype(np.float32), length
+
+
+def masks(height: int = 512, width: int = 512) -> dict[str, np.ndarray]:
+    """Greyscale masks (white = repaint), Riffusion's names and style."""
+    rows = np.arange(height)[:, None] / (height - 1)  # 0 = top (high frequencies)
+    cols = np.arange(width)[None, :]
+    full = np.ones((height, width))
+    top_third = np.where(rows < 1 / 3, 0.75, 1.0) * full
+    gradient_dark = np.clip(0.12 + 1.1 * rows**1.3, 0, 1) * full
+    beat = width / 8  # two bars of 4/4
+    dist = np.abs(((cols + beat / 2) % beat) - beat / 2)
+    dip = 0.2 * np.clip(1 - dist / 12, 0, 1) ** 2
+    beat_lines = 1 - dip * (rows > 0.5)
+    return {
+        "mask_top_third_75": top_third,
+        "mask_gradient_dark": gradient_dark,
+        "mask_beat_lines_80": beat_lines * full,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "seed_images")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    params = SpectrogramParams()
+    for pattern in PATTERNS:
+        audio, length = render(pattern, params)
+        mel = audio_to_mel(audio[None], params, circular=True)
+        image = mel_to_image(mel, params)
+        bpm = 8 * 60.0 * params.sample_rate / length
+        write_loop_meta(image, LoopMeta(bars=2, beats_per_bar=4, bpm=round(bpm, 4)))
+        path = args.out / f"{pattern.name}.png"
+        save_image(image, path)
+        print(f"{path.name}: {image.width} px, {bpm:.2f} BPM")
+    for name, mask in masks().items():
+        grey = np.clip(np.round(mask * 255), 0, 255).astype(np.uint8)
+        Image.fromarray(grey, mode="L").save(args.out / f"{name}.png")
+        print(f"{name}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

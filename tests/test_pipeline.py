@@ -1,0 +1,232 @@
+"""The generation pipeline with the tiny random model: Riffusion's semantics and our fixes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.errors import Cancelled, InvalidRequest, UnknownId
+from engine.pipeline import RiffusionGenerator, slerp
+from engine.request import InferenceRequest, PromptInput
+from engine.seed_images import SeedImageLibrary
+from engine.spectrogram import TAG_LOOP_BPM, TAG_SAMPLE_RATE, LoopMeta, save_image
+from engine.spectrogram import write_loop_meta as put_loop_meta
+
+WIDTH = 64
+HEIGHT = 128
+
+
+def _seed_image() -> Image.Image:
+    """A structured 64 x 128 image: vertical gradient with beat-like stripes."""
+    y = np.linspace(0, 255, HEIGHT, dtype=np.float32)[:, None]
+    x = np.arange(WIDTH)[None, :]
+    grey = np.clip(y * 0.6 + 90 * ((x // 8) % 2), 0, 255).astype(np.uint8)
+    image = Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
+    put_loop_meta(image, LoopMeta(bars=1, beats_per_bar=4, bpm=120.0))
+    return image
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny model's small matrices run fastest on one thread (and on a busy CI box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def seed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("seeds")
+    save_image(_seed_image(), folder / "beat.png")
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+    mask[: HEIGHT // 2] = 255  # top half white: repaint; bottom half black: keep
+    Image.fromarray(mask).save(folder / "mask_top.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gen(seed_dir: Path) -> RiffusionGenerator:
+    return RiffusionGenerator.load("tiny", device="cpu", seed_images=[seed_dir])
+
+
+def _req(**changes: object) -> InferenceRequest:
+    base = InferenceRequest(
+        start=PromptInput("jazzy rapping", seed=42),
+        end=PromptInput("church organ", seed=43),
+        alpha=0.4,
+        num_inference_steps=5,
+        seed_image_id="beat",
+    )
+    return base.replace(**changes)
+
+
+def _init_latents(gen: RiffusionGenerator, seed: int) -> torch.Tensor:
+    plan = gen._plan(_req())
+    generator = torch.Generator().manual_seed(seed)
+    return gen.latent_scale * plan.init_dist.sample(generator=generator)
+
+
+def test_same_request_same_output_and_seed_matters(gen: RiffusionGenerator) -> None:
+    a = gen.generate(_req())
+    b = RiffusionGenerator(gen.parts, gen.seed_images).generate(_req())  # empty caches
+    assert torch.equal(a.latents, b.latents)
+    assert a.image.tobytes() == b.image.tobytes()
+    c = gen.generate(_req(start=PromptInput("jazzy rapping", seed=7)))
+    assert not torch.allclose(a.latents, c.latents, atol=1e-3)
+    assert a.image.size == (WIDTH, HEIGHT) and a.image.mode == "RGB"
+    assert a.latents.shape == (1, 4, HEIGHT // 8, WIDTH // 8)
+
+
+def test_image_carries_spectrogram_exif_and_seed_loop_meta(gen: RiffusionGenerator) -> None:
+    exif = gen.generate(_req()).image.getexif()
+    assert exif[TAG_SAMPLE_RATE] == 44100
+    assert exif[TAG_LOOP_BPM] == pytest.approx(120.0)
+
+
+def test_alpha_endpoints_equal_the_endpoints_own_renders(gen: RiffusionGenerator) -> None:
+    start_only = gen.generate(_req(end=None, alpha=0.0))
+    at_zero = gen.generate(_req(alpha=0.0))
+    assert torch.equal(start_only.latents, at_zero.latents)
+    # The seed latent is sampled with start.seed (as in Riffusion), so alpha 1 equals the end's
+    # own render when both ends share a seed: the jam's prompt transitions.
+    same_seed = _req(end=PromptInput("church organ", seed=42), alpha=1.0)
+    at_one = gen.generate(same_seed)
+    end_only = gen.generate(_req(start=PromptInput("church organ", seed=42), end=None, alpha=0))
+    assert torch.allclose(at_one.latents, end_only.latents, atol=1e-4)
+    middle = gen.generate(same_seed.replace(alpha=0.5))
+    assert not torch.allclose(middle.latents, end_only.latents, atol=1e-3)
+
+
+def test_denoising_near_zero_returns_nearly_the_seed(gen: RiffusionGenerator) -> None:
+    init = _init_latents(gen, 42)
+    calls = gen.unet_calls
+    low = gen.generate(_req(start=PromptInput("x", seed=42, denoising=0.01), end=None))
+    assert gen.unet_calls - calls == 1  # steps * strength < 1 still runs one step
+    high = gen.generate(_req(start=PromptInput("x", seed=42, denoising=0.75), end=None))
+    err_low = (low.latents - init).abs().mean().item()
+    err_high = (high.latents - init).abs().mean().item()
+    assert torch.isfinite(low.latents).all()
+    assert err_low < 0.2 * err_high
+
+
+def test_schedule_never_decodes_unrefined_noise(gen: RiffusionGenerator) -> None:
+    from diffusers import DDIMScheduler
+
+    no_offset = DDIMScheduler(steps_offset=0)
+    timesteps, noise_t, begin = gen._schedule(no_offset, 50, 0.01)  # Riffusion: 0 steps
+    assert len(timesteps) == 1 and noise_t == no_offset.timesteps[-1] and begin == 49
+    timesteps, noise_t, _ = gen._schedule(no_offset, 50, 0.5)
+    assert len(timesteps) == 25 and noise_t == timesteps[0]
+
+
+def test_mask_keeps_its_black_area(gen: RiffusionGenerator) -> None:
+    init = _init_latents(gen, 42)
+    result = gen.generate(_req(mask_image_id="mask_top", alpha=0.0))
+    rows = HEIGHT // 8 // 2
+    repaint = (result.latents[..., :rows, :] - init[..., :rows, :]).abs().mean().item()
+    kept = (result.latents[..., rows:, :] - init[..., rows:, :]).abs().mean().item()
+    assert kept < 0.1 * repaint
+    unmasked = gen.generate(_req(alpha=0.0))
+    assert (unmasked.latents[..., rows:, :] - init[..., rows:, :]).abs().mean().item() > 5 * kept
+
+
+def test_negative_prompt_is_honoured(gen: RiffusionGenerator) -> None:
+    plain = gen.generate(_req(end=None))
+    empty = gen.generate(_req(start=PromptInput("jazzy rapping", seed=42, negative_prompt="")))
+    negative = gen.generate(
+        _req(start=PromptInput("jazzy rapping", seed=42, negative_prompt="drums"), end=None)
+    )
+    assert torch.equal(plain.latents, gen.generate(_req(alpha=0.0)).latents)
+    assert torch.allclose(empty.latents, gen.generate(_req()).latents)
+    assert not torch.allclose(plain.latents, negative.latents, atol=1e-3)
+
+
+def test_long_prompts_and_prompts_of_different_lengths(gen: RiffusionGenerator) -> None:
+    long_prompt = " ".join(["funky bass with drums"] * 60)
+    assert gen.chunks_needed(long_prompt) == 3  # > 225 tokens: cut at three chunks
+    medium = " ".join(["jazz"] * 100)
+    assert gen.chunks_needed(medium) == 2
+    assert gen.text_embedding(medium, 2).shape == (1, 154, 32)
+    result = gen.generate(_req(end=PromptInput(medium, seed=43), alpha=0.5))
+    assert torch.isfinite(result.latents).all()
+
+
+def test_progress_per_step_and_cancel_within_one_step(gen: RiffusionGenerator) -> None:
+    seen: list[tuple[int, int]] = []
+    gen.generate(_req(), progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(i, 4) for i in range(1, 5)]  # int(5 * 0.75) + offset 1 -> 4 steps
+    seen.clear()
+    calls = gen.unet_calls
+    with pytest.raises(Cancelled):
+        gen.generate(
+            _req(), progress=lambda i, n: seen.append((i, n)), cancel=lambda: len(seen) >= 2
+        )
+    assert gen.unet_calls - calls == 2 and len(seen) == 2
+
+
+def test_batched_alphas_equal_separate_renders(gen: RiffusionGenerator) -> None:
+    alphas = [0.0, 0.3, 1.0]
+    batched = gen.generate_alphas(_req(), alphas)
+    for alpha, result in zip(alphas, batched, strict=True):
+        single = gen.generate(_req(alpha=alpha))
+        assert result.request.alpha == alpha
+        assert torch.allclose(result.latents, single.latents, atol=1e-4)
+
+
+def test_text_to_image_and_width(gen: RiffusionGenerator) -> None:
+    txt = gen.generate(_req(seed_image_id=None, width=WIDTH))
+    assert txt.image.size == (WIDTH, 512)  # a full spectrogram: 512 mel bins
+    wider = gen.generate(_req(width=96))
+    assert wider.image.size == (96, HEIGHT) and wider.latents.shape[-1] == 12
+
+
+@pytest.mark.parametrize("name", ["ddim", "euler", "dpmpp", "lms"])
+def test_schedulers_by_name(gen: RiffusionGenerator, name: str) -> None:
+    result = gen.generate(_req(scheduler=name, num_inference_steps=4))
+    assert torch.isfinite(result.latents).all()
+    assert not torch.allclose(result.latents, gen.generate(_req()).latents, atol=1e-3)
+
+
+def test_bad_requests_are_rejected_clearly(gen: RiffusionGenerator) -> None:
+    with pytest.raises(UnknownId, match="available: beat, mask_top"):
+        gen.generate(_req(seed_image_id="nope"))
+    with pytest.raises(InvalidRequest, match="plain name"):
+        InferenceRequest.from_dict({"start": {"prompt": "x"}, "seed_image_id": "../x"})
+    with pytest.raises(InvalidRequest, match="alpha"):
+        InferenceRequest.from_dict({"start": {"prompt": "x"}, "alpha": 1.5})
+    with pytest.raises(InvalidRequest, match="num_inference_steps"):
+        InferenceRequest.from_dict({"start": {"prompt": "x"}, "num_inference_steps": 0})
+    with pytest.raises(InvalidRequest, match="mask needs a seed image"):
+        gen.generate(_req(seed_image_id=None, mask_image_id="mask_top"))
+    with pytest.raises(InvalidRequest, match="unknown scheduler"):
+        gen.generate(_req(scheduler="nonsense"))
+
+
+def test_slerp_endpoints_exact() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    assert torch.equal(slerp(0.0, a, b), a) and torch.equal(slerp(1.0, a, b), b)
+    mid = slerp(0.5, a, b)
+    assert abs(mid.norm().item() - a.norm().item()) < 0.1 * a.norm().item()  # stays on sphere
+
+
+def test_seed_library_resolves_plain_ids_only(tmp_path: Path, seed_dir: Path) -> None:
+    user = tmp_path / "user"
+    user.mkdir()
+    Image.new("RGB", (8, 8), "white").save(user / "beat.png")
+    lib = SeedImageLibrary([user, seed_dir], builtin=False)
+    assert lib.resolve("beat") == user / "beat.png"  # user folders first
+    assert lib.ids() == ["beat", "mask_top"]
+    assert lib.load("mask_top").size == (WIDTH, HEIGHT)
+    for bad in ["../x", "/etc/passwd", "a/b", ""]:
+        with pytest.raises(InvalidRequest):
+            lib.resolve(bad)
+    with pytest.raises(UnknownId, match="available: beat, mask_top"):
+        lib.resolve("missing")
+    assert SeedImageLibrary().folders[-1].name == "seed_images"
