@@ -180,10 +180,11 @@ def mel_to_audio(
     dev = torch.device(device)
     with torch.inference_mode():
         target = torch.from_numpy(np.ascontiguousarray(m.transpose(0, 2, 1))).to(dev)
-        if method == "riffusion" and not circular:
+        linear_len = (m.shape[2] - 1) * p.hop_length
+        if method == "riffusion" and not circular and linear_len > p.n_fft // 2:
             audio = _riffusion(target, p, seed)
-        elif method == "riffusion":
-            audio = _griffin_lim_full_rate(target, p, seed)
+        elif method == "riffusion":  # loops, and clips too short for torch's reflect padding
+            audio = _griffin_lim_full_rate(target, p, circular, seed)
         else:
             audio = _reconstruct(target, p, SETTINGS[method], circular, seed)
     return np.ascontiguousarray(audio.cpu().numpy() / PCM_SCALE, dtype=np.float32)
@@ -219,9 +220,11 @@ def _riffusion(target: torch.Tensor, p: SpectrogramParams, seed: int) -> torch.T
         return griffin_lim(linear)
 
 
-def _griffin_lim_full_rate(target: torch.Tensor, p: SpectrogramParams, seed: int) -> torch.Tensor:
-    """Riffusion's algorithm on a loop: 32 iterations at 44.1 kHz, torchaudio's momentum."""
-    stft = Stft(p.win_length, p.hop_length, p.n_fft, target.shape[1], True, target.device)
+def _griffin_lim_full_rate(
+    target: torch.Tensor, p: SpectrogramParams, circular: bool, seed: int
+) -> torch.Tensor:
+    """Riffusion's algorithm with this module's transform (loops, very short clips)."""
+    stft = Stft(p.win_length, p.hop_length, p.n_fft, target.shape[1], circular, target.device)
     amp = inverse_mel(target, p, stft.bins)
     gen = torch.Generator().manual_seed(seed)
     angles = torch.rand(amp.shape, generator=gen).to(target.device) * (2 * math.pi)
