@@ -112,10 +112,15 @@ class Renderer:
     def render_clip(self, job: GenerationJob, *, cancel: Cancel | None = None,
                     progress: Progress | None = None) -> Clip:
         """Generate ``job`` and conform it to its clip spec (tempo lock, seamless loop)."""
-        from engine.clip import conform
+        from engine.clip import ConformSettings, conform
+        from engine.spectrogram import image_to_mel, params_from_image, read_loop_meta
 
         started = time.perf_counter()
         result = self.generator.generate(job.request, progress=progress, cancel=cancel)
-        audio = conform(result.image, job.spec, device=self.device)
+        params = params_from_image(result.image)
+        mel = image_to_mel(result.image, params)
+        meta = read_loop_meta(result.image, params)
+        settings = ConformSettings(method=self.phase, device=self.device)
+        audio = conform(mel, job.spec, params=params, meta=meta, settings=settings)
         return Clip(job.job_id, np.ascontiguousarray(audio, dtype=np.float32), job.spec,
                     job.request, time.perf_counter() - started)

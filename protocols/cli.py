@@ -20,7 +20,11 @@ from engine import __version__
 from engine.errors import RiffError
 
 #: Modules that contribute subcommands, in the order they appear in ``riff --help``.
-COMMAND_MODULES: tuple[str, ...] = ("protocols.cli_codec", "protocols.cli_render", "protocols.cli_serve")
+COMMAND_MODULES: tuple[str, ...] = (
+    "protocols.cli_codec",
+    "protocols.cli_render",
+    "protocols.cli_serve",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

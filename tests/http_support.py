@@ -101,6 +101,7 @@ class GatedBackend:
         if self.gated:
             while not self._permits.acquire(timeout=0.01):
                 if cancel is not None and cancel():
+                    self.cancelled.append(seed)
                     break
 
     def _watch(self, seed: int, cancel: Any) -> Any:
