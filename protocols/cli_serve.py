@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -68,5 +69,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"riff serve: {args.model} on http://{host}:{port}"
           f"{' (token required)' if token else ''}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
+    # handler that was installed before it: make that a no-op so a requested stop exits 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped)
     server.run(sockets=[sock])
+    print("riff serve: stopped", flush=True)
     return 0
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """Main thread, after uvicorn's graceful shutdown: nothing left to do."""
+    log.debug("signal %d after shutdown", signum)
