@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "protocols.cli_codec",
     "protocols.cli_render",
     "protocols.cli_serve",
+    "protocols.cli_rerender",
 )
 
 

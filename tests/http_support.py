@@ -38,11 +38,17 @@ def write_seed_image(folder: Path, name: str = "og_beat", width: int = 512) -> P
 
 
 @functools.cache
-def shared_renderer() -> Renderer:
-    """The tiny model with a seed folder holding og_beat, loaded once per test process."""
+def shared_seed_folder() -> Path:
+    """A folder holding this module's og_beat seed image (made once per test process)."""
     folder = Path(tempfile.mkdtemp(prefix="riff-seeds-"))
     write_seed_image(folder)
-    return Renderer.load("tiny", device="cpu", seed_image_dirs=[folder])
+    return folder
+
+
+@functools.cache
+def shared_renderer() -> Renderer:
+    """The tiny model with :func:`shared_seed_folder`, loaded once per test process."""
+    return Renderer.load("tiny", device="cpu", seed_image_dirs=[shared_seed_folder()])
 
 
 @contextmanager
