@@ -134,10 +134,13 @@ class ControlLogWriter:
 
     Callers are the control thread / asyncio loop (commands, generation requests) and the
     player's control side (clip starts); a lock keeps lines whole. Never call from the JACK
-    process callback: writing a line does file I/O.
+    process callback: writing a line does file I/O. Each line is flushed to the OS (enough to
+    survive a crash of the process); ``fsync_s`` adds an fsync at most that often (enough to
+    survive a power cut, at the price of a disk wait on the calling thread).
     """
 
-    def __init__(self, path: Path | str, header: LogHeader, *, fsync_s: float = 0.5) -> None:
+    def __init__(self, path: Path | str, header: LogHeader, *,
+                 fsync_s: float | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -200,7 +203,7 @@ class ControlLogWriter:
             self._file.flush()
             self.lines += 1
             now = time.monotonic()
-            if now - self._last_sync >= self._fsync_s:
+            if self._fsync_s is not None and now - self._last_sync >= self._fsync_s:
                 os.fsync(self._file.fileno())
                 self._last_sync = now
 

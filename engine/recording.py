@@ -11,14 +11,15 @@ The audio side is a :class:`~engine.recorder.Recorder` (the audio thread calls
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from engine.control_log import ControlLogWriter, LogHeader
 from engine.errors import InvalidRequest
+from engine.jobs import Clip, ClipGenerator, ClipSink, GenerationJob, ProgressCallback
 from engine.recorder import FORMATS, Recorder, RecorderConfig
 
 
@@ -79,3 +80,101 @@ class Recording:
         finally:
             self.log.close(sample=sample, bar=bar)
         return audio, self.log.path
+
+
+class _Clock(Protocol):
+    """What the taps need from :class:`engine.transport.Transport`."""
+
+    def now(self) -> int: ...
+
+    def bar_at(self, sample: int) -> int: ...
+
+    def bar_start(self, bar: int) -> int: ...
+
+
+def bar_position(transport: _Clock, sample: int) -> float:
+    """``sample`` as a fractional bar number on the transport's grid (bar 2.5: half-way)."""
+    bar = transport.bar_at(sample)
+    start, end = transport.bar_start(bar), transport.bar_start(bar + 1)
+    return bar + (sample - start) / max(end - start, 1)
+
+
+class RecordingTaps:
+    """Feeds a take's control log from the engine without changing the engine.
+
+    - :meth:`on_state_change` is an :class:`engine.state.EngineState` listener (every
+      accepted parameter change);
+    - :meth:`command` logs other accepted commands (play, stop, preset load, ...);
+    - :meth:`generator` wraps a ``ClipGenerator`` so every job is logged when it is issued;
+    - :meth:`sink` wraps a ``ClipSink`` (the player) so every clip start and stop is logged.
+
+    Thread: all of them run on the control plane (asyncio loop); each log line is one small
+    buffered write, never an fsync. ``recording`` may be replaced or set to None at any time
+    (record start/stop); nothing is logged while it is None.
+    """
+
+    def __init__(self, transport: _Clock, recording: Recording | None = None) -> None:
+        self.transport = transport
+        self.recording = recording
+
+    def _at(self, sample: int | None = None) -> tuple[int, float]:
+        sample = self.transport.now() if sample is None else sample
+        return sample, bar_position(self.transport, sample)
+
+    def on_state_change(self, name: str, value: object) -> None:
+        """EngineState listener: log the parameter change at the current position."""
+        self.command(name, [value], source="state")
+
+    def command(self, name: str, args: Sequence[Any] = (), source: str | None = None) -> None:
+        """Log an accepted command at the current position."""
+        if self.recording is not None:
+            sample, bar = self._at()
+            self.recording.log.command(name, list(args), sample=sample, bar=bar, source=source)
+
+    def generator(self, inner: ClipGenerator) -> ClipGenerator:
+        """``inner`` with every job logged (request and clip spec) before it is generated."""
+        return _LoggedGenerator(inner, self)
+
+    def sink(self, inner: ClipSink) -> ClipSink:
+        """``inner`` with every scheduled clip and every stop logged."""
+        return _LoggedSink(inner, self)
+
+
+class _LoggedGenerator:
+    def __init__(self, inner: ClipGenerator, taps: RecordingTaps) -> None:
+        self.inner = inner
+        self.taps = taps
+
+    async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
+                       ) -> Clip:
+        """Log ``job``, then generate it with the wrapped generator (control plane)."""
+        if self.taps.recording is not None:
+            sample, bar = self.taps._at()
+            self.taps.recording.log.generation(job.job_id, job.request, job.spec,
+                                               sample=sample, bar=bar)
+        return await self.inner.generate(job, progress)
+
+
+class _LoggedSink:
+    def __init__(self, inner: ClipSink, taps: RecordingTaps) -> None:
+        self.inner = inner
+        self.taps = taps
+
+    def schedule(self, clip: Clip, start_sample: int) -> None:
+        """Schedule on the wrapped sink, then log the clip start (control plane)."""
+        self.inner.schedule(clip, start_sample)
+        if self.taps.recording is not None:
+            sample, bar = self.taps._at(start_sample)
+            self.taps.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
+
+    def position(self) -> int:
+        """The wrapped sink's audio clock (any thread)."""
+        return self.inner.position()
+
+    def stop(self) -> None:
+        """Stop the wrapped sink and log ``/riff/stop`` at its position (control plane)."""
+        self.inner.stop()
+        if self.taps.recording is not None:
+            sample, bar = self.taps._at(self.inner.position())
+            self.taps.recording.log.command("/riff/stop", [], sample=sample, bar=bar,
+                                            source="sink")
