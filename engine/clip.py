@@ -84,7 +84,7 @@ def stretch_frames(mel: np.ndarray, frames: int) -> np.ndarray:
     x = mel.astype(np.float64)
     ratio = src / frames
     if ratio > 1.5:  # box filter over the span each output frame covers
-        x = scipy.ndimage.uniform_filter1d(x, size=int(round(ratio)), axis=-1, mode="wrap")
+        x = scipy.ndimage.uniform_filter1d(x, size=round(ratio), axis=-1, mode="wrap")
     pos = np.arange(frames) * ratio
     i0 = np.floor(pos).astype(np.int64) % src
     i1 = (i0 + 1) % src

@@ -91,3 +91,81 @@ def magnitude(spec: np.ndarray, bins: int, out: np.ndarray) -> None:
         for k in range(bins):
             z = spec[c, m, k]
             out[c, m, k] = np.sqrt(z.real * z.real + z.imag * z.imag)
+
+
+@numba.njit(cache=True, nogil=True)
+def mel_of(
+    linear: np.ndarray, lo: np.ndarray, w_lo: np.ndarray, w_hi: np.ndarray, out: np.ndarray
+) -> None:
+    """out (C, F, mels) = mel of linear (C, F, >= len(lo)); bin k feeds filters lo, lo + 1."""
+    channels, frames, mels = out.shape
+    bins = lo.shape[0]
+    out[:] = 0.0
+    for c in range(channels):
+        for m in range(frames):
+            for k in range(bins):
+                v = linear[c, m, k]
+                i = lo[k]
+                out[c, m, i] += v * w_lo[k]
+                if i + 1 < mels:
+                    out[c, m, i + 1] += v * w_hi[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def add_linear_clamped(
+    base: np.ndarray,
+    y: np.ndarray,
+    lo: np.ndarray,
+    w_lo: np.ndarray,
+    w_hi: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """out (C, F, len(lo)) = max(0, base + F y) for mel-domain y (C, F, mels)."""
+    channels, frames, mels = y.shape
+    bins = lo.shape[0]
+    for c in range(channels):
+        for m in range(frames):
+            for k in range(bins):
+                i = lo[k]
+                v = base[c, m, k] + y[c, m, i] * w_lo[k]
+                if i + 1 < mels:
+                    v += y[c, m, i + 1] * w_hi[k]
+                out[c, m, k] = v if v > 0 else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def solve_tridiagonal(
+    rhs: np.ndarray, lower: np.ndarray, cprime: np.ndarray, denom: np.ndarray
+) -> None:
+    """In place: rhs (C, F, n) <- G^-1 rhs for a tridiagonal G (Thomas algorithm).
+
+    ``lower[i] = G[i, i - 1]``; ``cprime`` and ``denom`` come from
+    :func:`tridiagonal_factors`.
+    """
+    channels, frames, n = rhs.shape
+    d = np.empty(n)
+    for c in range(channels):
+        for m in range(frames):
+            d[0] = rhs[c, m, 0] / denom[0]
+            for i in range(1, n):
+                d[i] = (rhs[c, m, i] - lower[i] * d[i - 1]) / denom[i]
+            for i in range(n - 2, -1, -1):
+                d[i] -= cprime[i] * d[i + 1]
+            for i in range(n):
+                rhs[c, m, i] = d[i]
+
+
+def tridiagonal_factors(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower, cprime, denom) of a symmetric tridiagonal matrix for solve_tridiagonal."""
+    n = gram.shape[0]
+    diag = np.diag(gram).astype(np.float64)
+    off = np.concatenate([[0.0], np.diag(gram, -1)]).astype(np.float64)
+    cprime = np.zeros(n)
+    denom = np.zeros(n)
+    denom[0] = diag[0]
+    for i in range(n):
+        if i:
+            denom[i] = diag[i] - off[i] * cprime[i - 1]
+        if i + 1 < n:
+            cprime[i] = off[i + 1] / denom[i]
+    return off, cprime, denom

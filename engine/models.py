@@ -7,6 +7,7 @@ says how to download it or which folder to pass instead.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -131,7 +132,7 @@ def load_parts(model: str, device: str = "auto") -> ModelParts:
         source = TINY
     else:
         folder = Path(model).expanduser() if _looks_like_path(model) else _hub_folder(model)
-        parts = _load_folder(folder)
+        parts = _load_folder(folder, dtype)
         source = str(model)
     vae, text_encoder, tokenizer, unet, scheduler = parts
     for module in (vae, text_encoder, unet):
@@ -143,7 +144,7 @@ def load_parts(model: str, device: str = "auto") -> ModelParts:
     return ModelParts(vae, text_encoder, tokenizer, unet, scheduler, dev, dtype, source)
 
 
-def _load_folder(folder: Path) -> list[Any]:
+def _load_folder(folder: Path, dtype: torch.dtype) -> list[Any]:
     """Load the five components from a diffusers folder; ModelUnavailable if it is not one."""
     missing = [name for name in _COMPONENT_FOLDERS if not (folder / name).is_dir()]
     if not folder.is_dir() or missing:
@@ -155,14 +156,17 @@ def _load_folder(folder: Path) -> list[Any]:
     import diffusers
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    # Without accelerate, say so up front instead of letting diffusers warn on every load.
+    lean = importlib.util.find_spec("accelerate") is not None
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, "low_cpu_mem_usage": lean}
     try:
         config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
         scheduler_cls = getattr(diffusers, str(config.get("_class_name", "PNDMScheduler")))
         return [
-            diffusers.AutoencoderKL.from_pretrained(folder / "vae"),
+            diffusers.AutoencoderKL.from_pretrained(folder / "vae", **kwargs),
             CLIPTextModel.from_pretrained(folder / "text_encoder"),
             CLIPTokenizer.from_pretrained(folder / "tokenizer"),
-            diffusers.UNet2DConditionModel.from_pretrained(folder / "unet"),
+            diffusers.UNet2DConditionModel.from_pretrained(folder / "unet", **kwargs),
             scheduler_cls.from_pretrained(folder / "scheduler"),
         ]
     except (OSError, ValueError, AttributeError, json.JSONDecodeError) as exc:

@@ -72,6 +72,7 @@ class _MelBasis:
     w_lo: torch.Tensor
     w_hi: torch.Tensor
     gram_inv: torch.Tensor  # (mels, mels)
+    thomas: tuple[np.ndarray, np.ndarray, np.ndarray]  # tridiagonal factors (CPU solve)
 
 
 @functools.lru_cache(maxsize=8)
@@ -105,6 +106,7 @@ def _mel_basis(params: SpectrogramParams, device: str) -> _MelBasis:
         w_lo=t(w_lo),
         w_hi=t(w_hi),
         gram_inv=t(np.linalg.inv(gram)),
+        thomas=kernels.tridiagonal_factors(gram),
     )
 
 
@@ -134,6 +136,14 @@ def inverse_mel(
     """Linear magnitudes (..., frames, bins) of mel (..., frames, mels): min-norm, clipped."""
     basis = _mel_basis(params, str(mel.device))
     n = bins or params.n_fft // 2 + 1
+    if mel.device.type == "cpu":
+        y = np.array(mel.numpy(), dtype=np.float32)
+        kernels.solve_tridiagonal(y, *basis.thomas)
+        out = torch.zeros((*mel.shape[:-1], n))
+        zero = np.zeros((*mel.shape[:-1], basis.bins), dtype=np.float32)
+        lo, w_lo, w_hi = basis.lo.numpy(), basis.w_lo.numpy(), basis.w_hi.numpy()
+        kernels.add_linear_clamped(zero, y, lo, w_lo, w_hi, out[..., : basis.bins].numpy())
+        return out
     return _linear_of(basis, mel @ basis.gram_inv, n).clamp_min_(0)
 
 
@@ -141,6 +151,16 @@ def _project_mel(
     basis: _MelBasis, amp: torch.Tensor, target: torch.Tensor, bins: int
 ) -> torch.Tensor:
     """Nearest magnitudes to ``amp`` whose mel equals ``target``, clipped at 0."""
+    if amp.device.type == "cpu" and bins == basis.bins:
+        mel = np.empty(target.shape, dtype=np.float32)
+        lo, w_lo, w_hi = basis.lo.numpy(), basis.w_lo.numpy(), basis.w_hi.numpy()
+        kernels.mel_of(amp.numpy(), lo, w_lo, w_hi, mel)
+        np.subtract(target.numpy(), mel, out=mel)
+        kernels.solve_tridiagonal(mel, *basis.thomas)
+        y = mel
+        out = torch.empty_like(amp)
+        kernels.add_linear_clamped(amp.numpy(), y, lo, w_lo, w_hi, out.numpy())
+        return out
     residual = target - _mel_of(basis, amp, target.shape[-1])
     return (amp + _linear_of(basis, residual @ basis.gram_inv, bins)).clamp_min_(0)
 

@@ -334,9 +334,7 @@ class RiffusionGenerator:
         noise_t = timesteps[-init] if order == 1 else timesteps[begin]
         return timesteps[begin:], noise_t, begin
 
-    def _embeddings(
-        self, batch: list[InferenceRequest]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embeddings(self, batch: list[InferenceRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         """Lerped conditional and unconditional (negative prompt) embeddings, (B, 77k, D)."""
         first = batch[0]
         start, end = first.start, first.end_or_start
@@ -430,7 +428,7 @@ class RiffusionGenerator:
 
     def _decode(self, latents: torch.Tensor, seed: Image.Image | None) -> list[Image.Image]:
         """VAE-decode latents to RGB spectrogram images with Riffusion's EXIF tags."""
-        pixels = self.parts.vae.decode(latents / self.latent_scale).sample
+        pixels = self.parts.vae.decode((1.0 / self.latent_scale) * latents).sample
         pixels = (pixels / 2 + 0.5).clamp(0, 1)
         array = pixels.cpu().permute(0, 2, 3, 1).float().numpy()
         array = (array * 255).round().astype(np.uint8)
@@ -462,4 +460,3 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, threshold: float = 0.999
     s0 = float(np.sin(theta - theta * t) / sin_theta)
     s1 = float(np.sin(theta * t) / sin_theta)
     return (s0 * a + s1 * b).to(v0.dtype)
-

@@ -63,7 +63,5 @@ class SeedImageLibrary:
         names: set[str] = set()
         for folder in self.folders:
             if folder.is_dir():
-                names.update(
-                    p.stem for p in folder.iterdir() if p.suffix.lower() in SUFFIXES
-                )
+                names.update(p.stem for p in folder.iterdir() if p.suffix.lower() in SUFFIXES)
         return sorted(names)

@@ -143,9 +143,13 @@ def build_request(args: argparse.Namespace) -> Any:
         data["num_inference_steps"] = args.steps
     if args.seed_image is not None:
         data["seed_image_id"] = None if args.seed_image.lower() == "none" else args.seed_image
-    for flag, key in (("mask", "mask_image_id"), ("width", "width"), ("scheduler", "scheduler")):
+    for flag, key in (("mask", "mask_image_id"), ("width", "width")):
         if getattr(args, flag) is not None:
             data[key] = getattr(args, flag)
+    if args.scheduler is not None:
+        from engine.models import scheduler_name
+
+        data["scheduler"] = scheduler_name(args.scheduler)  # "dpm++" -> "dpmpp"
     return InferenceRequest.from_dict(data)
 
 

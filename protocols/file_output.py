@@ -5,7 +5,9 @@ pull it) and *offline* (as fast as possible, for tests and machines without JACK
 the renderer never runs ahead of the control plane: it renders up to the end of the first pass
 of the latest scheduled clip (:meth:`Player.horizon`) and then waits until a later clip (or an
 explicit repeat) is scheduled, so a slow generator never makes a clip late and the file is the
-same on every run.
+same on every run. An optional ``gate(pos, frames) -> frames`` lets the control plane hold
+the renderer back further (``riff run`` keeps it before a bar line's decision deadline until
+the clips planned for it are ready).
 
 Threads: :meth:`FileOutput.start`, :meth:`FileOutput.stop` and :meth:`FileOutput.wait` run on
 the control thread; the render loop runs on the output's own thread (it is the audio thread).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +33,15 @@ class FileOutput:
     """Renders ``player`` into ``path`` (format from the suffix; WAV is float32)."""
 
     def __init__(self, player: Player, path: Path, *, offline: bool = False, block: int = 1024,
-                 end_sample: int | None = None, wait_timeout: float = 600.0) -> None:
+                 end_sample: int | None = None, wait_timeout: float = 600.0,
+                 gate: Callable[[int, int], int] | None = None) -> None:
         self.player = player
         self.path = Path(path)
         self.offline = offline
         self.block = block
         self.end_sample = end_sample
         self.wait_timeout = wait_timeout
+        self.gate = gate
         self.sample_rate = player.config.sample_rate
         self.error: BaseException | None = None
         self.waits = 0
@@ -111,7 +116,8 @@ class FileOutput:
         while not self._stop.is_set():
             horizon = self.player.horizon()
             if pos < horizon:
-                return min(n, horizon - pos)
+                n = min(n, horizon - pos)
+                return self.gate(pos, n) if self.gate is not None else n
             if time.monotonic() > deadline:
                 log.warning("offline render: nothing scheduled after sample %d for %.0f s; "
                             "going on with what plays", pos, self.wait_timeout)

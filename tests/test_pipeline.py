@@ -10,12 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import Cancelled, InvalidRequest, UnknownId
+from engine.errors import Cancelled, InvalidRequest, ModelUnavailable, UnknownId
 from engine.pipeline import RiffusionGenerator, slerp
+from engine.prompt_weighting import parse_weights, tokenize_weighted, weighted_embedding
 from engine.request import InferenceRequest, PromptInput
 from engine.seed_images import SeedImageLibrary
 from engine.spectrogram import TAG_LOOP_BPM, TAG_SAMPLE_RATE, LoopMeta, save_image
 from engine.spectrogram import write_loop_meta as put_loop_meta
+from engine.tiny_model import save_tiny_model
 
 WIDTH = 64
 HEIGHT = 128
@@ -230,3 +232,57 @@ def test_seed_library_resolves_plain_ids_only(tmp_path: Path, seed_dir: Path) ->
     with pytest.raises(UnknownId, match="available: beat, mask_top"):
         lib.resolve("missing")
     assert SeedImageLibrary().folders[-1].name == "seed_images"
+
+
+def test_parse_weights_syntax() -> None:
+    assert parse_weights("normal text") == [("normal text", 1.0)]
+    assert parse_weights("an (important) word") == [
+        ("an ", 1.0),
+        ("important", pytest.approx(1.1)),
+        (" word", 1.0),
+    ]
+    assert parse_weights("(unbalanced") == [("unbalanced", pytest.approx(1.1))]
+    assert parse_weights("\\(literal\\]") == [("(literal]", 1.0)]
+    assert parse_weights("[quiet] (loud:1.5) x") == [
+        ("quiet", pytest.approx(1 / 1.1)),
+        (" ", 1.0),
+        ("loud", 1.5),
+        (" x", 1.0),
+    ]
+    nested = dict(parse_weights("a (((house:1.3)) [on] a (hill:0.5), sun"))
+    assert nested["house"] == pytest.approx(1.3 * 1.1 * 1.1)
+    assert nested["hill"] == pytest.approx(0.55)
+    assert parse_weights("ratio 1:2)") == [("ratio 1:2)", 1.0)]
+    assert parse_weights("") == [("", 1.0)]
+
+
+def test_weighting_changes_only_the_weighted_tokens(gen: RiffusionGenerator) -> None:
+    tok, enc = gen.parts.tokenizer, gen.parts.text_encoder
+    plain_tokens = tokenize_weighted(tok, "jazzy rapping drums")
+    weighted_tokens = tokenize_weighted(tok, "jazzy (rapping:1.5) drums")
+    assert plain_tokens.tokens == weighted_tokens.tokens
+    plain = weighted_embedding(tok, enc, "jazzy rapping drums")
+    assert torch.allclose(plain, gen._plain_embedding("jazzy rapping drums"))
+    weighted = weighted_embedding(tok, enc, "jazzy (rapping:1.5) drums")
+    ratio = (weighted / plain)[0].mean(dim=-1)  # per position
+    marked = torch.tensor([w != 1.0 for w in (1.0, *weighted_tokens.weights)])
+    marked = torch.cat([marked, torch.zeros(77 - len(marked), dtype=torch.bool)])
+    k = ratio[~marked]
+    assert marked.sum() >= 1
+    assert torch.allclose(k, k[0].expand_as(k), atol=1e-4)  # one rescale factor elsewhere
+    assert torch.allclose(ratio[marked], 1.5 * k[0], atol=1e-4)
+    before = plain.float().mean()
+    assert weighted.float().mean().item() == pytest.approx(before.item(), rel=1e-4)
+
+
+def test_saved_tiny_model_loads_as_a_local_folder(
+    gen: RiffusionGenerator, tmp_path: Path, seed_dir: Path
+) -> None:
+    folder = save_tiny_model(tmp_path / "model")
+    local = RiffusionGenerator.load(str(folder), device="cpu", seed_images=[seed_dir])
+    assert type(local.parts.scheduler).__name__ == "PNDMScheduler"
+    ours = gen.generate(_req())
+    theirs = local.generate(_req())
+    assert torch.allclose(ours.latents, theirs.latents, atol=1e-5)
+    with pytest.raises(ModelUnavailable, match="not a diffusers model folder"):
+        RiffusionGenerator.load(str(tmp_path), device="cpu")

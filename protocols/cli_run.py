@@ -1,0 +1,336 @@
+"""``riff run``: the daemon. Control plane + generator worker + player + JACK (or a file).
+
+What runs where: the asyncio loop (this process's main thread) runs the engine facade, the
+worker client, the status log and the control surfaces; the generator is a separate process
+(it holds torch); the player renders in JACK's process thread, or in the file output's thread
+with ``--output``. SIGINT/SIGTERM stop it cleanly: engine stopped, ports closed, worker
+stopped, exit status 0.
+
+Control surfaces: when :mod:`protocols.surfaces` is present its options are added to this
+command and its surfaces (OSC, MIDI) start with the engine (:func:`_start_surfaces` is the one
+hook). ``--stdin`` also takes ``NAME VALUE`` lines (``tempo 140``, ``prompt jazz piano``),
+``play`` and ``stop`` on standard input, for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InvalidRequest, RiffError
+
+log = logging.getLogger("riff.run")
+
+#: Built-in run options; a config file's [run] table and then the command line override them.
+RUN_DEFAULTS: dict[str, Any] = {
+    "model": "riffusion/riffusion-model-v1",
+    "device": "auto",
+    "phase_method": "fast",
+    "jack_server": None,
+    "client_name": "riff",
+    "no_connect": False,
+    "crossfade_ms": 10.0,
+    "sample_rate": 48000,
+}
+
+
+def _surfaces_module() -> Any:
+    try:
+        return importlib.import_module("protocols.surfaces")
+    except ImportError:
+        return None
+
+
+def register(subparsers: Any) -> None:
+    """Add ``riff run``."""
+    p = subparsers.add_parser(
+        "run", help="run the engine: play generated, tempo-locked loops into JACK",
+        description="Run the engine as a daemon: the jam planner generates clips with the "
+                    "model in a worker process and the player streams them, locked to the "
+                    "tempo and changing on bar lines, into JACK (or into a file with "
+                    "--output). Runs until Ctrl-C / SIGTERM.")
+    p.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="TOML file: engine parameters at the top level (prompt, tempo, bars, "
+                        "...) and run options in a [run] table (model, device, jack_server, "
+                        "crossfade_ms, ...); command-line options win")
+    p.add_argument("--model", help="hub id, local diffusers folder, or 'tiny' (noise, for "
+                                   "tests) (default riffusion/riffusion-model-v1)")
+    p.add_argument("--device", help="cuda, cuda:N, cpu or auto (default auto)")
+    p.add_argument("--phase-method", choices=("riffusion", "fast", "quality"),
+                   help="phase reconstruction (default fast)")
+    p.add_argument("--tempo", type=float, help="beats per minute (default 120)")
+    p.add_argument("--bars", type=int, help="clip length in bars (default 2)")
+    p.add_argument("--meter", type=int, help="beats per bar (default 4)")
+    p.add_argument("--prompt", help="what to play (default 'lo-fi hip hop beat')")
+    p.add_argument("--seed", type=int, help="first seed of the seed walk (default 42)")
+    p.add_argument("--seed-image", help="seed image id (default og_beat)")
+    p.add_argument("--steps", type=int, help="denoising steps per clip (default 50)")
+    out = p.add_argument_group("output")
+    out.add_argument("--jack-server", metavar="NAME", help="JACK server name (default: the "
+                                                          "default server)")
+    out.add_argument("--client-name", metavar="NAME", help="JACK client name (default riff)")
+    out.add_argument("--no-connect", action="store_true", default=None,
+                     help="do not connect riff:out_L/out_R to the system playback ports")
+    out.add_argument("--crossfade-ms", type=float, help="crossfade at clip changes (default 10)")
+    out.add_argument("--output", type=Path, metavar="FILE.wav",
+                     help="render into this audio file instead of JACK")
+    out.add_argument("--offline", action="store_true",
+                     help="with --output: render as fast as the generator allows instead of in "
+                          "real time (every clip on time, the same file on every run)")
+    out.add_argument("--duration-bars", type=int, metavar="N",
+                     help="with --output: stop after N bars")
+    out.add_argument("--sample-rate", type=int, help="with --output: sample rate "
+                                                      "(default 48000)")
+    p.add_argument("--stdin", action="store_true",
+                   help="read 'NAME VALUE', 'play' and 'stop' lines from standard input")
+    surfaces = _surfaces_module()
+    if surfaces is not None:
+        surfaces.add_control_arguments(p)
+    p.set_defaults(func=run)
+
+
+# ---- options ----------------------------------------------------------------------------------
+
+
+def _load_config(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(engine parameters, run options) from a TOML file."""
+    if path is None:
+        return {}, {}
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequest(f"{path}: not valid TOML: {exc}") from None
+    run_opts = data.pop("run", {})
+    if not isinstance(run_opts, dict):
+        raise InvalidRequest(f"{path}: [run] must be a table")
+    unknown = sorted(set(run_opts) - set(RUN_DEFAULTS))
+    if unknown:
+        raise InvalidRequest(f"{path}: unknown [run] option(s): {', '.join(unknown)}")
+    return data, run_opts
+
+
+def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    params, run_opts = _load_config(args.config)
+    opts = {**RUN_DEFAULTS, **run_opts}
+    for key in RUN_DEFAULTS:
+        value = getattr(args, key, None)
+        if value is not None:
+            opts[key] = value
+    for name, arg in (("tempo", "tempo"), ("bars", "bars"), ("meter", "meter"),
+                      ("prompt", "prompt"), ("seed", "seed"), ("seed_image", "seed_image"),
+                      ("steps", "steps")):
+        value = getattr(args, arg)
+        if value is not None:
+            params[name] = value
+    if "prompt" in params:  # manual mode endpoints follow the prompt unless set
+        params.setdefault("prompt_a", params["prompt"])
+        params.setdefault("prompt_b", params["prompt"])
+    if args.offline and args.output is None:
+        raise InvalidRequest("--offline needs --output FILE")
+    if args.duration_bars is not None and (args.output is None or args.duration_bars < 1):
+        raise InvalidRequest("--duration-bars needs --output FILE and at least 1 bar")
+    return params, opts
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``riff run``."""
+    params, opts = _options(args)
+    from engine.state import EngineState
+
+    state = EngineState(params)  # validates every parameter before anything starts
+    return asyncio.run(_main(args, state, opts))
+
+
+# ---- the daemon -------------------------------------------------------------------------------
+
+
+async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> int:
+    from engine.control import Engine
+    from engine.player import Player, PlayerConfig
+    from engine.worker import WorkerClient, WorkerConfig
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    jack_out = None
+    if args.output is None:
+        from protocols.jack_output import JackOutput
+
+        jack_out = JackOutput(opts["client_name"], server=opts["jack_server"])
+        rate = jack_out.sample_rate
+    else:
+        rate = int(opts["sample_rate"])
+    player = Player(PlayerConfig.with_crossfade_ms(rate, float(opts["crossfade_ms"])))
+    client = WorkerClient(WorkerConfig(model=opts["model"], device=opts["device"],
+                                       phase_method=opts["phase_method"]))
+    file_out = None
+    closers: list[Callable[[], Awaitable[None]]] = []
+    engine_task: asyncio.Task[None] | None = None
+    try:
+        log.info("starting the generator (model %s, device %s)", opts["model"], opts["device"])
+        await client.start()
+        engine = Engine(client, player, sample_rate=rate, state=state)
+        if jack_out is not None:
+            connected = jack_out.start(player, connect=not opts["no_connect"])
+            ports = ", ".join(p.name for p in jack_out.ports)
+            log.info("JACK: playing on %s at %d Hz, %d frames per period%s", ports, rate,
+                     jack_out.blocksize, f" -> {', '.join(connected)}" if connected else
+                     " (not connected)")
+        engine.play()
+        if args.output is not None:
+            from protocols.file_output import FileOutput
+
+            end = engine.transport.bar_start(args.duration_bars) if args.duration_bars else None
+            gate = _offline_gate(engine, player, loop) if args.offline else None
+            file_out = FileOutput(player, args.output, offline=args.offline, end_sample=end,
+                                  gate=gate)
+            file_out.start()
+            log.info("rendering to %s (%s, %d Hz)%s", args.output,
+                     "offline" if args.offline else "real time", rate,
+                     f", {args.duration_bars} bars" if args.duration_bars else "")
+        engine_task = asyncio.ensure_future(engine.run())
+        closers.extend(await _start_surfaces(args, engine))
+        if args.stdin:
+            _read_stdin(engine, loop)
+        await _status_loop(engine, player, client, jack_out, file_out, stop)
+    finally:
+        if args.stdin:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(sys.stdin.fileno())
+        for close in reversed(closers):
+            await close()
+        if engine_task is not None:
+            await engine.close()
+        if file_out is not None:
+            file_out.stop()
+        if jack_out is not None:
+            jack_out.close()
+        await client.close()
+    c = player.counters()
+    log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts",
+             c["started"], c["late"], c["xruns"], client.restarts)
+    if file_out is not None and file_out.error is not None:
+        raise RiffError(f"writing {args.output} failed: {file_out.error}")
+    if jack_out is not None and jack_out.shutdown_reason:
+        raise RiffError(f"the JACK server went away: {jack_out.shutdown_reason}")
+    return 0
+
+
+async def _start_surfaces(args: argparse.Namespace, engine: Any
+                          ) -> list[Callable[[], Awaitable[None]]]:
+    """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present."""
+    surfaces = _surfaces_module()
+    if surfaces is None:
+        return []
+    config = surfaces.control_config_from_args(args)
+    started = await surfaces.start_control_surfaces(engine, config)
+    return [started.close]
+
+
+async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, file_out: Any,
+                       stop: asyncio.Event) -> None:
+    """Log clip starts and one status line per bar until ``stop`` (or the output ends)."""
+    last_bar = -1
+    first_frame = -1
+    while not stop.is_set():
+        events = player.poll()
+        if jack_out is not None and first_frame < 0:
+            first_frame = jack_out.first_frame_time
+        for clip, start in events.started:
+            frame = f", JACK frame {first_frame + start}" if first_frame >= 0 else ""
+            log.info("clip %d started at sample %d (bar %d%s)", clip.job_id, start,
+                     engine.transport.bar_at(start), frame)
+        status = engine.status()
+        if status["bar"] != last_bar and status["bar"] >= 0:
+            last_bar = int(status["bar"])
+            c = player.counters()
+            log.info("bar %d | clip %s | %.1f BPM | queue %s | progress %.0f%% | late %s | "
+                     "xruns %d | worker restarts %d", last_bar, status["clip"],
+                     status["tempo"], status["queue"], 100 * float(status["progress"]),
+                     status["late"], c["xruns"], client.restarts)
+        if file_out is not None and file_out.done:
+            log.info("output finished: %s", file_out.path)
+            return
+        if jack_out is not None and jack_out.shutdown_reason:
+            log.error("JACK server shut down: %s", jack_out.shutdown_reason)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+
+
+def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
+                  ) -> Callable[[int, int], int]:
+    """Offline rendering: frames the file thread may render from ``pos`` now.
+
+    It never reaches a bar line's decision deadline (the line minus the scheduler's margin)
+    before every planned clip is ready, so the scheduler never has to repeat a clip because
+    the generator was slower than real time. Evaluated on the loop (the scheduler's thread);
+    called from the file thread, which blocks meanwhile.
+    """
+    rate = player.config.sample_rate
+
+    async def allowance(pos: int, n: int) -> int:
+        margin = round(engine.scheduler.config.margin_s * rate)
+        while True:
+            sched = engine.scheduler
+            if not sched.running or sched.queue == 0 or sched.progress >= 1.0:
+                return n
+            _, line = engine.transport.next_bar_line(pos + margin)
+            room = line - margin - pos - 1  # stay before the deadline
+            if room > 0:
+                return min(n, room)
+            await asyncio.sleep(0.01)
+
+    def gate(pos: int, n: int) -> int:
+        """Thread: the file output's thread; blocks until the loop answers."""
+        return asyncio.run_coroutine_threadsafe(allowance(pos, n), loop).result()
+
+    return gate
+
+
+def _read_stdin(engine: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Apply ``NAME VALUE`` / ``play`` / ``stop`` lines from stdin (loop thread)."""
+
+    def on_line() -> None:
+        line = sys.stdin.readline()
+        if not line:
+            loop.remove_reader(sys.stdin.fileno())
+            return
+        words = line.strip().split(None, 1)
+        if not words:
+            return
+        try:
+            if words[0] == "play":
+                engine.play()
+            elif words[0] == "stop":
+                engine.stop()
+            elif len(words) == 2:
+                engine.state.set(words[0], _parse_value(words[1]))
+                log.info("stdin: %s = %s", words[0], words[1])
+            else:
+                raise InvalidRequest(f"expected 'NAME VALUE', 'play' or 'stop', not {line!r}")
+        except RiffError as exc:
+            log.warning("stdin: %s", exc)
+
+    loop.add_reader(sys.stdin.fileno(), on_line)
+
+
+def _parse_value(text: str) -> str | int | float:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,137 @@
+"""The generator worker process and its asyncio client: clips, progress, cancel, crash restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from engine.errors import ModelUnavailable
+from engine.jobs import ClipGenerator, ClipSpec, GenerationJob
+from engine.request import InferenceRequest
+from engine.worker import (
+    TEST_TONES,
+    WorkerClient,
+    WorkerConfig,
+    WorkerCrashed,
+    tone_clip_audio,
+)
+
+
+def make_job(job_id: int, steps: int = 5, width: int | None = None,
+             tempo: float = 240.0) -> GenerationJob:
+    request = InferenceRequest.from_dict({
+        "alpha": 0.25, "num_inference_steps": steps, "seed_image_id": "og_beat",
+        "width": width,
+        "start": {"prompt": "lo-fi beat", "seed": 42}, "end": {"prompt": "lo-fi beat", "seed": 43},
+    })
+    n = round(4 * 60.0 / tempo * 48000)
+    spec = ClipSpec(tempo=tempo, bars=1, beats_per_bar=4, sample_rate=48000, num_samples=n)
+    return GenerationJob(job_id=job_id, request=request, spec=spec, start_bar=job_id, created=0.0)
+
+
+async def _wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    async def poll() -> None:
+        while not cond():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def test_tones_job_returns_exact_clip_with_progress() -> None:
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model=TEST_TONES))
+        assert isinstance(client, ClipGenerator)
+        try:
+            await client.start()
+            steps: list[tuple[int, int]] = []
+            job = make_job(3, steps=5)
+            clip = await client.generate(job, lambda s, t: steps.append((s, t)))
+            assert clip.job_id == 3 and clip.spec == job.spec
+            assert clip.audio.shape == (job.spec.num_samples, 2)
+            np.testing.assert_array_equal(clip.audio, tone_clip_audio(3, job.spec))
+            assert steps == [(i, 5) for i in range(1, 6)]
+        finally:
+            await client.close()
+        assert client.pid > 0
+
+    asyncio.run(main())
+
+
+def test_cancel_stops_the_job_and_the_next_one_is_served() -> None:
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model=TEST_TONES))
+        try:
+            await client.start()
+            steps: list[int] = []
+            task = asyncio.ensure_future(client.generate(make_job(1, steps=150),
+                                                         lambda s, t: steps.append(s)))
+            await _wait_for(lambda: len(steps) >= 2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            clip = await client.generate(make_job(2, steps=2))
+            assert clip.job_id == 2
+            np.testing.assert_array_equal(clip.audio, tone_clip_audio(2, clip.spec))
+            assert max(steps) < 150  # the cancelled job stopped early
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+def test_killed_worker_fails_its_job_then_restarts() -> None:
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model=TEST_TONES))
+        try:
+            await client.start()
+            first_pid = client.pid
+            steps: list[int] = []
+            task = asyncio.ensure_future(client.generate(make_job(1, steps=150),
+                                                         lambda s, t: steps.append(s)))
+            await _wait_for(lambda: len(steps) >= 1)
+            os.kill(first_pid, signal.SIGKILL)
+            with pytest.raises(WorkerCrashed):
+                await task
+            clip = await client.generate(make_job(2, steps=2))  # served by the new process
+            assert clip.audio.shape == (clip.spec.num_samples, 2)
+            assert client.restarts == 1 and client.pid != first_pid
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+def test_model_that_cannot_load_is_a_clear_error() -> None:
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model="./no-such-model-folder", device="cpu"))
+        try:
+            with pytest.raises(ModelUnavailable):
+                await client.start()
+            with pytest.raises(ModelUnavailable):
+                await client.generate(make_job(1))
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_tiny_model_job_returns_a_clip_of_exact_length() -> None:
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model="tiny", device="cpu"))
+        try:
+            await client.start()
+            job = make_job(7, steps=2, width=128, tempo=200.0)
+            clip = await client.generate(job)
+            assert clip.audio.shape == (job.spec.num_samples, 2)
+            assert np.all(np.isfinite(clip.audio)) and np.abs(clip.audio).max() <= 1.0
+            assert float(np.sqrt(np.mean(clip.audio ** 2))) > 1e-3  # not silence
+        finally:
+            await client.close()
+
+    asyncio.run(main())
