@@ -8,7 +8,7 @@ speed ratios against the baseline and whether the goals are met. Prints JSON.
 
     python bench/bench_phase.py [FOLDER] [--repeat N] [--device cpu]
 
-FOLDER defaults to ``shared/compat/riffusion_seed_images`` beside the repository.
+FOLDER defaults to ``../shared/compat/riffusion_seed_images`` relative to the repository.
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ from engine.phase import mel_to_audio  # noqa: E402
 from engine.spectrogram import audio_to_mel, image_to_mel, load_image  # noqa: E402
 
 SEEDS = ("og_beat", "agile", "marim", "motorway", "vibes")
-DEFAULT_FOLDER = REPO.parent / "shared" / "compat" / "riffusion_seed_images"
+SEED_FOLDER = Path("shared") / "compat" / "riffusion_seed_images"
+# beside the repository (or beside the folder holding it, for a checkout one level deeper)
+DEFAULT_FOLDER = next(
+    (base / SEED_FOLDER for base in REPO.parents[:2] if (base / SEED_FOLDER).is_dir()),
+    REPO.parent / SEED_FOLDER,
+)
 
 
 def baseline(mel: np.ndarray, seed: int) -> np.ndarray:
@@ -83,8 +88,11 @@ def main() -> int:
         "quality": lambda m: mel_to_audio(m, method="quality", device=args.device),
     }
     first = image_to_mel(load_image(args.folder / f"{args.images[0]}.png"))
-    for run in methods.values():  # warm up: numba compilation, caches, allocator
-        run(first[:, :, :64])
+    # warm up (numba's compiled kernels load, FFT plans, allocator) at full size; the
+    # baseline has nothing to warm but torch itself
+    methods["baseline"](first[:, :, :64])
+    methods["fast"](first)
+    methods["quality"](first)
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name in args.images:
         mel = image_to_mel(load_image(args.folder / f"{name}.png"))

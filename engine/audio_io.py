@@ -32,6 +32,8 @@ def read_audio(
     import soundfile as sf
 
     name = str(source) if isinstance(source, (str, Path)) else "audio"
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise InvalidAudio(f"{name}: no such file")
     try:
         data, rate = sf.read(source, dtype="float32", always_2d=True)
     except FileNotFoundError:

@@ -53,13 +53,13 @@ class MethodSettings:
 
     iterations: int
     momentum: float
-    mel_projection: bool
+    mel_projection: int  # the last this many iterations fit the mel instead of a fixed magnitude
     tolerance: float = 1e-3  # PGHI: cells this far below the peak get random phase
 
 
 SETTINGS = {
-    "fast": MethodSettings(iterations=8, momentum=0.99, mel_projection=False),
-    "quality": MethodSettings(iterations=60, momentum=0.99, mel_projection=True),
+    "fast": MethodSettings(iterations=8, momentum=0.99, mel_projection=0),
+    "quality": MethodSettings(iterations=60, momentum=0.99, mel_projection=60),
 }
 
 
@@ -326,9 +326,9 @@ def _reconstruct(
     prev = spec.clone()
     on_cpu = dev.type == "cpu"
     goal = amp[..., : basis.bins].contiguous()
-    for _ in range(settings.iterations):
+    for i in range(settings.iterations):
         rebuilt = small.analyse(small.synthesise(spec))
-        if settings.mel_projection:
+        if i >= settings.iterations - settings.mel_projection:
             goal = _project_mel(basis, _magnitude(rebuilt, basis.bins), mel_target, basis.bins)
         if on_cpu:
             kernels.project_with_momentum(
@@ -339,9 +339,13 @@ def _reconstruct(
             _normalise_phase(rebuilt, _padded(goal, bins))
             spec = rebuilt + settings.momentum * (rebuilt - prev)
             prev = rebuilt
+    # Final magnitudes: those nearest to the last consistent estimate whose mel is the target
+    # (one more projection pair), with its phase; synthesised at the full rate.
+    rebuilt = small.analyse(small.synthesise(spec))
+    goal = _project_mel(basis, _magnitude(rebuilt, basis.bins), mel_target, basis.bins)
     final = torch.zeros(channels, frames, full.bins, dtype=torch.complex64, device=dev)
-    final[..., :bins] = prev
-    _normalise_phase(final, amp_full)
+    final[..., : basis.bins] = rebuilt[..., : basis.bins]
+    _normalise_phase(final, _padded(goal / scale, full.bins))
     return full.synthesise(final)
 
 

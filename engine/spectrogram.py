@@ -220,8 +220,23 @@ def read_loop_meta(image: Image.Image, params: SpectrogramParams | None = None) 
         except (TypeError, ValueError) as exc:  # InvalidRequest is a ValueError
             raise InvalidImage(f"bad loop metadata: {exc}") from None
     p = params or params_from_image(image)
-    seconds = image.width * p.hop_length / p.sample_rate
-    return LoopMeta(bars=2, beats_per_bar=4, bpm=8 * 60.0 / seconds)
+    return default_loop_meta(image.width * p.hop_length / p.sample_rate)
+
+
+def default_loop_meta(seconds: float) -> LoopMeta:
+    """Loop metadata for an image without any: 4/4, two bars when that gives 60..200 BPM.
+
+    Riffusion's seeds (512 px = 5.12 s as a loop) read as two bars at 93.75 BPM. Other
+    lengths take the power-of-two bar count that lands in 60..200 BPM, or single beats.
+    """
+    if seconds <= 0:
+        raise InvalidImage("an empty loop has no tempo")
+    for bars in (2, 1, 4, 8, 16, 32, 64):
+        bpm = bars * 4 * 60.0 / seconds
+        if 60.0 <= bpm < 200.0:
+            return LoopMeta(bars=bars, beats_per_bar=4, bpm=bpm)
+    beats = min(16, max(1, round(seconds * 120.0 / 60.0)))  # near 120 BPM, within range
+    return LoopMeta(bars=1, beats_per_bar=beats, bpm=min(400.0, max(20.0, beats * 60.0 / seconds)))
 
 
 def write_loop_meta(image: Image.Image, meta: LoopMeta) -> None:

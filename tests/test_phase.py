@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidRequest
-from engine.phase import METHODS, inverse_mel, mel_to_audio, reduced_grid
 from engine.pghi import pghi
+from engine.phase import METHODS, inverse_mel, mel_to_audio, reduced_grid
 from engine.spectrogram import SpectrogramParams, audio_to_mel, image_to_mel, mel_to_image
 
 P = SpectrogramParams()

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +229,9 @@ def test_load_image_accepts_riffusion_modes(tmp_path: Path) -> None:
         ("picture.gif", lambda: _gif()),
     ],
 )
-def test_broken_images_are_invalid(tmp_path: Path, name: str, content) -> None:  # type: ignore[no-untyped-def]
+def test_broken_images_are_invalid(
+    tmp_path: Path, name: str, content: Callable[[], bytes]
+) -> None:
     path = tmp_path / name
     path.write_bytes(content())
     with pytest.raises(InvalidImage):
