@@ -445,18 +445,18 @@ def _with_exif(image: Image.Image, seed: Image.Image | None) -> Image.Image:
 
 
 def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, threshold: float = 0.9995) -> torch.Tensor:
-    """Spherical interpolation of two noise tensors (linear when nearly parallel).
+    """Spherical interpolation of two noise tensors (linear when nearly parallel), as Riffusion's.
 
-    Coefficients are computed in float64 from the whole tensors; ``t`` = 0 and 1 return the
-    endpoints exactly.
+    Computed in float32 (float64 is missing on MPS) with Python-float coefficients, so ``t`` = 0
+    and 1 return the endpoints exactly.
     """
-    a = v0.double()
-    b = v1.double()
+    a = v0.float()
+    b = v1.float()
     dot = float((a * b).sum() / (a.norm() * b.norm()))
     if abs(dot) > threshold:
-        return ((1 - t) * v0.double() + t * v1.double()).to(v0.dtype)
-    theta = np.arccos(dot)
-    sin_theta = np.sin(theta)
-    s0 = float(np.sin(theta - theta * t) / sin_theta)
-    s1 = float(np.sin(theta * t) / sin_theta)
+        return ((1 - t) * a + t * b).to(v0.dtype)
+    theta = float(np.arccos(dot))
+    sin_theta = float(np.sin(theta))
+    s0 = float(np.sin(theta - theta * t)) / sin_theta
+    s1 = float(np.sin(theta * t)) / sin_theta
     return (s0 * a + s1 * b).to(v0.dtype)

@@ -154,22 +154,28 @@ def build_request(args: argparse.Namespace) -> Any:
 
 
 class _Progress:
-    """A tqdm bar on stderr fed by the generator's progress callback."""
+    """A tqdm bar on stderr fed by the generator's progress callback (made at the first step)."""
 
     def __init__(self, enabled: bool, desc: str) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=0, desc=desc, unit="step", file=sys.stderr, disable=not enabled)
+        self.enabled = enabled
+        self.desc = desc
+        self.bar: Any = None
 
     def __call__(self, step: int, total: int) -> None:
         """Called on the generating thread after each step; only updates the bar."""
-        if self.bar.total != total:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="step", file=sys.stderr)
+        elif self.bar.total != total or step < self.bar.n:
             self.bar.reset(total=total)
-        self.bar.n = step
-        self.bar.refresh()
+        self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _load(args: argparse.Namespace) -> Any:
