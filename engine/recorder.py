@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,26 @@ class Recorder:
         self._ring[start : start + first] = frames[:first]
         if first < n:
             self._ring[: n - first] = frames[first:]
+        self._head = head + n
+        return True
+
+    def write_channels(self, channels: Sequence[np.ndarray]) -> bool:
+        """Like :meth:`write` for one array per channel (JACK's port buffers), so the audio
+        thread need not interleave them first. Same rules: no lock, no allocation, no log."""
+        n = channels[0].shape[0]
+        head = self._head
+        if n > self._capacity - (head - self._tail):
+            self._overflow_frames += n
+            self._overflow_blocks += 1
+            return False
+        start = head % self._capacity
+        first = min(n, self._capacity - start)
+        ring = self._ring
+        for ch in range(ring.shape[1]):
+            src = channels[ch if ch < len(channels) else 0]
+            ring[start : start + first, ch] = src[:first]
+            if first < n:
+                ring[: n - first, ch] = src[first:]
         self._head = head + n
         return True
 

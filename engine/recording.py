@@ -73,6 +73,10 @@ class Recording:
         :meth:`engine.recorder.Recorder.write`; no lock, no allocation, no logging)."""
         return self.recorder.write(frames)
 
+    def write_channels(self, channels: Sequence[np.ndarray]) -> bool:
+        """Audio thread: the same for one array per channel (JACK port buffers)."""
+        return self.recorder.write_channels(channels)
+
     def stop(self, *, sample: int, bar: float) -> tuple[Path, Path]:
         """Close the take at ``sample``/``bar`` (control thread); returns (audio, log) paths."""
         try:
@@ -113,11 +117,15 @@ class RecordingTaps:
     (record start/stop); nothing is logged while it is None.
     """
 
-    def __init__(self, transport: _Clock, recording: Recording | None = None) -> None:
+    def __init__(self, transport: _Clock | None = None, recording: Recording | None = None
+                 ) -> None:
+        #: Set it once the engine's transport exists (the taps wrap the generator before).
         self.transport = transport
         self.recording = recording
 
     def _at(self, sample: int | None = None) -> tuple[int, float]:
+        if self.transport is None:
+            raise RuntimeError("RecordingTaps.transport must be set before recording")
         sample = self.transport.now() if sample is None else sample
         return sample, bar_position(self.transport, sample)
 

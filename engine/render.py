@@ -111,16 +111,24 @@ class Renderer:
 
     def render_clip(self, job: GenerationJob, *, cancel: Cancel | None = None,
                     progress: Progress | None = None) -> Clip:
-        """Generate ``job`` and conform it to its clip spec (tempo lock, seamless loop)."""
+        """Generate ``job`` and conform it to its clip spec (tempo lock, seamless loop).
+
+        The same steps as the local generator worker (engine.worker): loop metadata from the
+        seed image, phase seeded by the start seed, so a clip rendered here equals the clip
+        the worker would have made.
+        """
         from engine.clip import ConformSettings, conform
         from engine.spectrogram import image_to_mel, params_from_image, read_loop_meta
 
         started = time.perf_counter()
         result = self.generator.generate(job.request, progress=progress, cancel=cancel)
         params = params_from_image(result.image)
-        mel = image_to_mel(result.image, params)
-        meta = read_loop_meta(result.image, params)
-        settings = ConformSettings(method=self.phase, device=self.device)
-        audio = conform(mel, job.spec, params=params, meta=meta, settings=settings)
+        meta = None
+        if job.request.seed_image_id:
+            meta = read_loop_meta(self.generator.seed_images.load(job.request.seed_image_id))
+        device = self.device if self.device.startswith("cuda") else "cpu"
+        settings = ConformSettings(method=self.phase, device=device)
+        audio = conform(image_to_mel(result.image, params), job.spec, params=params, meta=meta,
+                        settings=settings, seed=job.request.start.seed)
         return Clip(job.job_id, np.ascontiguousarray(audio, dtype=np.float32), job.spec,
                     job.request, time.perf_counter() - started)

@@ -109,6 +109,20 @@ class RemoteClipGenerator:
         self.attempts = 0
         self.failures = 0
         self.retried = 0
+        #: Like the local worker client's: a remote server is never restarted from here.
+        self.restarts = 0
+        self.device = f"remote {config.url}"
+
+    async def start(self) -> None:
+        """Check that the server answers (raises RemoteUnavailable), as the local worker
+        client's ``start`` waits for its model. Thread: the asyncio loop."""
+        health = await self.health()
+        self.device = f"remote {self.config.url} (model {health.get('model', '?')})"
+        log.info("generating on %s", self.device)
+
+    async def close(self) -> None:
+        """Close the connection pool (the local worker client's ``close``)."""
+        await self._client.aclose()
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -83,6 +83,21 @@ def test_ring_wraps_around(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data, _pattern(0, total))
 
 
+def test_per_channel_writes_match_interleaved(tmp_path: Path) -> None:
+    rec = Recorder(RecorderConfig(tmp_path / "c.wav", sample_rate=8000, ring_s=0.128))
+    cap = rec.config.ring_frames
+    rec.start()
+    total = 0
+    for n in (1000, 77, 1024, 999) * 3:  # wraps the ring several times
+        _wait(lambda n=n: rec.backlog + n <= cap)
+        block = _pattern(total, n)
+        assert rec.write_channels([block[:, 0].copy(), block[:, 1].copy()])
+        total += n
+    rec.stop()
+    data, _ = sf.read(rec.config.path, dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(data, _pattern(0, total))
+
+
 def test_flac_target_is_encoded_on_stop(tmp_path: Path) -> None:
     rec = Recorder(RecorderConfig(tmp_path / "set.flac", sample_rate=44100, channels=1))
     rec.start()

@@ -73,6 +73,22 @@ def test_remote_clip_equals_local_clip(url: str, renderer: Renderer) -> None:
     np.testing.assert_array_equal(clip.audio, local.audio)  # WAV float carries it exactly
 
 
+def test_start_checks_the_server_like_the_worker_client(url: str) -> None:
+    gen = make_remote_generator(url)
+
+    async def start_and_close() -> None:
+        await gen.start()
+        await gen.close()
+
+    asyncio.run(start_and_close())
+    assert gen.device == f"remote {url} (model tiny)" and gen.restarts == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(RemoteUnavailable):
+        asyncio.run(make_remote_generator(f"http://127.0.0.1:{port}").start())
+
+
 def test_bad_job_raises_the_engine_error_without_retry(url: str) -> None:
     gen = fast(url)
     with pytest.raises(UnknownId, match="nope"):
