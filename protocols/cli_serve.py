@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.errors import InvalidRequest
     from engine.render import Renderer
-    from protocols.http import ServeConfig, bind, create_app
+    from protocols.http import ServeConfig, create_app
+    from protocols.http_guard import bind
 
     if not 0 <= args.port <= 65535:
         raise InvalidRequest(f"--port must be between 0 and 65535, not {args.port}")

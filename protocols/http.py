@@ -25,26 +25,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import hmac
 import json
 import logging
 import math
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine import __version__, wire
 from engine.errors import InvalidImage, InvalidRequest, ModelUnavailable, RiffError, UnknownId
 from engine.jobs import Clip, GenerationJob
 from engine.request import InferenceRequest
 from protocols import http_models as models
+from protocols.http_guard import Authorize, CountRequests, HttpProblem, read_json
 from protocols.http_media import audio_bytes, data_uri, jpeg_bytes, png_bytes
 from protocols.http_metrics import Metrics
 from protocols.http_queue import GenerationQueue, QueueFull
@@ -100,16 +98,6 @@ class ServeConfig:
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
 
 
-class HttpProblem(Exception):
-    """An error answer with a status, a one-line detail and optional headers."""
-
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers or {}
-
-
 #: Seconds between heartbeat lines on a /v1/clip stream whose job is still waiting.
 HEARTBEAT_S = 5.0
 
@@ -146,6 +134,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
     state: dict[str, GenerationQueue] = {}
 
     def on_done(seconds: float, error: BaseException | None) -> None:
+        """Event loop thread, after each generation: count it (must not block)."""
         if error is None:
             metrics.generation(seconds)
         else:
@@ -169,7 +158,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
         description="Riffusion-compatible inference (/run_inference/) and the engine's API.",
         lifespan=lifespan,
     )
-    app.add_middleware(_CountRequests, metrics=metrics)
+    app.add_middleware(CountRequests, metrics=metrics)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -178,7 +167,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
             allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
         )
 
-    authorize = _Authorize(config.token)
+    authorize = Authorize(config.token)
 
     def queue() -> GenerationQueue:
         return state["queue"]
@@ -200,7 +189,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
                             headers={"Retry-After": str(retry)})
 
     async def read_request(request: Request) -> Any:
-        return await _read_json(request, config.max_body_bytes)
+        return await read_json(request, config.max_body_bytes)
 
     def validated(data: Any) -> InferenceRequest:
         req = wire.parse_request(data)
@@ -353,86 +342,3 @@ def _normalized(audio: Any, peak: float = 0.891) -> Any:
 
 def _line(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, separators=(",", ":")) + "\n").encode()
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-async def _read_json(request: Request, limit: int) -> Any:
-    """The request body parsed as JSON, refusing bodies over ``limit`` bytes before reading."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise HttpProblem(413, f"request body is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HttpProblem(413, f"request body is larger than {limit} bytes")
-    try:
-        return json.loads(body, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise HttpProblem(400, f"request body is not JSON: {exc}") from None
-
-
-_BEARER = HTTPBearer(auto_error=False)
-
-
-class _Authorize:
-    """Dependency: with a token configured, requests must carry ``Authorization: Bearer``."""
-
-    def __init__(self, token: str | None) -> None:
-        self.token = token
-
-    def __call__(
-        self, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
-    ) -> None:
-        """Raise 401 unless the token matches (compared in constant time)."""
-        if self.token is None:
-            return
-        given = creds.credentials if creds is not None else ""
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise HttpProblem(401, "a valid bearer token is required",
-                              {"WWW-Authenticate": "Bearer"})
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: any free port), for uvicorn."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
-class _CountRequests:
-    """ASGI middleware counting answered requests by route and status (pure ASGI, so
-    streaming responses and client disconnects pass through untouched)."""
-
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def counting_send(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        finally:
-            route = scope.get("route")
-            self.metrics.request(getattr(route, "path", "other"), status)

@@ -103,9 +103,10 @@ class GenerationQueue:
                 pass
         while not self._queue.empty():
             item = self._queue.get_nowait()
-            if not item.future.done():
+            if not item.future.done() and not item.cancelled:
                 item.future.set_exception(RuntimeError("server is shutting down"))
-        self._executor.shutdown(wait=True)
+        # The running work stops at its next denoising step; wait for it off the loop.
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     def enqueue(self, work: Work[T], progress: Progress | None = None) -> Ticket[T]:
         """Queue ``work`` now; raises QueueFull when ``limit`` requests already wait.
@@ -142,8 +143,10 @@ class GenerationQueue:
                 result = await loop.run_in_executor(
                     self._executor, item.work, lambda item=item: item.cancelled, progress
                 )
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # close(): ask the work to stop, fail its request
                 item.cancelled = True
+                if not item.future.done():
+                    item.future.set_exception(RuntimeError("server is shutting down"))
                 raise
             except Exception as exc:  # handed to the waiting request, counted by on_done
                 error = exc

@@ -22,7 +22,7 @@ import uvicorn
 from engine.jobs import Clip, GenerationJob
 from engine.render import Renderer
 from engine.spectrogram import SpectrogramParams, audio_to_mel, mel_to_image
-from protocols.http import bind
+from protocols.http_guard import bind
 
 
 def write_seed_image(folder: Path, name: str = "og_beat", width: int = 512) -> Path:
