@@ -11,7 +11,8 @@ settings give the same audio, sample for sample.
 Timeline events used: ``clip_start`` (schedule the job's clip at that sample), commands
 ``/riff/stop`` (fade to silence) and the ``end`` line (the length; without it, the last clip
 plays once more after the last event). Jobs that were generated but never started (pre-empted
-or late) are not rendered.
+or late) are not rendered. A clip that arrived late in the live take (the current clip
+repeated meanwhile) starts on its bar line here: the re-render is the set as it was meant.
 """
 
 from __future__ import annotations
@@ -73,9 +74,14 @@ class RerenderResult:
 
 def timeline(control: ControlLog) -> tuple[list[tuple[int, str, Any]], dict[str, GenerationEvent]]:
     """The replayable events sorted by sample (file order kept for equal samples), and the
-    generation requests by job id. Raises InvalidRequest for a clip start of an unknown job."""
+    generation requests by job id. Raises InvalidRequest for a clip start of an unknown job.
+
+    A clip scheduled ahead and then dropped by a stop (logged after it, taking effect at or
+    before its start) was never heard, so it is left out, as the player left it out.
+    """
     jobs: dict[str, GenerationEvent] = {}
     events: list[tuple[int, str, Any]] = []
+    pending: list[tuple[int, str, Any]] = []  # starts not yet known to survive later stops
     for event in control.events:
         if isinstance(event, GenerationEvent):
             jobs[event.job] = event
@@ -83,11 +89,16 @@ def timeline(control: ControlLog) -> tuple[list[tuple[int, str, Any]], dict[str,
             if event.job not in jobs:
                 raise InvalidRequest(f"clip_start at sample {event.sample} names job "
                                      f"{event.job!r}, which no generation line requested")
-            events.append((event.sample, "start", event.job))
+            pending.append((event.sample, "start", event.job))
         elif isinstance(event, CommandEvent) and event.name in STOP_COMMANDS:
+            events.extend(p for p in pending if p[0] < event.sample)
+            pending = []
             events.append((event.sample, "stop", None))
         elif isinstance(event, EndEvent):
+            events.extend(pending)
+            pending = []
             events.append((event.sample, "end", None))
+    events.extend(pending)
     events.sort(key=lambda e: e[0])  # stable: equal samples keep file order
     return events, jobs
 

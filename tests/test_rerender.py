@@ -34,10 +34,11 @@ def write_log(path: Path, *, end: bool = True) -> Path:
     w.command("/riff/play", [], sample=0, bar=0.0, source="osc")
     w.generation(1, parse_request(request(10)), SPEC, sample=0, bar=0.0)
     w.generation(2, parse_request(request(20)), SPEC, sample=50000, bar=0.52)
-    w.generation(3, parse_request(request(30)), SPEC, sample=60000, bar=0.63)  # pre-empted
+    w.generation(3, parse_request(request(30)), SPEC, sample=60000, bar=0.63)
     w.clip_start(1, sample=0, bar=0.0)
     w.clip_start(2, sample=192000, bar=2.0)
     w.clip_start(2, sample=288000, bar=3.0)  # an explicit repeat
+    w.clip_start(3, sample=384000, bar=4.0)  # scheduled ahead, then dropped by the stop
     w.command("/riff/stop", [], sample=336000, bar=3.5, source="osc")
     if end:
         w.close(sample=400000, bar=4.17)
