@@ -131,12 +131,15 @@ def _linear_of(basis: _MelBasis, y: torch.Tensor, bins: int) -> torch.Tensor:
 
 
 def inverse_mel(
-    mel: torch.Tensor, params: SpectrogramParams, bins: int | None = None
+    mel: torch.Tensor,
+    params: SpectrogramParams,
+    bins: int | None = None,
+    compiled: bool | None = None,
 ) -> torch.Tensor:
     """Linear magnitudes (..., frames, bins) of mel (..., frames, mels): min-norm, clipped."""
     basis = _mel_basis(params, str(mel.device))
     n = bins or params.n_fft // 2 + 1
-    if mel.device.type == "cpu":
+    if mel.device.type == "cpu" if compiled is None else compiled:
         y = np.array(mel.numpy(), dtype=np.float32)
         kernels.solve_tridiagonal(y, *basis.thomas)
         out = torch.zeros((*mel.shape[:-1], n))
@@ -148,10 +151,10 @@ def inverse_mel(
 
 
 def _project_mel(
-    basis: _MelBasis, amp: torch.Tensor, target: torch.Tensor, bins: int
+    basis: _MelBasis, amp: torch.Tensor, target: torch.Tensor, bins: int, compiled: bool
 ) -> torch.Tensor:
     """Nearest magnitudes to ``amp`` whose mel equals ``target``, clipped at 0."""
-    if amp.device.type == "cpu" and bins == basis.bins:
+    if compiled and bins == basis.bins:
         mel = np.empty(target.shape, dtype=np.float32)
         lo, w_lo, w_hi = basis.lo.numpy(), basis.w_lo.numpy(), basis.w_hi.numpy()
         kernels.mel_of(amp.numpy(), lo, w_lo, w_hi, mel)
@@ -186,12 +189,14 @@ def mel_to_audio(
     circular: bool = False,
     device: str = "cpu",
     seed: int = 0,
+    compiled: bool | None = None,
 ) -> np.ndarray:
     """Audio float32 (channels, samples) for mel magnitudes (channels, mels, frames).
 
     Non-circular: ``(frames - 1) * hop`` samples. ``circular``: the frames are a loop and the
     result has ``frames * hop`` samples whose end wraps to its start without a click. The
-    result is deterministic for a given ``seed``.
+    result is deterministic for a given ``seed``. ``compiled``: use the numba kernels (the
+    default on the CPU) or plain torch operations (what other devices run; False tests them).
     """
     p = params or SpectrogramParams()
     m = _validate(mel, p)
@@ -204,9 +209,9 @@ def mel_to_audio(
         if method == "riffusion" and not circular and linear_len > p.n_fft // 2:
             audio = _riffusion(target, p, seed)
         elif method == "riffusion":  # loops, and clips too short for torch's reflect padding
-            audio = _griffin_lim_full_rate(target, p, circular, seed)
+            audio = _griffin_lim_full_rate(target, p, circular, seed, compiled)
         else:
-            audio = _reconstruct(target, p, SETTINGS[method], circular, seed)
+            audio = _reconstruct(target, p, SETTINGS[method], circular, seed, compiled)
     return np.ascontiguousarray(audio.cpu().numpy() / PCM_SCALE, dtype=np.float32)
 
 
@@ -241,11 +246,12 @@ def _riffusion(target: torch.Tensor, p: SpectrogramParams, seed: int) -> torch.T
 
 
 def _griffin_lim_full_rate(
-    target: torch.Tensor, p: SpectrogramParams, circular: bool, seed: int
+    target: torch.Tensor, p: SpectrogramParams, circular: bool, seed: int, compiled: bool | None
 ) -> torch.Tensor:
     """Riffusion's algorithm with this module's transform (loops, very short clips)."""
-    stft = Stft(p.win_length, p.hop_length, p.n_fft, target.shape[1], circular, target.device)
-    amp = inverse_mel(target, p, stft.bins)
+    frames = target.shape[1]
+    stft = Stft(p.win_length, p.hop_length, p.n_fft, frames, circular, target.device, compiled)
+    amp = inverse_mel(target, p, stft.bins, compiled)
     gen = torch.Generator().manual_seed(seed)
     angles = torch.rand(amp.shape, generator=gen).to(target.device) * (2 * math.pi)
     spec = torch.polar(amp, angles)
@@ -266,9 +272,9 @@ def _normalise_phase(spec: torch.Tensor, amp: torch.Tensor) -> None:
     z.mul_(scale.unsqueeze(-1))
 
 
-def _magnitude(spec: torch.Tensor, bins: int) -> torch.Tensor:
+def _magnitude(spec: torch.Tensor, bins: int, compiled: bool) -> torch.Tensor:
     """|spec[..., :bins]| as float32."""
-    if spec.device.type == "cpu":
+    if compiled:
         out = torch.empty((*spec.shape[:-1], bins))
         kernels.magnitude(spec.numpy(), bins, out.numpy())
         return out
@@ -290,16 +296,18 @@ def _reconstruct(
     settings: MethodSettings,
     circular: bool,
     seed: int,
+    compiled: bool | None,
 ) -> torch.Tensor:
     """PGHI start, fast Griffin-Lim at the reduced rate, synthesis at the full rate."""
     dev = target.device
     frames = target.shape[1]
     basis = _mel_basis(p, str(dev))
     hop, win, n_fft = reduced_grid(p)
-    full = Stft(p.win_length, p.hop_length, p.n_fft, frames, circular, dev)
-    small = Stft(win, hop, n_fft, frames, circular, dev)
+    fused = dev.type == "cpu" if compiled is None else compiled
+    full = Stft(p.win_length, p.hop_length, p.n_fft, frames, circular, dev, fused)
+    small = Stft(win, hop, n_fft, frames, circular, dev, fused)
     bins = small.bins
-    amp_full = inverse_mel(target, p, full.bins)
+    amp_full = inverse_mel(target, p, full.bins, fused)
     scale = win / p.win_length  # window sums scale the magnitudes
     amp = amp_full[..., :bins] * scale
     mel_target = target * scale
@@ -324,13 +332,14 @@ def _reconstruct(
     full_phase[..., : basis.bins] = torch.from_numpy(phase).to(dev)
     spec = torch.polar(amp, full_phase)
     prev = spec.clone()
-    on_cpu = dev.type == "cpu"
     goal = amp[..., : basis.bins].contiguous()
     for i in range(settings.iterations):
         rebuilt = small.analyse(small.synthesise(spec))
         if i >= settings.iterations - settings.mel_projection:
-            goal = _project_mel(basis, _magnitude(rebuilt, basis.bins), mel_target, basis.bins)
-        if on_cpu:
+            goal = _project_mel(
+                basis, _magnitude(rebuilt, basis.bins, fused), mel_target, basis.bins, fused
+            )
+        if fused:
             kernels.project_with_momentum(
                 rebuilt.numpy(), goal.numpy(), prev.numpy(), settings.momentum
             )
@@ -342,7 +351,9 @@ def _reconstruct(
     # Final magnitudes: those nearest to the last consistent estimate whose mel is the target
     # (one more projection pair), with its phase; synthesised at the full rate.
     rebuilt = small.analyse(small.synthesise(spec))
-    goal = _project_mel(basis, _magnitude(rebuilt, basis.bins), mel_target, basis.bins)
+    goal = _project_mel(
+        basis, _magnitude(rebuilt, basis.bins, fused), mel_target, basis.bins, fused
+    )
     final = torch.zeros(channels, frames, full.bins, dtype=torch.complex64, device=dev)
     final[..., : basis.bins] = rebuilt[..., : basis.bins]
     _normalise_phase(final, _padded(goal / scale, full.bins))

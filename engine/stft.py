@@ -68,12 +68,15 @@ class Stft:
     frames: int
     circular: bool
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    compiled: bool | None = None  # numba kernels; None: on the CPU only
 
     def __post_init__(self) -> None:
         if self.win % 2 or self.n_fft < self.win or self.frames < 1:
             raise ValueError("need an even window no longer than the FFT and one frame")
         half = self.win // 2
-        dev = self.device
+        dev = torch.device(self.device)
+        if self.compiled is None:
+            self.compiled = dev.type == "cpu"
         self.window = torch.hann_window(self.win, dtype=torch.float32, device=dev)
         starts = np.arange(self.frames)[:, None] * self.hop
         offsets = np.arange(self.win)[None, :] - half
@@ -105,7 +108,7 @@ class Stft:
         """Spectrum (channels, frames, bins) of a signal (channels, length)."""
         half = self.win // 2
         buf = self._buffer(signal.shape[0])
-        if signal.device.type == "cpu":
+        if self.compiled:
             kernels.frames_from_signal(
                 signal.numpy(), self.index.numpy(), self.window.numpy(), buf.numpy()
             )
@@ -120,7 +123,7 @@ class Stft:
         half = self.win // 2
         frames = irfft(spec, self.n_fft)
         out = torch.empty(spec.shape[0], self.length, device=spec.device)
-        if spec.device.type == "cpu":
+        if self.compiled:
             kernels.overlap_add(
                 frames.numpy(),
                 self.index.numpy(),

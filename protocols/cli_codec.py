@@ -172,7 +172,8 @@ def _info(args: argparse.Namespace) -> int:
         f"power {params.power_for_image}"
     )
     print(f"exif: {'present' if exif.get(11000) is not None else 'absent (defaults)'}")
-    print(f"loop: {meta.bars} bars of {meta.beats_per_bar} at {meta.bpm:.2f} BPM")
+    bars = f"{meta.bars} bar{'s' if meta.bars != 1 else ''}"
+    print(f"loop: {bars} of {meta.beats_per_bar} beats at {meta.bpm:.2f} BPM")
     if image.height != params.num_frequencies:
         print(f"warning: {image.height} rows, expected {params.num_frequencies}")
     return 0

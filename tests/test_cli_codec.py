@@ -79,7 +79,8 @@ def test_info(beat_wav: Path, tmp_path: Path) -> None:
     result = riff("info", png)
     assert result.returncode == 0, result.stderr
     assert "101x512" in result.stdout and "1.000 s" in result.stdout
-    assert "1 bars of 4 at 240.00 BPM" in result.stdout
+    # 1.01 s as a loop: too short for 2 bars of 4/4, read as one bar of 2 beats
+    assert "loop: 1 bar of 2 beats at 118.81 BPM" in result.stdout
 
 
 def test_bundled_seed_decodes_to_the_expected_length(tmp_path: Path) -> None:
@@ -89,7 +90,7 @@ def test_bundled_seed_decodes_to_the_expected_length(tmp_path: Path) -> None:
     info = sf.info(wav)
     assert info.frames == 511 * 441  # 5.11 s
     result = riff("info", REPO / "seed_images" / "og_beat.png")
-    assert "93.75 BPM" in result.stdout
+    assert "loop: 2 bars of 4 beats at 93.75 BPM" in result.stdout
 
 
 def test_error_paths(tmp_path: Path, beat_wav: Path) -> None:

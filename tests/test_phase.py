@@ -187,3 +187,16 @@ def test_bad_input_is_rejected() -> None:
         mel_to_audio(np.ones((1, 512, 1), dtype=np.float32), P)
     with pytest.raises(InvalidRequest):
         mel_to_audio(-good, P)
+
+
+@pytest.mark.parametrize(
+    "method,circular", [("fast", False), ("fast", True), ("quality", False), ("riffusion", True)]
+)
+def test_torch_path_matches_the_compiled_kernels(method: str, circular: bool) -> None:
+    """The plain torch operations (what a GPU runs) agree with the CPU kernels."""
+    mel = audio_to_mel(sine(440, 0.15) + sine(2500, 0.15, 0.2), P)
+    kernels = mel_to_audio(mel, P, method=method, circular=circular, compiled=True)
+    torch_ops = mel_to_audio(mel, P, method=method, circular=circular, compiled=False)
+    assert torch_ops.shape == kernels.shape
+    err = np.linalg.norm(torch_ops - kernels) / np.linalg.norm(kernels)
+    assert err < 1e-2

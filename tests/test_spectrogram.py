@@ -258,3 +258,35 @@ def test_missing_file_is_invalid(tmp_path: Path) -> None:
 def test_wrong_height_is_invalid() -> None:
     with pytest.raises(InvalidImage, match="rows"):
         image_to_mel(Image.new("RGB", (64, 256)), P)
+
+
+def test_pixels_match_riffusions_torchaudio_chain() -> None:
+    """Riffusion's converter: torchaudio Spectrogram (power None) -> abs -> MelScale."""
+    import torch
+    import torchaudio
+
+    rng = np.random.default_rng(7)
+    audio = (rng.standard_normal((1, 30000)) * 0.1).astype(np.float32)
+    audio[0, 5000:9000] += sine(880, 4000 / SR)[0]
+    spectrogram = torchaudio.transforms.Spectrogram(
+        n_fft=17640,
+        hop_length=441,
+        win_length=4410,
+        window_fn=torch.hann_window,
+        power=None,
+        center=True,
+        pad_mode="reflect",
+    )
+    mel_scale = torchaudio.transforms.MelScale(
+        n_mels=512, sample_rate=44100, f_min=0, f_max=10000, n_stft=8821, norm=None,
+        mel_scale="htk",
+    )
+    pcm = torch.from_numpy(np.round(audio * 32767))  # Riffusion reads 16-bit samples
+    reference = mel_scale(spectrogram(pcm).abs()).numpy()
+    data = 255 - (np.power(reference / reference.max(), 0.25) * 255)
+    expected = data.astype(np.uint8)[0][::-1]
+    ours = np.asarray(mel_to_image(audio_to_mel(audio, P), P))[..., 0]
+    assert ours.shape == expected.shape
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+    image = mel_to_image(audio_to_mel(audio, P), P)
+    assert image.getexif()[11080] == pytest.approx(float(reference.max()), rel=1e-3)
