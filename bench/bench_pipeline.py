@@ -4,13 +4,14 @@ Runs the tiny model (or ``--model``) and prints JSON: seconds per clip for a col
 (empty caches: the baseline) and a warm one, and for 4 alphas rendered separately (baseline)
 and in one batched call. Outputs are checked equal, so a speed-up never changes the clip.
 
-    python -m bench.bench_pipeline [--model tiny] [--device auto] [--steps 10] [--width 256]
+    python bench/bench_pipeline.py [--model tiny] [--device auto] [--steps 10] [--width 256]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.pipeline import RiffusionGenerator
 from engine.request import InferenceRequest, PromptInput

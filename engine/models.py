@@ -90,7 +90,13 @@ def pick_device(device: str) -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise InvalidRequest(f"unknown device {device!r} (use auto, cpu, cuda, mps)") from exc
     if out.type == "cuda" and not torch.cuda.is_available():
-        raise ModelUnavailable("device 'cuda' requested but no CUDA GPU is available")
+        raise ModelUnavailable(f"device {device!r} requested but no CUDA GPU is available")
+    if out.type == "cuda" and (out.index or 0) >= torch.cuda.device_count():
+        raise ModelUnavailable(
+            f"device {device!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
+        )
+    if out.type not in ("cpu", "cuda", "mps"):
+        raise InvalidRequest(f"unsupported device {device!r} (use auto, cpu, cuda, mps)")
     if out.type == "mps" and not torch.backends.mps.is_available():
         raise ModelUnavailable("device 'mps' requested but MPS is not available")
     return out

@@ -150,7 +150,11 @@ class RiffusionGenerator:
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
     ) -> GenerationResult:
-        """Render ``request`` at its own alpha. Raises Cancelled if ``cancel()`` turns true."""
+        """Render ``request`` at its own alpha. Raises Cancelled if ``cancel()`` turns true.
+
+        ``progress`` and ``cancel`` run on the calling thread, between denoising steps, while
+        the generator's lock is held: they must be quick and must not call the generator.
+        """
         return self.generate_alphas(request, [request.alpha], progress=progress, cancel=cancel)[0]
 
     def generate_alphas(
@@ -238,7 +242,8 @@ class RiffusionGenerator:
             if request.mask_image_id is not None:
                 raise InvalidRequest("a mask needs a seed image (seed_image_id is null)")
             width = request.width or DEFAULT_SIZE
-            shape = (1, 4, DEFAULT_SIZE // self.vae_scale, width // self.vae_scale)
+            channels = int(self.parts.unet.config.in_channels)
+            shape = (1, channels, DEFAULT_SIZE // self.vae_scale, width // self.vae_scale)
             return _Plan(name, None, None, shape)
         path = self.seed_images.resolve(request.seed_image_id)
         image = self.seed_images.load(request.seed_image_id)
@@ -450,6 +455,8 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, threshold: float = 0.999
     Computed in float32 (float64 is missing on MPS) with Python-float coefficients, so ``t`` = 0
     and 1 return the endpoints exactly.
     """
+    if v0 is v1 or torch.equal(v0, v1):
+        return v0  # one seed at both ends: no interpolation rounding
     a = v0.float()
     b = v1.float()
     dot = float((a * b).sum() / (a.norm() * b.norm()))

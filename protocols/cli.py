@@ -23,6 +23,7 @@ from engine.errors import RiffError
 COMMAND_MODULES: tuple[str, ...] = (
     "protocols.cli_codec",
     "protocols.cli_render",
+    "protocols.cli_control",
     "protocols.cli_run",
     "protocols.cli_serve",
     "protocols.cli_rerender",

@@ -1,4 +1,4 @@
-"""``riff render`` and ``riff interpolate``: generate clips from the command line.
+"""``riff render``, ``riff interpolate``, ``riff tiny-model``: generate clips from the shell.
 
 ``riff render`` takes Riffusion's InferenceInput JSON (``--request``) and/or flags (flags win)
 and writes the spectrogram image and its audio. ``riff interpolate`` renders N alphas between
@@ -49,7 +49,10 @@ def register(subparsers: Any) -> None:
     _add_request_options(interp)
     interp.add_argument("--count", type=int, default=5, help="number of clips (default 5)")
     interp.add_argument(
-        "--crossfade", type=float, default=0.0, help="seconds of crossfade between clips"
+        "--crossfade",
+        type=float,
+        default=0.02,
+        help="seconds of equal-power crossfade between clips, hiding seam clicks (default 0.02)",
     )
     interp.add_argument(
         "--batch", type=int, default=1, help="alphas per batched UNet call (default 1)"
@@ -58,10 +61,23 @@ def register(subparsers: Any) -> None:
     interp.add_argument("--image-dir", type=Path, help="folder for each clip's image")
     interp.set_defaults(func=run_interpolate)
 
+    tiny = subparsers.add_parser(
+        "tiny-model",
+        help="write the tiny random test model as a local diffusers folder",
+        description=(
+            "Write the tiny random model (SD 1.x shapes, built offline; it makes noise, not "
+            "music) as a diffusers folder, usable as --model DIR, for tests and smoke runs."
+        ),
+    )
+    tiny.add_argument("folder", type=Path, help="folder to write (created)")
+    tiny.set_defaults(func=run_tiny_model)
+
 
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
     req = parser.add_argument_group("request (override --request)")
-    req.add_argument("--request", type=Path, help="Riffusion InferenceInput JSON file")
+    req.add_argument(
+        "--request", type=Path, help="Riffusion InferenceInput JSON file ('-' reads stdin)"
+    )
     req.add_argument("--prompt", help="start prompt; (word:1.3), (word), [word] weight words")
     req.add_argument("--seed", type=int, help="start seed (default 0)")
     req.add_argument("--negative", help="negative prompt for both ends")
@@ -106,19 +122,20 @@ def build_request(args: argparse.Namespace) -> Any:
 
     data: dict[str, Any] = {}
     if args.request is not None:
+        name = "stdin" if str(args.request) == "-" else str(args.request)
+        text = sys.stdin.read() if name == "stdin" else Path(args.request).read_text("utf-8")
         try:
-            data = json.loads(Path(args.request).read_text(encoding="utf-8"))
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InvalidRequest(
-                f"{args.request}: not valid JSON ({exc.msg}, line {exc.lineno})"
-            ) from None
+            raise InvalidRequest(f"{name}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if not isinstance(data, dict):
-            raise InvalidRequest(f"{args.request}: must hold a JSON object")
+            raise InvalidRequest(f"{name}: must hold a JSON object")
     elif args.prompt is None:
         raise InvalidRequest("give --prompt or --request")
+    for key in ("start", "end"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise InvalidRequest(f"{key} must be a prompt input object")
     start = dict(data.get("start") or {})
-    if not isinstance(data.get("end") or {}, dict):
-        raise InvalidRequest("end must be a prompt input object")
     end = dict(data.get("end") or start)
     for flag, key in (("prompt", "prompt"), ("seed", "seed")):
         if getattr(args, flag) is not None:
@@ -193,6 +210,17 @@ def _audio(generator: Any, image: Any, method: str) -> Any:
     return mel_to_audio(image_to_mel(image, params), params, method=method, device=device), params
 
 
+def _check_outputs(audio: Path | None, image: Path | None) -> None:
+    """Fail before the slow part when an output cannot be written."""
+    from engine.audio_io import FORMATS
+
+    if audio is not None and audio.suffix.lower() not in FORMATS:
+        raise InvalidRequest(f"{audio}: unknown audio extension (use {', '.join(FORMATS)})")
+    for path in (audio, image):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InvalidRequest(f"{path}: folder {path.resolve().parent} does not exist")
+
+
 def run_render(args: argparse.Namespace) -> int:
     """Handler of ``riff render``."""
     if args.out is None and args.image is None:
@@ -200,6 +228,7 @@ def run_render(args: argparse.Namespace) -> int:
     from engine.audio_io import write_audio
     from engine.spectrogram import save_image
 
+    _check_outputs(args.out, args.image)
     request = build_request(args)
     generator = _load(args)
     bar = _Progress(not args.no_progress and not args.quiet, "render")
@@ -232,6 +261,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"--batch must be between 1 and 16, not {args.batch}")
     if not 0.0 <= args.crossfade <= 5.0:
         raise InvalidRequest(f"--crossfade must be between 0 and 5 seconds, not {args.crossfade}")
+    _check_outputs(args.out, None)
     request = build_request(args)
     generator = _load(args)
     alphas = [float(a) for a in np.linspace(0.0, 1.0, args.count)]
@@ -252,13 +282,24 @@ def run_interpolate(args: argparse.Namespace) -> int:
                     save_image(result.image, args.image_dir / f"clip_{first + n:03d}.png")
     finally:
         bar.close()
-    joined = join_audio(pieces, int(args.crossfade * sample_rate))
+    joined = join_audio(pieces, round(args.crossfade * sample_rate))
     write_audio(args.out, joined, sample_rate)
     seconds = time.perf_counter() - start
     print(
         f"rendered {len(pieces)} clips in {seconds:.1f} s: "
         f"{args.out} ({joined.shape[1] / sample_rate:.2f} s)"
     )
+    return 0
+
+
+def run_tiny_model(args: argparse.Namespace) -> int:
+    """Handler of ``riff tiny-model``."""
+    from engine.tiny_model import save_tiny_model
+
+    if args.folder.exists() and any(args.folder.iterdir()):
+        raise InvalidRequest(f"{args.folder} exists and is not empty")
+    save_tiny_model(args.folder)
+    print(f"wrote the tiny random model to {args.folder} (use it with --model {args.folder})")
     return 0
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from engine.errors import Cancelled, InvalidRequest, ModelUnavailable, UnknownId
@@ -184,8 +187,8 @@ def test_batched_alphas_equal_separate_renders(gen: RiffusionGenerator) -> None:
 def test_text_to_image_and_width(gen: RiffusionGenerator) -> None:
     txt = gen.generate(_req(seed_image_id=None, width=WIDTH))
     assert txt.image.size == (WIDTH, 512)  # a full spectrogram: 512 mel bins
-    wider = gen.generate(_req(width=96))
-    assert wider.image.size == (96, HEIGHT) and wider.latents.shape[-1] == 12
+    wider = gen.generate(_req(width=72))  # odd latent width (9): not a multiple of the UNet's 4
+    assert wider.image.size == (72, HEIGHT) and wider.latents.shape[-1] == 9
 
 
 @pytest.mark.parametrize("name", ["ddim", "euler", "dpmpp", "lms"])
@@ -367,3 +370,64 @@ def test_matches_riffusions_algorithm_written_out(gen: RiffusionGenerator) -> No
     assert torch.allclose(result.latents, expected, atol=1e-4)
     batched = gen.generate_alphas(req, [0.0, 0.3])[1]
     assert torch.allclose(batched.latents, expected, atol=1e-4)
+
+
+@given(st.text(alphabet="ab ([", max_size=40))
+def test_parse_weights_keeps_the_text_and_brackets_scale(text: str) -> None:
+    runs = parse_weights(text)  # unclosed brackets apply to the end of the prompt
+    assert "".join(t for t, _ in runs) == "".join(c for c in text if c not in "([")
+    for _, weight in runs:
+        exponent = np.log(weight) / np.log(1.1)
+        assert abs(exponent - round(exponent)) < 1e-6  # only 1.1 ** n weights
+
+
+@given(st.text(max_size=60))
+def test_parse_weights_never_fails(text: str) -> None:
+    runs = parse_weights(text)
+    assert runs and all(isinstance(t, str) and np.isfinite(w) for t, w in runs)
+
+
+def test_device_choice() -> None:
+    from engine.models import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type in ("cuda", "mps", "cpu")
+    with pytest.raises(InvalidRequest):
+        pick_device("toaster")
+    with pytest.raises(InvalidRequest):
+        pick_device("meta")
+    if torch.cuda.is_available():
+        assert pick_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ModelUnavailable, match="no CUDA GPU"):
+            pick_device("cuda")
+    with pytest.raises(ModelUnavailable):
+        pick_device(f"cuda:{max(torch.cuda.device_count(), 0) + 7}")
+
+
+def test_long_prompt_chunks_are_encoded_separately(gen: RiffusionGenerator) -> None:
+    tok, enc = gen.parts.tokenizer, gen.parts.text_encoder
+    prompt = " ".join(["jazz", "organ", "drums", "bass"] * 25)
+    tokens = list(tokenize_weighted(tok, prompt).tokens)
+    assert 75 < len(tokens) <= 150
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    first = [bos, *tokens[:75], eos]
+    rest = tokens[75:]
+    second = [bos, *rest] + [eos] * (76 - len(rest))
+    with torch.no_grad():
+        expected = torch.cat([enc(torch.tensor([first]))[0], enc(torch.tensor([second]))[0]], dim=1)
+        got = weighted_embedding(tok, enc, prompt)
+    assert got.shape == (1, 154, 32)
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_seed_latent_cache_follows_file_changes(gen: RiffusionGenerator, tmp_path: Path) -> None:
+    own = RiffusionGenerator(gen.parts, SeedImageLibrary([tmp_path], builtin=False))
+    save_image(_seed_image(), tmp_path / "beat.png")
+    before = own.generate(_req())
+    assert torch.equal(before.latents, own.generate(_req()).latents)  # cached: same result
+    flipped = _seed_image().transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    save_image(flipped, tmp_path / "beat.png")
+    os.utime(tmp_path / "beat.png", ns=(1, 1))  # a different modification time for sure
+    after = own.generate(_req())
+    assert not torch.allclose(before.latents, after.latents, atol=1e-3)

@@ -1,0 +1,212 @@
+"""Presets: named TOML files holding prompts and parameter values, plus prompt sets.
+
+A preset is a ``[parameters]`` table with any subset of :data:`engine.state.PARAMETERS`
+(prompts included) and an optional ``description``. Loading validates every value before
+anything is applied, so a broken file changes nothing; saving writes a temporary file in the
+same folder and renames it over the old one, so a crash never leaves half a preset.
+
+A prompt set (``prompts/<id>.toml``: ``prompts = [...]``) is a list of prompts a controller can
+step through (MIDI notes, TouchOSC buttons).
+
+Folders are searched in order: the user's folders first, then the built-in ``presets/`` folder
+of the engine. Names are plain ids (``check_plain_id``), never paths.
+
+Thread: the control plane (asyncio loop) or the CLI; file I/O is small and synchronous.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine import toml_writer
+from engine.errors import InvalidRequest, UnknownId
+from engine.request import MAX_PROMPT_CHARS, check_plain_id
+from engine.state import PARAMETERS, EngineState, Value
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+
+#: The presets folder shipped with the engine (next to the ``engine`` package).
+BUILTIN_FOLDER = Path(__file__).resolve().parent.parent / "presets"
+#: Files larger than this are refused before parsing.
+MAX_FILE_BYTES = 256 * 1024
+MAX_PROMPTS_IN_SET = 512
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Parse a small TOML file; any problem becomes InvalidRequest naming the file."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InvalidRequest(f"{what} {path.name} is larger than {MAX_FILE_BYTES} bytes")
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequest(f"{what} {path.name} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{what} {path.name} is not UTF-8 text") from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A validated preset: coerced parameter values and a description."""
+
+    parameters: Mapping[str, Value]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        checked: dict[str, Value] = {}
+        for name, value in self.parameters.items():
+            spec = PARAMETERS.get(name)
+            if spec is None:
+                raise InvalidRequest(f"unknown parameter {name!r} in preset")
+            checked[name] = spec.coerce(value)
+        if not isinstance(self.description, str) or len(self.description) > MAX_PROMPT_CHARS:
+            raise InvalidRequest("preset description must be a string of at most "
+                                 f"{MAX_PROMPT_CHARS} characters")
+        object.__setattr__(self, "parameters", checked)
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Preset:
+        """Build from parsed TOML; unknown top-level keys are errors (typos show up)."""
+        extra = set(data) - {"description", "parameters"}
+        if extra:
+            raise InvalidRequest(f"unknown preset keys: {', '.join(sorted(extra))}")
+        params = data.get("parameters", {})
+        if not isinstance(params, Mapping):
+            raise InvalidRequest("preset [parameters] must be a table")
+        return cls(parameters=dict(params), description=data.get("description", ""))
+
+    @classmethod
+    def from_state(cls, state: EngineState, description: str = "") -> Preset:
+        """Every current parameter value."""
+        return cls(parameters=state.snapshot(), description=description)
+
+    def to_toml(self) -> str:
+        """The preset as a TOML document."""
+        data: dict[str, Any] = {}
+        if self.description:
+            data["description"] = self.description
+        data["parameters"] = dict(self.parameters)
+        return toml_writer.dumps(data, header="riffusion-engine preset")
+
+    def apply(self, state: EngineState) -> dict[str, Value]:
+        """Apply every value at once (validated again by the state; all or nothing)."""
+        return state.update(self.parameters)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSet:
+    """An ordered list of prompts that a controller can pick from by index."""
+
+    prompts: tuple[str, ...]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.prompts or len(self.prompts) > MAX_PROMPTS_IN_SET:
+            raise InvalidRequest(f"a prompt set holds 1 to {MAX_PROMPTS_IN_SET} prompts")
+        spec = PARAMETERS["prompt"]
+        object.__setattr__(self, "prompts", tuple(str(spec.coerce(p)) for p in self.prompts))
+
+    def pick(self, index: int) -> str:
+        """The prompt at ``index``, wrapping around (so any note range works)."""
+        return self.prompts[index % len(self.prompts)]
+
+
+class PresetLibrary:
+    """Presets, prompt sets and MIDI maps found in folders (user folders first).
+
+    Layout of each folder: ``<id>.toml`` presets, ``prompts/<id>.toml`` prompt sets,
+    ``maps/<id>.toml`` MIDI maps. Saving writes into the first folder (the user's), or the
+    built-in folder when no user folder was given.
+    """
+
+    def __init__(self, folders: Sequence[Path] = (), *, builtin: Path | None = BUILTIN_FOLDER
+                 ) -> None:
+        self.folders: tuple[Path, ...] = tuple(Path(f) for f in folders)
+        if builtin is not None:
+            self.folders += (builtin,)
+        if not self.folders:
+            raise InvalidRequest("a preset library needs at least one folder")
+
+    @property
+    def save_folder(self) -> Path:
+        """Where :meth:`save` writes."""
+        return self.folders[0]
+
+    def _find(self, sub: str, ident: str, what: str) -> Path:
+        check_plain_id(ident, what)
+        for folder in self.folders:
+            path = folder / sub / f"{ident}.toml"
+            if path.is_file():
+                return path
+        raise UnknownId(f"no {what} named {ident!r}")
+
+    def _ids(self, sub: str) -> list[str]:
+        found: set[str] = set()
+        for folder in self.folders:
+            if (folder / sub).is_dir():
+                found.update(p.stem for p in (folder / sub).glob("*.toml") if p.is_file())
+        return sorted(found)
+
+    def ids(self) -> list[str]:
+        """Names of every preset."""
+        return self._ids("")
+
+    def resolve(self, ident: str) -> Path:
+        """The file of preset ``ident`` (UnknownId when there is none)."""
+        return self._find("", ident, "preset")
+
+    def load(self, ident: str) -> Preset:
+        """Read and validate preset ``ident``."""
+        path = self.resolve(ident)
+        return Preset.from_data(read_toml(path, "preset"))
+
+    def save(self, ident: str, preset: Preset) -> Path:
+        """Write preset ``ident`` atomically into :attr:`save_folder`; returns its path."""
+        check_plain_id(ident, "preset")
+        path = self.save_folder / f"{ident}.toml"
+        write_text_atomic(path, preset.to_toml())
+        return path
+
+    def prompt_set_ids(self) -> list[str]:
+        """Names of every prompt set."""
+        return self._ids("prompts")
+
+    def prompt_set(self, ident: str) -> PromptSet:
+        """Read and validate prompt set ``ident``."""
+        data = read_toml(self._find("prompts", ident, "prompt set"), "prompt set")
+        prompts = data.get("prompts")
+        if not isinstance(prompts, list):
+            raise InvalidRequest(f"prompt set {ident!r} needs a list 'prompts'")
+        return PromptSet(prompts=tuple(prompts), description=str(data.get("description", "")))
+
+    def map_ids(self) -> list[str]:
+        """Names of every MIDI map."""
+        return self._ids("maps")
+
+    def map_path(self, ident: str) -> Path:
+        """The file of MIDI map ``ident``."""
+        return self._find("maps", ident, "MIDI map")

@@ -1,0 +1,116 @@
+"""What the control surfaces (OSC, MIDI) need from the engine, and the commands they share.
+
+:class:`ControlTarget` is the slice of the engine facade (``engine.control.Engine``) that the
+surfaces drive: its parameter state, transport start/stop and a status dictionary. Coding
+against this small protocol keeps OSC and MIDI testable with a real
+:class:`~engine.state.EngineState` and any object that plays and stops.
+
+:class:`Commands` turns surface actions (set a parameter, play, load a preset, start MIDI
+learn) into engine calls. Every method raises :class:`~engine.errors.RiffError` for bad input
+and changes nothing in that case.
+
+Thread: everything here runs on the asyncio loop of the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from engine.errors import InvalidRequest
+from engine.presets import Preset, PresetLibrary
+from engine.state import ADDRESSES, PARAMETERS, EngineState, Value
+
+log = logging.getLogger(__name__)
+
+StatusValue = int | float | str
+
+
+class ControlTarget(Protocol):
+    """The engine as the control surfaces see it (``engine.control.Engine`` fits)."""
+
+    @property
+    def state(self) -> EngineState: ...
+
+    def play(self) -> Any:
+        """Start the transport (may return an awaitable)."""
+
+    def stop(self) -> Any:
+        """Stop the transport (may return an awaitable)."""
+
+    def status(self) -> Mapping[str, StatusValue]:
+        """At least ``bar``, ``queue``, ``late``, ``progress``, ``clip``; more keys allowed."""
+
+
+#: Called with an OSC address when MIDI learn starts; raises RiffError when it cannot.
+LearnHook = Callable[[str], None]
+
+
+class Commands:
+    """Surface-independent actions on a :class:`ControlTarget`.
+
+    ``learn`` is installed by the MIDI input when it runs (``None``: MIDI learn unavailable).
+    """
+
+    def __init__(self, engine: ControlTarget, presets: PresetLibrary) -> None:
+        self.engine = engine
+        self.presets = presets
+        self.learn: LearnHook | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def state(self) -> EngineState:
+        """The engine's parameter state."""
+        return self.engine.state
+
+    def set_address(self, address: str, value: object) -> Value:
+        """Set the parameter at OSC ``address`` (validated; InvalidRequest when bad)."""
+        name = ADDRESSES.get(address)
+        if name is None:
+            raise InvalidRequest(f"{address} is not a parameter address")
+        return self.engine.state.set(name, value)
+
+    def _run(self, what: str, result: Any) -> None:
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(lambda t: self._done(what, t))
+
+    def _done(self, what: str, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine %s failed: %r", what, task.exception())
+
+    def play(self) -> None:
+        """Start the transport."""
+        self._run("play", self.engine.play())
+
+    def stop(self) -> None:
+        """Stop the transport."""
+        self._run("stop", self.engine.stop())
+
+    def load_preset(self, name: str) -> Preset:
+        """Validate preset ``name`` completely, then apply all of it."""
+        preset = self.presets.load(name)
+        preset.apply(self.engine.state)
+        log.info("preset %s loaded", name)
+        return preset
+
+    def save_preset(self, name: str) -> None:
+        """Save every current parameter as preset ``name``."""
+        path = self.presets.save(name, Preset.from_state(self.engine.state))
+        log.info("preset %s saved to %s", name, path)
+
+    def start_learn(self, address: str) -> None:
+        """Bind the next moved MIDI CC to ``address`` (a numeric parameter)."""
+        name = ADDRESSES.get(address)
+        if name is None:
+            raise InvalidRequest(f"{address} is not a parameter address")
+        if PARAMETERS[name].kind in ("str", "id"):
+            raise InvalidRequest(f"{address} takes text; a MIDI CC cannot drive it")
+        if self.learn is None:
+            raise InvalidRequest("MIDI input is not enabled")
+        self.learn(address)

@@ -1,0 +1,183 @@
+"""JACK MIDI input: a JACK port whose events reach the asyncio loop with sample timestamps.
+
+The JACK process callback copies each event (up to 3 bytes; SysEx is counted and skipped)
+into a preallocated ring and, when the ring was idle, writes one byte to a non-blocking pipe
+that wakes the loop. The loop drains the ring and hands ``(bytes, seconds)`` to the handler,
+where seconds is the event's JACK frame time / sample rate: sample-accurate, which the MIDI
+clock's tempo estimate uses.
+
+The ring is single producer (JACK thread) / single consumer (loop): the producer only moves
+the write count, the consumer only the read count.
+
+With ``feedback=True`` the client also has a ``midi_out`` port: :meth:`JackMidiInput.send`
+(loop thread) queues short messages in a second preallocated ring that the process callback
+writes out at the start of the next period (motorised faders, LED rings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jack
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MidiHandler = Callable[[bytes, float], None]
+_WAKE = b"\x01"
+_FRAME_WRAP = 1 << 32
+
+
+class JackMidiInput:
+    """A JACK client with one MIDI input port feeding ``handler`` on the asyncio loop."""
+
+    def __init__(self, handler: MidiHandler, *, client_name: str = "riff-midi",
+                 port_name: str = "midi_in", connect: Sequence[str] = (),
+                 servername: str | None = None, capacity: int = 4096,
+                 feedback: bool = False) -> None:
+        self.handler = handler
+        self.capacity = capacity
+        self._data = np.zeros((capacity, 3), dtype=np.uint8)
+        self._size = np.zeros(capacity, dtype=np.uint8)
+        self._frames = np.zeros(capacity, dtype=np.int64)
+        self._written = 0
+        self._read = 0
+        self._wake_pending = False
+        self.overflows = 0
+        self.skipped_sysex = 0
+        self._connect = tuple(connect)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self.client = jack.Client(client_name, no_start_server=True, servername=servername)
+        self.port = self.client.midi_inports.register(port_name)
+        self.samplerate = float(self.client.samplerate)
+        self.out_port = self.client.midi_outports.register("midi_out") if feedback else None
+        self._out_data = np.zeros((capacity, 3), dtype=np.uint8)
+        self._out_size = np.zeros(capacity, dtype=np.uint8)
+        self._out_written = 0
+        self._out_read = 0
+        self.out_dropped = 0
+        self._last_raw: int | None = None
+        self._frame_base = 0
+        self.xruns = 0
+        self.shutdown_reason: str | None = None
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.set_shutdown_callback(self._shutdown)
+
+    @property
+    def drained(self) -> bool:
+        """Whether every event the JACK thread received has been handed over (loop thread)."""
+        return self._read == self._written
+
+    @property
+    def port_name(self) -> str:
+        """The port's full name (``client:port``) for connecting to it."""
+        return str(self.port.name)
+
+    def start(self) -> None:
+        """Activate on the running loop and connect the configured source ports."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._rfd, self._drain)
+        self.client.activate()
+        for source in self._connect:
+            self.client.connect(source, self.port)
+            log.info("JACK MIDI: %s -> %s", source, self.port_name)
+
+    def close(self) -> None:
+        """Deactivate, close the client and the pipe (loop thread)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self._rfd)
+        self.client.deactivate()
+        self.client.close()
+        os.close(self._rfd)
+        os.close(self._wfd)
+        if self.overflows or self.skipped_sysex or self.xruns:
+            log.warning("JACK MIDI: %d events lost to a full ring, %d SysEx skipped, "
+                        "%d xruns", self.overflows, self.skipped_sysex, self.xruns)
+
+    def send(self, data: bytes) -> None:
+        """Loop thread: queue one short message (1-3 bytes) for the ``midi_out`` port."""
+        if self.out_port is None or not 1 <= len(data) <= 3:
+            self.out_dropped += 1
+            return
+        if self._out_written - self._out_read >= self.capacity:
+            self.out_dropped += 1
+            return
+        slot = self._out_written % self.capacity
+        self._out_data[slot, :len(data)] = tuple(data)
+        self._out_size[slot] = len(data)
+        self._out_written += 1
+
+    def _xrun(self, delay_usecs: float) -> None:
+        """JACK notification thread: count (a missed period loses that period's events)."""
+        self.xruns += 1
+
+    def _shutdown(self, status: Any, reason: str) -> None:
+        """JACK thread, when the server drops this client: remember and log (no JACK calls)."""
+        self.shutdown_reason = reason
+        log.error("JACK MIDI input %s was shut down by the server: %s", self.port_name, reason)
+
+    def _process(self, frames: int) -> None:
+        """JACK process thread: copy events into/out of the rings; no locks, logging, waits."""
+        if self.out_port is not None:
+            self.out_port.clear_buffer()
+            while self._out_read < self._out_written:
+                slot = self._out_read % self.capacity
+                self.out_port.write_midi_event(
+                    0, self._out_data[slot, :self._out_size[slot]].tobytes())
+                self._out_read += 1
+        base = self.client.last_frame_time
+        written = self._written
+        for offset, buf in self.port.incoming_midi_events():
+            size = len(buf)
+            if size > 3 or size == 0:
+                self.skipped_sysex += 1
+                continue
+            if written - self._read >= self.capacity:
+                self.overflows += 1
+                continue
+            slot = written % self.capacity
+            raw = bytes(buf)
+            for i in range(size):
+                self._data[slot, i] = raw[i]
+            self._size[slot] = size
+            self._frames[slot] = base + offset
+            written += 1
+        if written != self._written:
+            self._written = written
+            if not self._wake_pending:
+                self._wake_pending = True
+                try:
+                    os.write(self._wfd, _WAKE)
+                except BlockingIOError:
+                    pass  # the pipe already holds a wake-up byte
+
+    def _drain(self) -> None:
+        """Loop thread: deliver every event in the ring to the handler, in order."""
+        try:
+            os.read(self._rfd, 4096)
+        except BlockingIOError:
+            pass
+        self._wake_pending = False  # clear before reading the count: no lost wake-ups
+        written = self._written
+        while self._read < written:
+            slot = self._read % self.capacity
+            size = int(self._size[slot])
+            data = self._data[slot, :size].tobytes()
+            seconds = self._unwrap(int(self._frames[slot])) / self.samplerate
+            self._read += 1
+            self.handler(data, seconds)
+
+    def _unwrap(self, raw: int) -> int:
+        raw %= _FRAME_WRAP
+        if self._last_raw is not None and raw < self._last_raw - _FRAME_WRAP // 2:
+            self._frame_base += _FRAME_WRAP
+        self._last_raw = raw
+        return self._frame_base + raw

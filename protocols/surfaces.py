@@ -1,0 +1,234 @@
+"""Start and stop every control surface (OSC, MIDI inputs, MIDI clock) for ``riff run``.
+
+``riff run`` calls :func:`add_control_arguments` on its parser, builds a
+:class:`ControlConfig` with :func:`control_config_from_args`, then, on its asyncio loop::
+
+    surfaces = await start_control_surfaces(engine, config)
+    ...
+    await surfaces.close()
+
+``engine`` is anything with the :class:`~protocols.control_target.ControlTarget` shape
+(``engine.control.Engine``). Pass ``clock_observer`` (an object with
+``observe(ClockObservation)``, e.g. the transport) to let MIDI clock drive the transport;
+without it, ``--midi-clock`` locks ``engine.transport`` to the master (tempo and bar phase)
+when the engine has one, else sets the tempo parameter; start/stop play and stop the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InvalidRequest, RiffError
+from engine.presets import PresetLibrary
+from protocols.control_target import Commands, ControlTarget
+from protocols.midi import MidiRouter
+from protocols.midi_clock import ClockObserver, MidiClock, StateFollower, TransportFollower
+from protocols.midi_feedback import MidiFeedback
+from protocols.midi_map import MidiMap
+from protocols.osc import OscConfig, OscServer
+
+log = logging.getLogger(__name__)
+
+
+class SurfaceUnavailable(RiffError):
+    """A control surface cannot start (no JACK server, no such MIDI port)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ControlConfig:
+    """Which control surfaces run and where.
+
+    ``midi_in`` entries: ``jack`` (a JACK MIDI port to connect to yourself), ``jack:PORT``
+    (also connect from that JACK output port), ``rtmidi`` (a virtual rtmidi port),
+    ``rtmidi:NAME`` (open the named rtmidi port). ``midi_map``: a map id from
+    ``presets/maps`` or a path to a ``.toml`` file.
+    """
+
+    osc: OscConfig | None = dataclasses.field(default_factory=OscConfig)
+    midi_in: tuple[str, ...] = ()
+    midi_map: str | None = None
+    midi_clock: bool = False
+    midi_feedback: bool = False
+    preset_dirs: tuple[Path, ...] = ()
+    client_name: str = "riff"
+    rtmidi_api: str = "UNIX_JACK"
+    jack_server: str | None = None
+
+    def __post_init__(self) -> None:
+        for spec in self.midi_in:
+            kind = spec.split(":", 1)[0]
+            if kind not in ("jack", "rtmidi"):
+                raise InvalidRequest(f"--midi-in {spec!r}: use jack, jack:PORT, rtmidi or "
+                                     "rtmidi:NAME")
+
+
+def add_control_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the control-surface options to ``riff run`` (or any command that serves)."""
+    group = parser.add_argument_group("control surfaces")
+    group.add_argument("--osc-host", default="127.0.0.1",
+                       help="interface for OSC over UDP (default 127.0.0.1: this machine "
+                            "only; 0.0.0.0 listens on every interface)")
+    group.add_argument("--osc-port", type=int, default=9000,
+                       help="OSC UDP port (default 9000; 0 disables OSC)")
+    group.add_argument("--midi-in", action="append", default=[], metavar="SOURCE",
+                       help="MIDI input, repeatable: 'jack' (a JACK MIDI port), 'jack:PORT' "
+                            "(connected from that JACK port), 'rtmidi' (a virtual port), "
+                            "'rtmidi:NAME' (an existing port)")
+    group.add_argument("--midi-map", metavar="MAP",
+                       help="MIDI map: an id from presets/maps (generic8, nanokontrol2, "
+                            "mpkmini) or a .toml file (default generic8 when MIDI is on)")
+    group.add_argument("--midi-clock", action="store_true",
+                       help="follow MIDI clock in: tempo, start/stop, song position")
+    group.add_argument("--midi-feedback", action="store_true",
+                       help="send mapped parameters back as CC (motorised faders, LED rings): "
+                            "a midi_out port next to each JACK input, an output port for rtmidi")
+    group.add_argument("--preset-dir", action="append", default=[], type=Path, metavar="DIR",
+                       help="your presets folder (searched first; presets are saved here)")
+
+
+def control_config_from_args(args: argparse.Namespace) -> ControlConfig:
+    """The :class:`ControlConfig` for parsed ``add_control_arguments`` options."""
+    osc = None if args.osc_port == 0 else OscConfig(host=args.osc_host, port=args.osc_port)
+    return ControlConfig(osc=osc, midi_in=tuple(args.midi_in), midi_map=args.midi_map,
+                         midi_clock=args.midi_clock, midi_feedback=args.midi_feedback,
+                         preset_dirs=tuple(args.preset_dir))
+
+
+def load_midi_map(library: PresetLibrary, ident: str | None) -> MidiMap:
+    """A map by id (``presets/maps``) or path; ``None``: ``generic8`` if present, else empty."""
+    if ident is None:
+        return MidiMap.load(library.map_path("generic8")) if "generic8" in \
+            library.map_ids() else MidiMap()
+    if ident.endswith(".toml") or "/" in ident:
+        path = Path(ident)
+        if not path.is_file():
+            raise InvalidRequest(f"MIDI map file {ident} does not exist")
+        return MidiMap.load(path)
+    return MidiMap.load(library.map_path(ident))
+
+
+class ControlSurfaces:
+    """The running surfaces; :meth:`close` stops them all."""
+
+    def __init__(self, commands: Commands) -> None:
+        self.commands = commands
+        self.osc: OscServer | None = None
+        self.router: MidiRouter | None = None
+        self.inputs: list[Any] = []
+        self.feedback: list[MidiFeedback] = []
+
+    def stats(self) -> dict[str, int]:
+        """OSC and MIDI counters, prefixed ``osc_`` and ``midi_`` (JSON-ready)."""
+        out: dict[str, int] = {}
+        if self.osc is not None:
+            out.update({f"osc_{k}": v for k, v in self.osc.stats().items()})
+        if self.router is not None:
+            out.update({f"midi_{k}": v
+                        for k, v in dataclasses.asdict(self.router.counters).items()})
+        return out
+
+    async def close(self) -> None:
+        """Stop MIDI inputs and the OSC server (asyncio loop)."""
+        for fb in self.feedback:
+            self.commands.state.remove_listener(fb.on_change)
+            fb.close()
+        self.feedback.clear()
+        for midi_input in self.inputs:
+            try:
+                midi_input.close()
+            except Exception:
+                log.exception("closing MIDI input %r failed", midi_input)
+        self.inputs.clear()
+        self.commands.learn = None
+        if self.osc is not None:
+            await self.osc.close()
+            self.osc = None
+        if self.router is not None:
+            log.info("MIDI: %s", dataclasses.asdict(self.router.counters))
+
+
+async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *,
+                                 clock_observer: ClockObserver | None = None
+                                 ) -> ControlSurfaces:
+    """Start OSC and MIDI per ``config`` on the running loop; see the module docstring."""
+    library = PresetLibrary(config.preset_dirs)
+    commands = Commands(engine, library)
+    surfaces = ControlSurfaces(commands)
+    try:
+        if config.midi_in:
+            midi_map = load_midi_map(library, config.midi_map)
+            clock = None
+            if config.midi_clock:
+                observer = clock_observer or _default_clock_observer(engine, commands)
+                clock = MidiClock(observer)
+            router = MidiRouter(commands, midi_map, clock=clock,
+                                learn_path=_learn_path(library, midi_map, config.midi_map))
+            surfaces.router = router
+            commands.learn = router.start_learn
+            for n, spec in enumerate(config.midi_in):
+                midi_input = _open_input(spec, n, router, config)
+                surfaces.inputs.append(midi_input)
+                if config.midi_feedback:
+                    fb = MidiFeedback(lambda: router.map, midi_input.send)
+                    commands.state.add_listener(fb.on_change)
+                    surfaces.feedback.append(fb)
+        if config.osc is not None:
+            surfaces.osc = await OscServer.start(commands, config.osc)
+    except BaseException:
+        await surfaces.close()
+        raise
+    return surfaces
+
+
+def _learn_path(library: PresetLibrary, midi_map: MidiMap, ident: str | None) -> Path:
+    """Where MIDI learn saves: a map file given by path stays put; a library map is saved
+    under its own name in the user's folder (which shadows the built-in one)."""
+    if ident is not None and (ident.endswith(".toml") or "/" in ident):
+        return Path(ident)
+    name = midi_map.path.name if midi_map.path is not None else "learned.toml"
+    return library.save_folder / "maps" / name
+
+
+def _default_clock_observer(engine: ControlTarget, commands: Commands) -> ClockObserver:
+    """The engine's transport when it has one that follows, else the tempo parameter."""
+    state_follower = StateFollower(lambda bpm: commands.set_address("/riff/tempo", bpm),
+                                   commands.play, commands.stop)
+    transport = getattr(engine, "transport", None)
+    if transport is not None and callable(getattr(transport, "follow", None)):
+        return TransportFollower(transport, commands.play, commands.stop, state_follower)
+    return state_follower
+
+
+def _open_input(spec: str, n: int, router: MidiRouter, config: ControlConfig) -> Any:
+    try:
+        return _open_input_unchecked(spec, n, router, config)
+    except RiffError:
+        raise
+    except Exception as exc:  # jack.JackOpenError, rtmidi/mido errors: one line for the CLI
+        raise SurfaceUnavailable(f"MIDI input {spec!r} cannot start: {exc}") from exc
+
+
+def _open_input_unchecked(spec: str, n: int, router: MidiRouter, config: ControlConfig
+                          ) -> Any:
+    kind, _, name = spec.partition(":")
+    suffix = f"-{n}" if n else ""
+    if kind == "jack":
+        from protocols.midi_jack import JackMidiInput
+
+        jack_input = JackMidiInput(router.handle, client_name=f"{config.client_name}-midi{suffix}",
+                                   connect=(name,) if name else (),
+                                   servername=config.jack_server,
+                                   feedback=config.midi_feedback)
+        jack_input.start()
+        return jack_input
+    from protocols.midi_rtmidi import RtMidiInput
+
+    rt_input = RtMidiInput(router.handle, port=name or None,
+                           client_name=f"{config.client_name}-rtmidi{suffix}",
+                           api=config.rtmidi_api, feedback=config.midi_feedback)
+    rt_input.start()
+    return rt_input
