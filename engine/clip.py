@@ -90,7 +90,8 @@ def stretch_frames(mel: np.ndarray, frames: int) -> np.ndarray:
     i1 = (i0 + 1) % src
     w = (pos - np.floor(pos))
     out = x[..., i0] * (1.0 - w) + x[..., i1] * w
-    return out.astype(np.float32)
+    # The running-sum box filter can leave -1e-12 where magnitudes are zero: clamp.
+    return np.maximum(out, 0.0).astype(np.float32)
 
 
 def match_loudness(audio: np.ndarray, target: LoudnessTarget) -> np.ndarray:

@@ -126,6 +126,7 @@ class Player:
         self._reported = [False] * n
         self._next_seq = 1
         self._repeats = 0
+        self._refused = 0
         self._horizon = -1
         self._scheduled = threading.Event()
         self._ev_started: list[tuple[Any, int]] = []
@@ -168,9 +169,9 @@ class Player:
         A start in the past begins at once, phase-locked (see the module docstring). A clip
         scheduled at the same sample as an earlier one replaces it. Scheduling the clip that
         would be playing at ``start_sample`` anyway is a repeat and changes nothing. Raises
-        :class:`~engine.errors.InvalidRequest` for audio of the wrong shape or type, and
-        ``RuntimeError`` when every slot is taken (more clips queued than the look-ahead
-        allows); the audio is not affected either way.
+        :class:`~engine.errors.InvalidRequest` for audio of the wrong shape or type. When every
+        slot is taken (more clips queued than any look-ahead needs) the clip is refused, logged
+        and counted in ``refused``. The audio is not affected either way.
         """
         audio = clip.audio
         if not isinstance(audio, np.ndarray) or audio.dtype != np.float32 or audio.ndim != 2:
@@ -185,9 +186,11 @@ class Player:
             self._advance_horizon(start_sample, audio.shape[0])
             return
         free = np.flatnonzero(self._state == FREE)
-        if free.size == 0:
-            raise RuntimeError(f"no free clip slot for sample {start_sample}: "
-                               f"{self.config.slots} clips already queued or playing")
+        if free.size == 0:  # more queued than any look-ahead needs: refuse, keep playing
+            self._refused += 1
+            log.error("no free clip slot for sample %d: %d clips already queued or playing; "
+                      "clip not scheduled", start_sample, self.config.slots)
+            return
         slot = int(free[0])
         self._audio[slot] = audio
         self._length[slot] = audio.shape[0]
@@ -269,9 +272,10 @@ class Player:
 
     def counters(self) -> dict[str, int]:
         """Counter snapshot: underruns (silent blocks), late, loops (wraps of a clip),
-        repeats (explicit repeats), started, xruns, blocks, superseded, dropped."""
+        repeats (explicit repeats), started, xruns, blocks, superseded, dropped, refused."""
         out = {name: int(v) for name, v in zip(COUNTER_NAMES, self._counters, strict=True)}
         out["repeats"] = self._repeats
+        out["refused"] = self._refused
         return out
 
     # ---- audio thread -----------------------------------------------------------------------

@@ -67,6 +67,9 @@ class WorkerConfig:
     seed_folders: tuple[str, ...] = ()
     channels: int = 2
     start_timeout_s: float = 600.0
+    #: Niceness added to the worker process, so a CPU-bound generator (the tiny model, phase
+    #: reconstruction on the CPU) never starves the daemon's audio thread.
+    nice: int = 10
 
 
 def tone_frequency(job_id: int, num_samples: int, sample_rate: int) -> float:
@@ -149,6 +152,8 @@ def worker_main(conn: multiprocessing.connection.Connection, cancel: Any,
     """
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
+    if config.nice:
+        os.nice(config.nice)
     try:
         model = _Model(config)
     except RiffError as exc:
@@ -328,7 +333,7 @@ class WorkerClient:
         loop.remove_reader(proc.sentinel)
         if proc is not self._proc:
             return
-        proc.join(0)
+        proc.join(1.0)  # it has exited (its sentinel fired): this only reaps it
         code = proc.exitcode
         if self._conn is not None:
             with contextlib.suppress(ValueError, OSError):

@@ -17,13 +17,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import gc
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from engine.errors import InvalidRequest, RiffError
 
@@ -40,6 +43,22 @@ RUN_DEFAULTS: dict[str, Any] = {
     "crossfade_ms": 10.0,
     "sample_rate": 48000,
 }
+
+
+def _prefer_audio() -> None:
+    """Help JACK's process thread get the GIL in time (control thread, once at start).
+
+    The callback runs at JACK's real-time priority but needs the GIL, which the asyncio
+    thread may hold: ask holders to hand it over every 0.5 ms (Python's default, 5 ms, is a
+    whole period at 256 frames), and, where allowed, raise this process's priority so a GIL
+    holder is not preempted by unrelated work. The generator process stays at normal priority
+    (see ``WorkerConfig.nice``).
+    """
+    sys.setswitchinterval(0.0005)
+    try:
+        os.nice(-10)
+    except OSError as exc:  # not permitted: run at normal priority
+        log.debug("cannot raise the daemon's priority: %s", exc)
 
 
 def _surfaces_module() -> Any:
@@ -79,6 +98,9 @@ def register(subparsers: Any) -> None:
     out.add_argument("--client-name", metavar="NAME", help="JACK client name (default riff)")
     out.add_argument("--no-connect", action="store_true", default=None,
                      help="do not connect riff:out_L/out_R to the system playback ports")
+    out.add_argument("--jack-transport", action="store_true",
+                     help="follow JACK transport (tempo, bars, beats) when a timebase master "
+                          "such as a DAW provides it")
     out.add_argument("--crossfade-ms", type=float, help="crossfade at clip changes (default 10)")
     out.add_argument("--output", type=Path, metavar="FILE.wav",
                      help="render into this audio file instead of JACK")
@@ -168,7 +190,9 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     if args.output is None:
         from protocols.jack_output import JackOutput
 
-        jack_out = JackOutput(opts["client_name"], server=opts["jack_server"])
+        _prefer_audio()
+        jack_out = JackOutput(opts["client_name"], server=opts["jack_server"],
+                              follow_transport=args.jack_transport)
         rate = jack_out.sample_rate
     else:
         rate = int(opts["sample_rate"])
@@ -201,7 +225,11 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
                      "offline" if args.offline else "real time", rate,
                      f", {args.duration_bars} bars" if args.duration_bars else "")
         engine_task = asyncio.ensure_future(engine.run())
-        closers.extend(await _start_surfaces(args, engine))
+        closers.extend(await _start_surfaces(args, engine, opts))
+        # Everything long-lived exists now: keep it out of the collector's full passes, which
+        # would otherwise hold the GIL for milliseconds while JACK's thread waits for it.
+        gc.collect()
+        gc.freeze()
         if args.stdin:
             _read_stdin(engine, loop)
         await _status_loop(engine, player, client, jack_out, file_out, stop)
@@ -219,8 +247,16 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
             jack_out.close()
         await client.close()
     c = player.counters()
-    log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts",
-             c["started"], c["late"], c["xruns"], client.restarts)
+    if jack_out is not None:
+        t = jack_out.timing_summary()
+        if t["callbacks"]:
+            log.info("JACK callback: %d calls, duration p50 %.0f us, p99 %.0f us, max %.0f us; "
+                     "finished within the cycle by at most %.0f us of a %.0f us period",
+                     t["callbacks"], t["duration_p50_us"], t["duration_p99_us"],
+                     t["duration_max_us"], t["finish_max_us"], t["period_us"])
+    log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts, "
+             "%d silent blocks (before the first clip or after stop)",
+             c["started"], c["late"], c["xruns"], client.restarts, c["underruns"])
     if file_out is not None and file_out.error is not None:
         raise RiffError(f"writing {args.output} failed: {file_out.error}")
     if jack_out is not None and jack_out.shutdown_reason:
@@ -228,13 +264,17 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     return 0
 
 
-async def _start_surfaces(args: argparse.Namespace, engine: Any
+async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str, Any]
                           ) -> list[Callable[[], Awaitable[None]]]:
-    """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present."""
+    """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present;
+    JACK MIDI uses the same server and client name as the audio."""
     surfaces = _surfaces_module()
     if surfaces is None:
         return []
     config = surfaces.control_config_from_args(args)
+    if dataclasses.is_dataclass(config) and hasattr(config, "jack_server"):
+        config = dataclasses.replace(cast(Any, config), jack_server=opts["jack_server"],
+                                     client_name=opts["client_name"])
     started = await surfaces.start_control_surfaces(engine, config)
     return [started.close]
 
@@ -243,13 +283,17 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
                        stop: asyncio.Event) -> None:
     """Log clip starts and one status line per bar until ``stop`` (or the output ends)."""
     last_bar = -1
-    first_frame = -1
+    last_bbt = None
     while not stop.is_set():
         events = player.poll()
-        if jack_out is not None and first_frame < 0:
-            first_frame = jack_out.first_frame_time
+        bbt = jack_out.transport_bbt() if jack_out is not None and jack_out.follow_transport \
+            else None
+        if bbt is not None and bbt != last_bbt:
+            last_bbt = bbt
+            _follow(engine, bbt)
         for clip, start in events.started:
-            frame = f", JACK frame {first_frame + start}" if first_frame >= 0 else ""
+            frame = (f", JACK frame {start + jack_out.frame_offset}"
+                     if jack_out is not None and jack_out.first_frame_time >= 0 else "")
             log.info("clip %d started at sample %d (bar %d%s)", clip.job_id, start,
                      engine.transport.bar_at(start), frame)
         status = engine.status()
@@ -270,6 +314,18 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
             await asyncio.wait_for(stop.wait(), 0.05)
 
 
+def _follow(engine: Any, bbt: tuple[int, int, float, float, int]) -> None:
+    """Hand a JACK transport position to the engine's transport (loop thread)."""
+    from engine.transport import BBTObservation
+
+    sample, bar, beat, tempo, beats_per_bar = bbt
+    try:
+        engine.transport.follow(BBTObservation(sample=sample, bar=bar, beat=beat, tempo=tempo,
+                                               beats_per_bar=beats_per_bar))
+    except RiffError as exc:
+        log.warning("JACK transport position ignored: %s", exc)
+
+
 def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
                   ) -> Callable[[int, int], int]:
     """Offline rendering: frames the file thread may render from ``pos`` now.
@@ -285,7 +341,7 @@ def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
         margin = round(engine.scheduler.config.margin_s * rate)
         while True:
             sched = engine.scheduler
-            if not sched.running or sched.queue == 0 or sched.progress >= 1.0:
+            if not sched.running or _head_ready(sched):
                 return n
             _, line = engine.transport.next_bar_line(pos + margin)
             room = line - margin - pos - 1  # stay before the deadline
@@ -298,6 +354,13 @@ def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
         return asyncio.run_coroutine_threadsafe(allowance(pos, n), loop).result()
 
     return gate
+
+
+def _head_ready(sched: Any) -> bool:
+    """Whether the next planned clip is ready (or nothing is planned). ``progress`` cannot
+    tell: it reaches 1.0 after the last denoising step, before the clip arrives."""
+    slots = sched._slots  # the scheduler has no public view of its queue's head yet
+    return not slots or slots[0].clip is not None
 
 
 def _read_stdin(engine: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -328,9 +391,9 @@ def _read_stdin(engine: Any, loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _parse_value(text: str) -> str | int | float:
-    for cast in (int, float):
+    for convert in (int, float):
         try:
-            return cast(text)
+            return convert(text)
         except ValueError:
             pass
     return text

@@ -30,6 +30,16 @@ START_HINT = (
 )
 
 
+def _jack_error(message: str) -> None:
+    """libjack's error messages. Thread: any libjack thread; only logs at debug level."""
+    log.debug("libjack: %s", message)
+
+
+def _jack_info(message: str) -> None:
+    """libjack's info messages. Thread: any libjack thread; only logs at debug level."""
+    log.debug("libjack: %s", message)
+
+
 class NoJackServer(RiffError):
     """No JACK server answers under the requested name."""
 
@@ -37,10 +47,15 @@ class NoJackServer(RiffError):
 class JackOutput:
     """A JACK client ``name`` with ports ``out_L``/``out_R`` (``out_1..n`` for other counts)."""
 
-    def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2) -> None:
+    def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2,
+                 follow_transport: bool = False) -> None:
         import jack  # lazily: `riff --help` and file output do not need libjack
 
         self._jack = jack
+        # libjack prints its own diagnostics on stderr; route them to the log instead, so a
+        # missing server is one clear line, not a screenful.
+        jack.set_error_function(_jack_error)
+        jack.set_info_function(_jack_info)
         try:
             self.client = jack.Client(name, no_start_server=True, servername=server)
         except jack.JackOpenError as exc:
@@ -53,10 +68,18 @@ class JackOutput:
         self.ports = [self.client.outports.register(n) for n in names]
         self._player: Player | None = None
         self._durations = np.zeros(TIMING_RING, np.int64)
+        self._entry = np.zeros(TIMING_RING, np.int64)
         self._calls = 0
         self.first_frame_time = -1
+        #: JACK frame time minus player position, updated every cycle (moves on xruns).
+        self.frame_offset = 0
         self.shutdown_reason = ""
         self._active = False
+        self.follow_transport = follow_transport
+        # Seqlock-published JACK transport BBT: seq, sample, bar, beat, tempo, beats per bar.
+        self._bbt = np.zeros(6, np.float64)
+        self._rolling = jack.ROLLING
+        self._bbt_flag = jack._lib.JackPositionBBT
 
     # ---- control thread ---------------------------------------------------------------------
 
@@ -98,6 +121,27 @@ class JackOutput:
         n = min(self._calls, TIMING_RING)
         return self._durations[:n].copy()
 
+    def cycle_finish_us(self) -> np.ndarray:
+        """For the most recent callbacks: microseconds from the start of the JACK cycle to the
+        end of our callback (waiting for the GIL included). Under the period means this
+        client was never the reason for an xrun."""
+        n = min(self._calls, TIMING_RING)
+        return self._entry[:n] * (1e6 / self.sample_rate) + self._durations[:n] / 1e3
+
+    def timing_summary(self) -> dict[str, float]:
+        """Callback duration and cycle finish statistics in microseconds, and the period."""
+        d = self.callback_durations() / 1e3
+        f = self.cycle_finish_us()
+        if d.size == 0:
+            return {"callbacks": 0, "period_us": self.blocksize / self.sample_rate * 1e6}
+        return {"callbacks": int(d.size),
+                "period_us": self.blocksize / self.sample_rate * 1e6,
+                "duration_p50_us": float(np.percentile(d, 50)),
+                "duration_p99_us": float(np.percentile(d, 99)),
+                "duration_max_us": float(d.max()),
+                "finish_p99_us": float(np.percentile(f, 99)),
+                "finish_max_us": float(f.max())}
+
     @property
     def callbacks(self) -> int:
         """Process callbacks run so far."""
@@ -113,13 +157,47 @@ class JackOutput:
         Port buffers are fetched per call (JACK 2 may move them between cycles).
         """
         t0 = time.perf_counter_ns()
+        entry = self.client.frames_since_cycle_start  # includes any wait for the GIL
         if self.first_frame_time < 0:
             self.first_frame_time = self.client.last_frame_time
         player = self._player
         if player is not None:
+            self.frame_offset = self.client.last_frame_time - player.position()
+            if self.follow_transport:
+                self._publish_bbt(player.position())
             player.render([port.get_array() for port in self.ports])
-        self._durations[self._calls & (TIMING_RING - 1)] = time.perf_counter_ns() - t0
+        i = self._calls & (TIMING_RING - 1)
+        self._durations[i] = time.perf_counter_ns() - t0
+        self._entry[i] = entry
         self._calls += 1
+
+    def _publish_bbt(self, sample: int) -> None:
+        """Publish the transport's bar/beat/tempo at this cycle's first sample, when a
+        timebase master provides them and the transport rolls. Thread: JACK's process
+        thread; reads a preallocated position struct and writes a preallocated array."""
+        state, pos = self.client.transport_query_struct()
+        if state != self._rolling or not pos.valid & self._bbt_flag or pos.ticks_per_beat <= 0:
+            return
+        bbt = self._bbt
+        bbt[0] += 1  # odd: writing
+        bbt[1] = sample
+        bbt[2] = pos.bar - 1
+        bbt[3] = pos.beat - 1 + pos.tick / pos.ticks_per_beat
+        bbt[4] = pos.beats_per_minute
+        bbt[5] = pos.beats_per_bar
+        bbt[0] += 1  # even: complete
+
+    def transport_bbt(self) -> tuple[int, int, float, float, int] | None:
+        """The latest JACK transport position ``(sample, bar, beat, tempo, beats_per_bar)``
+        (0-based bar and beat, on the player's clock), or None when there is none.
+        Thread: the control thread."""
+        for _ in range(4):
+            seq = self._bbt[0]
+            values = self._bbt[1:].copy()
+            if seq > 0 and seq % 2 == 0 and self._bbt[0] == seq:
+                return (int(values[0]), int(values[1]), float(values[2]), float(values[3]),
+                        round(values[4]))
+        return None
 
     def _xrun(self, delay_usecs: float) -> None:
         """Count an xrun. Thread: JACK's notification thread; must not block."""

@@ -12,7 +12,8 @@ import numpy as np
 class Recorder:
     """Records ``channels`` inputs into a preallocated buffer of ``seconds`` of audio.
 
-    ``frame_time(i)`` is the JACK frame time of recorded sample ``i``.
+    Sample ``i`` of the buffer is JACK frame ``first_frame + i``; frames lost to xruns stay
+    NaN, so a gap in the recording is never mistaken for silence in the output.
     """
 
     def __init__(self, server: str, seconds: float, channels: int = 2) -> None:
@@ -20,7 +21,7 @@ class Recorder:
                                   servername=server)
         self.rate = self.client.samplerate
         self.ports = [self.client.inports.register(f"in_{i}") for i in range(channels)]
-        self.buf = np.zeros((channels, int(seconds * self.rate)), np.float32)
+        self.buf = np.full((channels, int(seconds * self.rate)), np.nan, np.float32)
         self.count = 0
         self.first_frame = -1
         self.xruns = 0
@@ -30,12 +31,14 @@ class Recorder:
 
     def _process(self, frames: int) -> None:
         """Thread: JACK's process thread; only copies."""
+        now = self.client.last_frame_time
         if self.first_frame < 0:
-            self.first_frame = self.client.last_frame_time
-        n = min(frames, self.buf.shape[1] - self.count)
+            self.first_frame = now
+        i = min(now - self.first_frame, self.buf.shape[1])
+        n = min(frames, self.buf.shape[1] - i)
         for ch, port in enumerate(self.ports):
-            self.buf[ch, self.count:self.count + n] = port.get_array()[:n]
-        self.count += n
+            self.buf[ch, i:i + n] = port.get_array()[:n]
+        self.count = i + n
         if self.count >= self.buf.shape[1]:
             self.full.set()
 
@@ -44,7 +47,7 @@ class Recorder:
 
     def start(self, sources: list[str]) -> None:
         self.client.activate()
-        for port, src in zip(self.ports, sources, strict=True):
+        for port, src in zip(self.ports, sources, strict=False):
             self.client.connect(src, port)
 
     def close(self) -> None:

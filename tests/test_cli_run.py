@@ -1,0 +1,83 @@
+"""`riff run` from the command line: bad input, no JACK server, offline rendering to a file."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from engine.jobs import ClipSpec
+from engine.worker import tone_clip_audio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def riff(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JACK_NO_START_SERVER": "1"}
+    off = ["--osc-port", "0"] if args[0] == "run" and find_spec("protocols.surfaces") else []
+    return subprocess.run([sys.executable, "-m", "protocols.cli", *args, *off], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
+    for args, words in ((["--offline"], "--output"),
+                        (["--tempo", "500", "--output", str(tmp_path / "a.wav")], "tempo"),
+                        (["--duration-bars", "0", "--output", str(tmp_path / "b.wav")], "bar")):
+        r = riff("run", *args)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "Traceback" not in r.stderr
+    assert not list(tmp_path.iterdir())  # nothing was written
+
+
+def test_bad_config_file_is_a_one_line_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[run]\nmodle = "tiny"\n')
+    r = riff("run", "--config", str(config), "--output", str(tmp_path / "x.wav"))
+    assert r.returncode == 1 and "modle" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_no_jack_server_says_how_to_start_one() -> None:
+    r = riff("run", "--model", "test-tones", "--jack-server", f"absent-{uuid.uuid4().hex[:8]}")
+    assert r.returncode == 1
+    assert "jackd -d" in r.stderr and "--output" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_offline_render_puts_every_clip_on_its_bar(tmp_path: Path) -> None:
+    out = tmp_path / "jam.wav"
+    config = tmp_path / "jam.toml"
+    config.write_text('tempo = 240.0\nbars = 1\nsteps = 3\n'
+                      '[run]\nmodel = "test-tones"\ncrossfade_ms = 0.0\n')
+    r = riff("run", "--config", str(config), "--output", str(out), "--offline",
+             "--duration-bars", "5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    audio, rate = sf.read(out, dtype="float32")
+    assert rate == 48000 and audio.shape == (5 * 48000, 2)
+    assert np.all(audio[:48000] == 0.0)  # bar 0: before the first clip
+    spec = ClipSpec(tempo=240.0, bars=1, beats_per_bar=4, sample_rate=48000, num_samples=48000)
+    starts = [(int(j), int(s)) for j, s in
+              re.findall(r"clip (\d+) started at sample (\d+)", r.stderr)]
+    assert [s for _, s in starts][:4] == [48000, 96000, 144000, 192000], r.stderr
+    for job, start in starts[:4]:  # each clip exactly, from its first sample
+        np.testing.assert_array_equal(audio[start:start + 48000], tone_clip_audio(job, spec))
+    assert len({job for job, _ in starts}) == len(starts)  # a new clip every bar, no repeats
+    assert re.search(r"stopped: \d+ clips started, 0 late", r.stderr)
+
+
+def test_the_daemon_side_never_imports_torch() -> None:
+    code = ("import sys, protocols.cli, protocols.cli_run, engine.control, engine.worker, "
+            "engine.player, protocols.jack_output, protocols.file_output; "
+            "protocols.cli.build_parser(); print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
