@@ -173,7 +173,8 @@ class Recorder:
         log.info("recording to %s", cfg.live_path)
 
     def stop(self) -> Path:
-        """Drain the ring, close the file (encode FLAC if asked) and return the final path.
+        """Drain the ring, close the file (encode FLAC if asked) and return the final path
+        (the empty ``.recording.wav`` for a FLAC target that received no frames).
 
         Called by the control thread after the audio thread has stopped calling :meth:`write`
         (frames written later are not recorded). Raises the writer thread's error, if any.
@@ -186,6 +187,9 @@ class Recorder:
             raise self._error
         cfg = self.config
         if cfg.format == "FLAC":
+            if self._frames_on_disk == 0:  # libsndfile cannot write a FLAC without frames
+                log.warning("nothing was recorded; kept the empty %s", cfg.live_path)
+                return cfg.live_path
             _encode(cfg.live_path, cfg.path, cfg.subtype or "PCM_24")
             cfg.live_path.unlink()
         if self.overflows:

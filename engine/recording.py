@@ -11,7 +11,7 @@ The audio side is a :class:`~engine.recorder.Recorder` (the audio thread calls
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from engine.control_log import ControlLogWriter, LogHeader
 from engine.errors import InvalidRequest
 from engine.jobs import Clip, ClipGenerator, ClipSink, GenerationJob, ProgressCallback
 from engine.recorder import FORMATS, Recorder, RecorderConfig
+from engine.request import check_plain_id
 
 
 def recording_paths(target: Path | str, now: datetime.datetime | None = None
@@ -186,3 +187,68 @@ class _LoggedSink:
             sample, bar = self.taps._at(self.inner.position())
             self.taps.recording.log.command("/riff/stop", [], sample=sample, bar=bar,
                                             source="sink")
+
+
+class TakeController:
+    """Starts and stops takes on request: ``/riff/record/start [name]``, ``/riff/record/stop``,
+    ``riff run --record DIR``. Owns the :class:`RecordingTaps` the engine was wired with.
+
+    Takes go into ``folder``; a name from the network is a plain file name (``set1.wav``,
+    ``set1.flac``, or ``set1`` for WAV), never a path. Thread: :meth:`start` and :meth:`stop`
+    run on the control plane; :meth:`write_channels` on the audio thread.
+    """
+
+    def __init__(self, taps: RecordingTaps, folder: Path | str, *, sample_rate: int,
+                 channels: int = 2, state: Callable[[], Mapping[str, Any]] | None = None,
+                 info: Mapping[str, Any] | None = None) -> None:
+        self.taps = taps
+        self.folder = Path(folder)
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self._state = state
+        self.info = dict(info or {})
+        self.takes = 0
+
+    @property
+    def recording(self) -> bool:
+        """Whether a take is being recorded."""
+        return self.taps.recording is not None
+
+    def start(self, name: str | None = None) -> Path:
+        """Start a take (named, or timestamped); returns its audio path.
+
+        Raises InvalidRequest when a take is already running or the name is not plain,
+        FileExistsError when the name is taken.
+        """
+        if self.taps.recording is not None:
+            raise InvalidRequest("already recording; send /riff/record/stop first")
+        target: Path = self.folder
+        if name:
+            stem, dot, suffix = name.rpartition(".")
+            if not dot or f".{suffix.lower()}" not in FORMATS:
+                stem, suffix = name, "wav"
+            check_plain_id(stem, "recording name")
+            target = self.folder / f"{stem}.{suffix.lower()}"
+        state = dict(self._state()) if self._state is not None else {}
+        take = Recording.start(target, sample_rate=self.sample_rate, channels=self.channels,
+                               state=state, info=self.info)
+        self.taps.recording = take
+        self.takes += 1
+        return take.recorder.config.path
+
+    def stop(self) -> tuple[Path, Path]:
+        """Stop the take at the transport's current position; returns (audio, log) paths."""
+        take = self.taps.recording
+        if take is None:
+            raise InvalidRequest("not recording")
+        self.taps.recording = None  # the audio thread stops feeding it from its next period
+        sample, bar = self.taps._at()
+        return take.stop(sample=sample, bar=bar)
+
+    def write_channels(self, channels: Sequence[np.ndarray]) -> None:
+        """Audio thread, after the player filled ``channels``: feed the running take, if any.
+
+        No lock, no allocation, no logging (see Recorder.write)."""
+        take = self.taps.recording
+        if take is not None:
+            take.recorder.write_channels(channels)

@@ -111,6 +111,14 @@ def test_flac_target_is_encoded_on_stop(tmp_path: Path) -> None:
     np.testing.assert_allclose(data, _pattern(0, 44100, channels=1), atol=2**-22)
 
 
+def test_empty_flac_take_keeps_the_empty_wav(tmp_path: Path) -> None:
+    rec = Recorder(RecorderConfig(tmp_path / "empty.flac"))
+    rec.start()
+    path = rec.stop()
+    assert path == rec.config.live_path and sf.info(path).frames == 0
+    assert not (tmp_path / "empty.flac").exists()
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

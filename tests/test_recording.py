@@ -7,12 +7,20 @@ import asyncio
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from engine.control_log import ClipStartEvent, CommandEvent, GenerationEvent, read_control_log
+from engine.errors import InvalidRequest
 from engine.jobs import ClipSpec, GenerationJob
 from engine.player import Player, PlayerConfig
-from engine.recording import Recording, RecordingTaps, bar_position, recording_paths
+from engine.recording import (
+    Recording,
+    RecordingTaps,
+    TakeController,
+    bar_position,
+    recording_paths,
+)
 from engine.rerender import rerender
 from engine.state import EngineState
 from engine.transport import Transport
@@ -98,3 +106,43 @@ def test_recording_paths(tmp_path: Path) -> None:
     assert (audio.name, log.name) == ("x.flac", "x.jsonl")
     audio, log = recording_paths(tmp_path)
     assert audio.parent == tmp_path and audio.name.startswith("set-") and log.suffix == ".jsonl"
+
+
+def test_take_controller_starts_and_stops_takes(tmp_path: Path) -> None:
+    player = Player(PlayerConfig(sample_rate=RATE, channels=2))
+    transport = Transport(player.position, RATE, tempo=120.0)
+    state = EngineState()
+    taps = RecordingTaps(transport)
+    state.add_listener(taps.on_state_change)
+    takes = TakeController(taps, tmp_path / "takes", sample_rate=RATE, state=state.snapshot,
+                           info={"model": "tiny"})
+    left, right = np.full(BLOCK, 0.25, np.float32), np.full(BLOCK, -0.5, np.float32)
+    takes.write_channels([left, right])  # not recording: ignored
+    state.set("alpha", 0.25)  # not recording: not logged
+    path = takes.start("set1")
+    assert path == tmp_path / "takes" / "set1.wav" and takes.recording
+    with pytest.raises(InvalidRequest, match="already recording"):
+        takes.start()
+    state.set("alpha", 0.75)
+    for _ in range(10):
+        player.render([np.zeros(BLOCK, np.float32)] * 2)  # the clock moves on
+        takes.write_channels([left, right])
+    audio, log = takes.stop()
+    assert not takes.recording
+    data, _ = sf.read(audio, dtype="float32", always_2d=True)
+    assert data.shape == (10 * BLOCK, 2) and (data == [0.25, -0.5]).all()
+    control = read_control_log(log)
+    assert control.complete and control.header.state["alpha"] == 0.25
+    assert [(e.name, e.args) for e in control.of_type(CommandEvent)] == [("alpha", (0.75,))]
+    assert control.events[-1].sample == 10 * BLOCK
+    with pytest.raises(InvalidRequest, match="not recording"):
+        takes.stop()
+    for bad in ("../x", "/etc/passwd.wav", "a/b.flac", ".."):
+        with pytest.raises(InvalidRequest):
+            takes.start(bad)
+    with pytest.raises(FileExistsError):
+        takes.start("set1.wav")
+    assert takes.start("set2.flac").name == "set2.flac"
+    takes.write_channels([left, right])
+    takes.stop()
+    assert sf.info(tmp_path / "takes" / "set2.flac").frames == BLOCK
