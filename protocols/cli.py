@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "protocols.cli_render",
     "protocols.cli_control",
     "protocols.cli_run",
+    "protocols.cli_serve",
+    "protocols.cli_rerender",
 )
 
 
