@@ -139,8 +139,6 @@ class InferenceRequest:
     def from_dict(cls, data: object) -> InferenceRequest:
         """Build from Riffusion's ``InferenceInput`` JSON (plus engine fields); validates all."""
         fields = _fields(cls, data, "request")
-        if "start" not in fields:
-            raise InvalidRequest("request needs a 'start' prompt input")
         fields["start"] = PromptInput.from_dict(fields["start"], "start")
         if fields.get("end") is not None:
             fields["end"] = PromptInput.from_dict(fields["end"], "end")
@@ -158,8 +156,13 @@ class InferenceRequest:
 def _fields(cls: type, data: object, where: str) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise InvalidRequest(f"{where} must be a JSON object, not {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    known = {f.name for f in fields}
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise InvalidRequest(f"{where} has unknown field(s): {', '.join(unknown)}")
+    missing = [f.name for f in fields if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InvalidRequest(f"{where} needs {', '.join(repr(m) for m in missing)}")
     return dict(data)

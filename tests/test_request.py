@@ -41,6 +41,8 @@ def test_web_app_request_is_accepted_as_is() -> None:
         ({"start": {"prompt": 3}}, "prompt must be a string"),
         ({"end": {"prompt": "x", "denoising": float("nan")}}, "denoising"),
         ({"start": None}, "start must be a JSON object"),
+        ({"start": {"seed": 1}}, "start needs 'prompt'"),
+        ({"end": {}}, "end needs 'prompt'"),
     ],
 )
 def test_bad_fields_are_rejected_with_their_name(change: dict, message: str) -> None:
