@@ -92,6 +92,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, help="first seed of the seed walk (default 42)")
     p.add_argument("--seed-image", help="seed image id (default og_beat)")
     p.add_argument("--steps", type=int, help="denoising steps per clip (default 50)")
+    p.add_argument("--generator", metavar="URL",
+                   help="generate on a remote 'riff serve' at http://HOST:PORT instead of a "
+                        "local worker process (bearer token from $RIFF_TOKEN); --model and "
+                        "--device are then the server's")
     out = p.add_argument_group("output")
     out.add_argument("--jack-server", metavar="NAME", help="JACK server name (default: the "
                                                           "default server)")
@@ -179,7 +183,6 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> int:
     from engine.control import Engine
     from engine.player import Player, PlayerConfig
-    from engine.worker import WorkerClient, WorkerConfig
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -197,13 +200,16 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     else:
         rate = int(opts["sample_rate"])
     player = Player(PlayerConfig.with_crossfade_ms(rate, float(opts["crossfade_ms"])))
-    client = WorkerClient(WorkerConfig(model=opts["model"], device=opts["device"],
-                                       phase_method=opts["phase_method"]))
+    client = _make_generator(args, opts)
     file_out = None
     closers: list[Callable[[], Awaitable[None]]] = []
     engine_task: asyncio.Task[None] | None = None
     try:
-        log.info("starting the generator (model %s, device %s)", opts["model"], opts["device"])
+        if args.generator is None:
+            log.info("starting the generator (model %s, device %s)", opts["model"],
+                     opts["device"])
+        else:
+            log.info("connecting to the generator at %s", args.generator)
         if not await _until_stopped(client.start(), stop):
             log.info("stopped while the model was loading")
             return 0
@@ -259,11 +265,29 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts, "
              "%d silent blocks (before the first clip or after stop)",
              c["started"], c["late"], c["xruns"], client.restarts, c["underruns"])
+    if args.generator is not None:
+        log.info("remote generator: %d requests, %d failed, %d retried", client.attempts,
+                 client.failures, client.retried)
     if file_out is not None and file_out.error is not None:
         raise RiffError(f"writing {args.output} failed: {file_out.error}")
     if jack_out is not None and jack_out.shutdown_reason:
         raise RiffError(f"the JACK server went away: {jack_out.shutdown_reason}")
     return 0
+
+
+def _make_generator(args: argparse.Namespace, opts: dict[str, Any]) -> Any:
+    """The clip generator: a local worker process, or a remote ``riff serve``
+    (``--generator URL``). Both have ``start``, ``close``, ``generate`` and ``restarts``."""
+    if args.generator is not None:
+        from protocols.remote import make_remote_generator
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per clip
+        return make_remote_generator(args.generator,
+                                     token=os.environ.get("RIFF_TOKEN") or None)
+    from engine.worker import WorkerClient, WorkerConfig
+
+    return WorkerClient(WorkerConfig(model=opts["model"], device=opts["device"],
+                                     phase_method=opts["phase_method"]))
 
 
 async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
@@ -318,9 +342,10 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
             last_bar = int(status["bar"])
             c = player.counters()
             log.info("bar %d | clip %s | %.1f BPM | queue %s | progress %.0f%% | late %s | "
-                     "xruns %d | worker restarts %d", last_bar, status["clip"],
-                     status["tempo"], status["queue"], 100 * float(status["progress"]),
-                     status["late"], c["xruns"], client.restarts)
+                     "repeated %s | failed %s | xruns %d | worker restarts %d", last_bar,
+                     status["clip"], status["tempo"], status["queue"],
+                     100 * float(status["progress"]), status["late"], status["repeated"],
+                     status["failed"], c["xruns"], client.restarts)
         if file_out is not None and file_out.done:
             log.info("output finished: %s", file_out.path)
             return
