@@ -17,10 +17,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
-from engine.errors import RiffError
+from engine.errors import InvalidRequest, RiffError
 from engine.jobs import ClipGenerator, ClipSink
 from engine.planner import JamPlanner
+from engine.recording import TakeController
 from engine.scheduler import Clock, Scheduler, SchedulerConfig, SystemClock
 from engine.state import EngineState, Value
 from engine.transport import Transport
@@ -68,6 +70,9 @@ class Engine:
         self.state.add_listener(self._changed)
         self._run_task: asyncio.Task[None] | None = None
         self._closing = False
+        #: Takes (``/riff/record/start``, ``/riff/record/stop``); set by the daemon when it
+        #: was wired for recording (see :class:`engine.recording.TakeController`).
+        self.takes: TakeController | None = None
 
     # -- transport -------------------------------------------------------------------------
 
@@ -110,6 +115,34 @@ class Engine:
             self.scheduler.invalidate(f"{name} = {value}")
         elif name == "bars" or self.planner.relevant(name, self.state.snapshot()):
             self.scheduler.invalidate(f"{name} changed")
+
+    # -- recording -------------------------------------------------------------------------
+
+    def record_start(self, name: str | None = None) -> Path:
+        """Start a take (a plain file name, or timestamped); returns its audio path.
+
+        Raises InvalidRequest when recording is not set up, a take is running, the name is
+        not plain or already taken, or the files cannot be opened."""
+        takes = self._takes()
+        try:
+            path = takes.start(name)
+        except FileExistsError as exc:
+            raise InvalidRequest(f"{exc}; pick another name") from None
+        except OSError as exc:
+            raise InvalidRequest(f"cannot start recording: {exc}") from None
+        log.info("recording to %s", path)
+        return path
+
+    def record_stop(self) -> tuple[Path, Path]:
+        """Stop the running take; returns its (audio, control log) paths."""
+        audio, control = self._takes().stop()
+        log.info("recording stopped: %s, %s", audio, control)
+        return audio, control
+
+    def _takes(self) -> TakeController:
+        if self.takes is None:
+            raise InvalidRequest("recording is off: start the engine with --record DIR")
+        return self.takes
 
     # -- main task -------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ The audio side is a :class:`~engine.recorder.Recorder` (the audio thread calls
 
 from __future__ import annotations
 
+import collections
 import datetime
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +24,9 @@ from engine.errors import InvalidRequest
 from engine.jobs import Clip, ClipGenerator, ClipSink, GenerationJob, ProgressCallback
 from engine.recorder import FORMATS, Recorder, RecorderConfig
 from engine.request import check_plain_id
+
+#: The command that marks the clock sample of a take's first recorded frame.
+TAKE_START = "take_start"
 
 
 def recording_paths(target: Path | str, now: datetime.datetime | None = None
@@ -44,6 +49,10 @@ class Recording:
     def __init__(self, recorder: Recorder, log: ControlLogWriter) -> None:
         self.recorder = recorder
         self.log = log
+        #: Sample (on the engine's clock) of the first and after the last recorded frame;
+        #: set by the audio thread when it knows the clock (:meth:`TakeController.write_channels`).
+        self.first_sample = -1
+        self.end_sample = -1
 
     @classmethod
     def start(cls, target: Path | str, *, sample_rate: int, channels: int = 2,
@@ -123,6 +132,30 @@ class RecordingTaps:
         #: Set it once the engine's transport exists (the taps wrap the generator before).
         self.transport = transport
         self.recording = recording
+        #: The last clips handed to the sink with their start samples, recording or not, so a
+        #: take started mid-clip can log what is playing (:meth:`log_playing`).
+        self.recent: collections.deque[tuple[Clip, int]] = collections.deque(maxlen=4)
+        self.stopped_at: int | None = None
+
+    def log_playing(self) -> None:
+        """Log the clip playing now and any scheduled after it (generation + clip start), so
+        the take's log can re-render its first bars. Called when a take starts."""
+        if self.recording is None or self.transport is None:
+            return
+        now = self.transport.now()
+        recent = list(self.recent)
+        current = [i for i, (_, start) in enumerate(recent) if start <= now]
+        first = current[-1] if current else 0
+        if self.stopped_at is not None and (not recent or self.stopped_at >= recent[-1][1]):
+            return  # stopped after the last schedule: nothing plays
+        logged: set[int] = set()
+        for clip, start in recent[first:]:
+            sample, bar = self._at(start)
+            if clip.job_id not in logged:
+                logged.add(clip.job_id)
+                self.recording.log.generation(clip.job_id, clip.request, clip.spec,
+                                              sample=sample, bar=bar)
+            self.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
 
     def _at(self, sample: int | None = None) -> tuple[int, float]:
         if self.transport is None:
@@ -172,6 +205,8 @@ class _LoggedSink:
     def schedule(self, clip: Clip, start_sample: int) -> None:
         """Schedule on the wrapped sink, then log the clip start (control plane)."""
         self.inner.schedule(clip, start_sample)
+        self.taps.recent.append((clip, start_sample))
+        self.taps.stopped_at = None
         if self.taps.recording is not None:
             sample, bar = self.taps._at(start_sample)
             self.taps.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
@@ -183,6 +218,7 @@ class _LoggedSink:
     def stop(self) -> None:
         """Stop the wrapped sink and log ``/riff/stop`` at its position (control plane)."""
         self.inner.stop()
+        self.taps.stopped_at = self.inner.position()
         if self.taps.recording is not None:
             sample, bar = self.taps._at(self.inner.position())
             self.taps.recording.log.command("/riff/stop", [], sample=sample, bar=bar,
@@ -192,6 +228,9 @@ class _LoggedSink:
 class TakeController:
     """Starts and stops takes on request: ``/riff/record/start [name]``, ``/riff/record/stop``,
     ``riff run --record DIR``. Owns the :class:`RecordingTaps` the engine was wired with.
+    A take started mid-clip logs the clip playing (and any scheduled after it) first, and its
+    log names the span of the engine's clock the audio holds (a ``take_start`` command and the
+    ``end`` line), so ``riff rerender`` writes the same span.
 
     Takes go into ``folder``; a name from the network is a plain file name (``set1.wav``,
     ``set1.flac``, or ``set1`` for WAV), never a path. Thread: :meth:`start` and :meth:`stop`
@@ -203,11 +242,16 @@ class TakeController:
                  info: Mapping[str, Any] | None = None) -> None:
         self.taps = taps
         self.folder = Path(folder)
+        #: Longest wait in :meth:`stop` for an audio-thread write in progress.
+        self.settle_s = 0.5
         self.sample_rate = sample_rate
         self.channels = channels
         self._state = state
         self.info = dict(info or {})
         self.takes = 0
+        #: Audio-thread calls of :meth:`write_channels` so far (recording or not): lets
+        #: :meth:`stop` wait until a write that began before the stop has finished.
+        self.calls = 0
 
     @property
     def recording(self) -> bool:
@@ -233,6 +277,7 @@ class TakeController:
         take = Recording.start(target, sample_rate=self.sample_rate, channels=self.channels,
                                state=state, info=self.info)
         self.taps.recording = take
+        self.taps.log_playing()
         self.takes += 1
         return take.recorder.config.path
 
@@ -242,13 +287,51 @@ class TakeController:
         if take is None:
             raise InvalidRequest("not recording")
         self.taps.recording = None  # the audio thread stops feeding it from its next period
-        sample, bar = self.taps._at()
+        # A write that read the take before it was cleared may still be running: wait until
+        # the audio thread has begun a later call (none comes when no audio thread runs).
+        calls = self.calls
+        deadline = time.monotonic() + self.settle_s
+        while self.calls < calls + 2 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        if take.first_sample >= 0:
+            # The take's audio covers [first_sample, end_sample) on the engine's clock: the
+            # re-render writes exactly that span (see engine.rerender).
+            first_bar = bar_position(self.taps.transport, take.first_sample) \
+                if self.taps.transport is not None else 0.0
+            take.log.command(TAKE_START, [], sample=take.first_sample, bar=first_bar,
+                             source="take")
+            sample = take.end_sample
+            bar = bar_position(self.taps.transport, sample) \
+                if self.taps.transport is not None else 0.0
+        else:
+            sample, bar = self.taps._at()
         return take.stop(sample=sample, bar=bar)
 
-    def write_channels(self, channels: Sequence[np.ndarray]) -> None:
+    def wait_room(self, frames: int, timeout: float = 10.0) -> bool:
+        """Wait until the running take's ring has room for ``frames`` (True), or ``timeout``.
+
+        For producers faster than real time (the offline file renderer), never for the JACK
+        callback: a real-time thread must not wait."""
+        take = self.taps.recording
+        if take is None:
+            return True
+        recorder = take.recorder
+        deadline = time.monotonic() + timeout
+        while recorder.backlog + frames > recorder.config.ring_frames:
+            if time.monotonic() > deadline or self.taps.recording is not take:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def write_channels(self, channels: Sequence[np.ndarray], end_sample: int = -1) -> None:
         """Audio thread, after the player filled ``channels``: feed the running take, if any.
 
-        No lock, no allocation, no logging (see Recorder.write)."""
+        ``end_sample`` is the engine clock after these frames (``player.position()``); with
+        it the take knows which span of the clock it holds. No lock, no allocation, no
+        logging (see Recorder.write)."""
         take = self.taps.recording
-        if take is not None:
-            take.recorder.write_channels(channels)
+        if take is not None and take.recorder.write_channels(channels) and end_sample >= 0:
+            if take.first_sample < 0:
+                take.first_sample = end_sample - channels[0].shape[0]
+            take.end_sample = end_sample
+        self.calls += 1

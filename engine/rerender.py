@@ -9,10 +9,12 @@ same stops). Nothing depends on wall-clock time or thread timing, so the same lo
 settings give the same audio, sample for sample.
 
 Timeline events used: ``clip_start`` (schedule the job's clip at that sample), commands
-``/riff/stop`` (fade to silence) and the ``end`` line (the length; without it, the last clip
-plays once more after the last event). Jobs that were generated but never started (pre-empted
-or late) are not rendered. A clip that arrived late in the live take (the current clip
-repeated meanwhile) starts on its bar line here: the re-render is the set as it was meant.
+``/riff/stop`` (fade to silence), ``take_start`` (a take started mid-set: only the clock from
+there on is written, so the output lines up with the take's audio) and the ``end`` line (the
+length; without it, the last clip plays once more after the last event). Jobs that were
+generated but never started (pre-empted or late) are not rendered. A clip that arrived late
+in the live take (the current clip repeated meanwhile) starts on its bar line here: the
+re-render is the set as it was meant.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from engine.control_log import (
 from engine.errors import InvalidRequest
 from engine.jobs import Clip, GenerationJob
 from engine.player import Player, PlayerConfig
+from engine.recording import TAKE_START
 from engine.wire import parse_spec
 
 log = logging.getLogger(__name__)
@@ -135,18 +138,25 @@ def rerender(
     subtype = "PCM_24" if fmt == "FLAC" else "FLOAT"
     end: int | None = None
     position = 0
+    # A take started mid-set holds the clock from its take_start command on: write from there.
+    origin = min((e.sample for e in control.of_type(CommandEvent) if e.name == TAKE_START),
+                 default=0)
+    written = 0
     last_start, last_length = 0, 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with sf.SoundFile(out, "w", header.sample_rate, header.channels, subtype=subtype,
                       format=fmt) as sink:
 
         def render_until(target: int) -> None:
-            nonlocal position
+            nonlocal position, written
             while position < target:
                 n = min(settings.block, target - position)
                 player.render([buffer[ch, :n] for ch in range(header.channels)])
-                block = buffer[:, :n].T
-                sink.write(np.clip(block, -1, 1) if fmt == "FLAC" else block)
+                skip = min(n, max(0, origin - position))
+                block = buffer[:, skip:n].T
+                if block.shape[0]:
+                    sink.write(np.clip(block, -1, 1) if fmt == "FLAC" else block)
+                    written += block.shape[0]
                 position += n
                 player.poll()
 
@@ -175,7 +185,7 @@ def rerender(
         if end is None:  # no end line (the take was cut short): let the last clip play out
             end = max(position, last_start + last_length)
         render_until(end)
-    return RerenderResult(out, position, header.sample_rate, made, player.counters())
+    return RerenderResult(out, written, header.sample_rate, made, player.counters())
 
 
 def _job(event: GenerationEvent, job_id: int, sample_rate: int, settings: RerenderSettings

@@ -115,6 +115,10 @@ def register(subparsers: Any) -> None:
                      help="with --output: stop after N bars")
     out.add_argument("--sample-rate", type=int, help="with --output: sample rate "
                                                       "(default 48000)")
+    p.add_argument("--record", type=Path, metavar="DIR",
+                   help="record the output from the start into DIR (float WAV plus a control "
+                        "log for 'riff rerender'); /riff/record/stop and /riff/record/start "
+                        "[name] stop and start takes there")
     p.add_argument("--stdin", action="store_true",
                    help="read 'NAME VALUE', 'play' and 'stop' lines from standard input")
     surfaces = _surfaces_module()
@@ -183,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> int:
     from engine.control import Engine
     from engine.player import Player, PlayerConfig
+    from engine.recording import RecordingTaps, TakeController
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -202,6 +207,7 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     player = Player(PlayerConfig.with_crossfade_ms(rate, float(opts["crossfade_ms"])))
     client = _make_generator(args, opts)
     file_out = None
+    takes = None
     closers: list[Callable[[], Awaitable[None]]] = []
     engine_task: asyncio.Task[None] | None = None
     try:
@@ -213,21 +219,36 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
         if not await _until_stopped(client.start(), stop):
             log.info("stopped while the model was loading")
             return 0
-        engine = Engine(client, player, sample_rate=rate, state=state)
+        taps = RecordingTaps()
+        engine = Engine(taps.generator(client), taps.sink(player), sample_rate=rate,
+                        state=state)
+        taps.transport = engine.transport
+        takes = None
+        if args.record is not None:
+            state.add_listener(taps.on_state_change)
+            takes = TakeController(
+                taps, args.record, sample_rate=rate, channels=player.config.channels,
+                state=state.snapshot,
+                info={"model": opts["model"] if args.generator is None else args.generator,
+                      "crossfade_samples": player.config.crossfade_samples,
+                      "phase_method": opts["phase_method"]})
+            engine.takes = takes
         if jack_out is not None:
-            connected = jack_out.start(player, connect=not opts["no_connect"])
+            connected = jack_out.start(player, connect=not opts["no_connect"], takes=takes)
             ports = ", ".join(p.name for p in jack_out.ports)
             log.info("JACK: playing on %s at %d Hz, %d frames per period%s", ports, rate,
                      jack_out.blocksize, f" -> {', '.join(connected)}" if connected else
                      " (not connected)")
         engine.play()
+        if takes is not None:
+            engine.record_start()
         if args.output is not None:
             from protocols.file_output import FileOutput
 
             end = engine.transport.bar_start(args.duration_bars) if args.duration_bars else None
             gate = _offline_gate(engine, player, loop) if args.offline else None
             file_out = FileOutput(player, args.output, offline=args.offline, end_sample=end,
-                                  gate=gate)
+                                  gate=gate, takes=takes)
             file_out.start()
             log.info("rendering to %s (%s, %d Hz)%s", args.output,
                      "offline" if args.offline else "real time", rate,
@@ -247,10 +268,12 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
                 loop.remove_reader(sys.stdin.fileno())
         for close in reversed(closers):
             await close()
-        if engine_task is not None:
-            await engine.close()
         if file_out is not None:
             file_out.stop()
+        if takes is not None and takes.recording:
+            engine.record_stop()
+        if engine_task is not None:
+            await engine.close()
         if jack_out is not None:
             jack_out.close()
         await client.close()

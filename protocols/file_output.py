@@ -7,7 +7,8 @@ of the latest scheduled clip (:meth:`Player.horizon`) and then waits until a lat
 explicit repeat) is scheduled, so a slow generator never makes a clip late and the file is the
 same on every run. An optional ``gate(pos, frames) -> frames`` lets the control plane hold
 the renderer back further (``riff run`` keeps it before a bar line's decision deadline until
-the clips planned for it are ready).
+the clips planned for it are ready). ``takes`` (a :class:`~engine.recording.TakeController`)
+gets every rendered block after the player, for ``--record`` / ``/riff/record/start``.
 
 Threads: :meth:`FileOutput.start`, :meth:`FileOutput.stop` and :meth:`FileOutput.wait` run on
 the control thread; the render loop runs on the output's own thread (it is the audio thread).
@@ -25,6 +26,7 @@ import numpy as np
 import soundfile as sf
 
 from engine.player import Player
+from engine.recording import TakeController
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,8 @@ class FileOutput:
 
     def __init__(self, player: Player, path: Path, *, offline: bool = False, block: int = 1024,
                  end_sample: int | None = None, wait_timeout: float = 600.0,
-                 gate: Callable[[int, int], int] | None = None) -> None:
+                 gate: Callable[[int, int], int] | None = None,
+                 takes: TakeController | None = None) -> None:
         self.player = player
         self.path = Path(path)
         self.offline = offline
@@ -42,6 +45,7 @@ class FileOutput:
         self.end_sample = end_sample
         self.wait_timeout = wait_timeout
         self.gate = gate
+        self.takes = takes
         self.sample_rate = player.config.sample_rate
         self.error: BaseException | None = None
         self.waits = 0
@@ -104,7 +108,12 @@ class FileOutput:
                 if delay > 0:
                     self._stop.wait(delay)
                 next_at += self.block / self.sample_rate
+            if self.offline and self.takes is not None:
+                self.takes.wait_room(n)  # faster than real time: let the take's writer keep up
             self.player.render(buf[:, :n])
+            if self.takes is not None:
+                self.takes.write_channels([buf[ch, :n] for ch in range(chans)],
+                                          self.player.position())
             frames[:n] = buf[:, :n].T
             self._file.write(frames[:n])
 

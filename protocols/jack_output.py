@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.errors import RiffError
 from engine.player import Player
+from engine.recording import TakeController
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class JackOutput:
         names = ["out_L", "out_R"] if channels == 2 else [f"out_{i + 1}" for i in range(channels)]
         self.ports = [self.client.outports.register(n) for n in names]
         self._player: Player | None = None
+        self._takes: TakeController | None = None
         self._durations = np.zeros(TIMING_RING, np.int64)
         self._entry = np.zeros(TIMING_RING, np.int64)
         self._calls = 0
@@ -83,13 +85,16 @@ class JackOutput:
 
     # ---- control thread ---------------------------------------------------------------------
 
-    def start(self, player: Player, connect: bool = True) -> list[str]:
+    def start(self, player: Player, connect: bool = True,
+              takes: TakeController | None = None) -> list[str]:
         """Activate the client playing ``player``; connect to the system playback ports unless
-        ``connect`` is false. Returns the ports connected to (control thread)."""
+        ``connect`` is false. ``takes`` gets every period's port buffers after the player
+        filled them (recording). Returns the ports connected to (control thread)."""
         if player.config.sample_rate != self.sample_rate:
             raise ValueError(f"player runs at {player.config.sample_rate} Hz, JACK at "
                              f"{self.sample_rate} Hz")
         self._player = player
+        self._takes = takes
         self.client.set_process_callback(self._process)
         self.client.set_xrun_callback(self._xrun)
         self.client.set_shutdown_callback(self._shutdown)
@@ -165,7 +170,10 @@ class JackOutput:
             self.frame_offset = self.client.last_frame_time - player.position()
             if self.follow_transport:
                 self._publish_bbt(player.position())
-            player.render([port.get_array() for port in self.ports])
+            buffers = [port.get_array() for port in self.ports]
+            player.render(buffers)
+            if self._takes is not None:
+                self._takes.write_channels(buffers, player.position())
         i = self._calls & (TIMING_RING - 1)
         self._durations[i] = time.perf_counter_ns() - t0
         self._entry[i] = entry

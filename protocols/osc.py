@@ -273,7 +273,7 @@ class OscServer(asyncio.DatagramProtocol):
             "/riff/preset/load": self._preset_load, "/riff/preset/save": self._preset_save,
             "/riff/midi/learn": self._learn,
             "/riff/subscribe": self._subscribe, "/riff/unsubscribe": self._unsubscribe,
-            "/riff/record/start": self._record, "/riff/record/stop": self._record,
+            "/riff/record/start": self._record_start, "/riff/record/stop": self._record_stop,
         }
         for address in ADDRESSES:
             table[address] = self._set_parameter
@@ -349,9 +349,25 @@ class OscServer(asyncio.DatagramProtocol):
     def _learn(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
         self.commands.start_learn(self._one_string(address, args))
 
-    def _record(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+    def _recorder(self) -> Any:
+        engine = self.commands.engine
+        if not callable(getattr(engine, "record_start", None)):
+            raise InvalidRequest("this engine cannot record")
+        return engine
+
+    def _record_start(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        """Start a take (``[name]``: a plain file name); replies ``/riff/record/started``
+        with the audio file's name."""
         self._arity(address, args, 0, 1)
-        raise InvalidRequest("recording is not available in this build")
+        name = self._one_string(address, args) if args else None
+        path = self._recorder().record_start(name or None)
+        self.send(peer, "/riff/record/started", (str(path.name),))
+
+    def _record_stop(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        """Stop the take; replies ``/riff/record/stopped <audio> <log>`` (file names)."""
+        self._arity(address, args, 0, 0)
+        audio, control = self._recorder().record_stop()
+        self.send(peer, "/riff/record/stopped", (str(audio.name), str(control.name)))
 
     def _peer_port(self, peer: Peer, address: str, args: tuple[Any, ...]) -> Peer:
         self._arity(address, args, 0, 1)

@@ -133,14 +133,17 @@ def test_malformed_datagrams_answered(osc: Served) -> None:
     assert osc.lt.call(osc.engine.state.snapshot) == before
 
 
-def test_recording_is_refused_honestly(osc: Served) -> None:
+def test_recording_is_refused_by_an_engine_that_cannot_record(osc: Served) -> None:
+    # The daemon's engine records (tests/test_daemon_osc.py); this stand-in has no takes.
     client = osc.client()
     client.send("/riff/record/start", "take1")
     client.send("/riff/record/stop")
+    client.send("/riff/record/start", 5)
     replies = client.messages_until_pong()
     assert [r[1] for r in replies] == [
-        ["/riff/record/start", "recording is not available in this build"],
-        ["/riff/record/stop", "recording is not available in this build"]]
+        ["/riff/record/start", "this engine cannot record"],
+        ["/riff/record/stop", "this engine cannot record"],
+        ["/riff/record/start", "/riff/record/start takes a string, got int"]]
 
 
 def test_presets_save_and_load(osc: Served, tmp_path: Path) -> None:
