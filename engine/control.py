@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from engine.errors import InvalidRequest, RiffError
@@ -29,6 +29,10 @@ from engine.transport import Transport
 
 log = logging.getLogger(__name__)
 
+#: Status keys filled from the player's counters: status key -> counter name.
+SINK_STATUS = {"xruns": "xruns", "underruns": "underruns", "sink_late": "late",
+               "sink_repeats": "repeats"}
+
 #: Parameters that change the bar grid or the clip length.
 TRANSPORT_PARAMS = frozenset({"tempo", "meter"})
 
@@ -38,6 +42,7 @@ class Engine:
 
     ``generators``: one :class:`~engine.jobs.ClipGenerator` per worker (a single one is
     fine). ``sink``: the player; its ``position()`` is the audio clock the transport counts.
+    ``sink_stats``: the player's counters (``Player.counters``), for :meth:`status`.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class Engine:
         state: EngineState | None = None,
         config: SchedulerConfig | None = None,
         walk_clips: int = 4,
+        sink_stats: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.generators: tuple[ClipGenerator, ...] = (
             tuple(generators) if isinstance(generators, Sequence) else (generators,)
@@ -57,6 +63,8 @@ class Engine:
         if not self.generators:
             raise RiffError("the engine needs at least one generator")
         self.sink = sink
+        #: The player's counters (``engine.player.Player.counters``), shown in :meth:`status`.
+        self.sink_stats = sink_stats
         self.clock: Clock = clock or SystemClock()
         self.state = state or EngineState()
         self.transport = Transport(
@@ -205,4 +213,10 @@ class Engine:
             "retried": c.retried,
             "abandoned": c.abandoned,
             "error": self.scheduler.last_error,
+            **self._sink_status(),
         }
+
+    def _sink_status(self) -> dict[str, int]:
+        """The player's xruns, underruns, late starts and repeats (zeros without stats)."""
+        stats = self.sink_stats() if self.sink_stats is not None else {}
+        return {key: int(stats.get(name, 0)) for key, name in SINK_STATUS.items()}

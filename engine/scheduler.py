@@ -428,6 +428,13 @@ class Scheduler:
 
     # -- status ----------------------------------------------------------------------------
 
+    def head_ready(self) -> bool:
+        """Whether the next planned clip has arrived (True when nothing is planned).
+
+        ``progress`` cannot tell: it reaches 1.0 after the last denoising step, before the
+        clip arrives. The offline renderer waits on this before passing a bar line."""
+        return not self._slots or self._slots[0].clip is not None
+
     @property
     def queue(self) -> int:
         """Planned clips not yet handed to the sink."""

@@ -221,7 +221,7 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
             return 0
         taps = RecordingTaps()
         engine = Engine(taps.generator(client), taps.sink(player), sample_rate=rate,
-                        state=state)
+                        state=state, sink_stats=player.counters)
         taps.transport = engine.transport
         takes = None
         if args.record is not None:
@@ -363,12 +363,11 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
         status = engine.status()
         if status["bar"] != last_bar and status["bar"] >= 0:
             last_bar = int(status["bar"])
-            c = player.counters()
             log.info("bar %d | clip %s | %.1f BPM | queue %s | progress %.0f%% | late %s | "
-                     "repeated %s | failed %s | xruns %d | worker restarts %d", last_bar,
-                     status["clip"], status["tempo"], status["queue"],
+                     "repeated %s | failed %s | xruns %s | underruns %s | worker restarts %d",
+                     last_bar, status["clip"], status["tempo"], status["queue"],
                      100 * float(status["progress"]), status["late"], status["repeated"],
-                     status["failed"], c["xruns"], client.restarts)
+                     status["failed"], status["xruns"], status["underruns"], client.restarts)
         if file_out is not None and file_out.done:
             log.info("output finished: %s", file_out.path)
             return
@@ -406,7 +405,7 @@ def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
         margin = round(engine.scheduler.config.margin_s * rate)
         while True:
             sched = engine.scheduler
-            if not sched.running or _head_ready(sched):
+            if not sched.running or sched.head_ready():
                 return n
             _, line = engine.transport.next_bar_line(pos + margin)
             room = line - margin - pos - 1  # stay before the deadline
@@ -419,13 +418,6 @@ def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
         return asyncio.run_coroutine_threadsafe(allowance(pos, n), loop).result()
 
     return gate
-
-
-def _head_ready(sched: Any) -> bool:
-    """Whether the next planned clip is ready (or nothing is planned). ``progress`` cannot
-    tell: it reaches 1.0 after the last denoising step, before the clip arrives."""
-    slots = sched._slots  # the scheduler has no public view of its queue's head yet
-    return not slots or slots[0].clip is not None
 
 
 def _read_stdin(engine: Any, loop: asyncio.AbstractEventLoop) -> None:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 Args = tuple[Any, ...]
 #: The status keys sent as ``/riff/status/<key>``.
-STATUS_KEYS = ("bar", "queue", "late", "progress", "clip")
+STATUS_KEYS = ("bar", "queue", "late", "progress", "clip", "repeated", "xruns", "underruns")
 
 
 class Cancellable(Protocol):

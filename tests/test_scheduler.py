@@ -404,3 +404,23 @@ def test_two_workers_keep_up_where_one_is_late() -> None:
     assert two.status["late"] == 0 and two.status["repeated"] == 0  # type: ignore[attr-defined]
     assert all(len(g.calls) >= 5 for g in gens)
     assert_on_grid_without_gaps(two)
+
+
+def test_head_ready_and_the_players_counters_in_status() -> None:
+    seen: list[bool] = []
+
+    async def body(rig: Rig) -> None:
+        await rig.clock.advance(0.5)  # the first clip is half done
+        seen.append(rig.engine.scheduler.head_ready())
+        await rig.clock.advance(2.0)  # clip 0 plays from 2 s; clip 1 (ready at 2 s) waits
+        seen.append(rig.engine.scheduler.head_ready())  # for the bar line at 4 s
+
+    rig = run({}, body)
+    assert seen == [False, True]
+    assert rig.engine.status()["xruns"] == 0  # no sink stats given: zeros
+    counters = {"xruns": 3, "underruns": 7, "late": 1, "repeats": 2, "started": 9}
+    engine = Engine(FakeGenerator(FakeClock()), rig.sink, sample_rate=SR,
+                    sink_stats=lambda: counters)
+    status = engine.status()
+    assert (status["xruns"], status["underruns"], status["sink_late"],
+            status["sink_repeats"]) == (3, 7, 1, 2)
