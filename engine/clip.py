@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.ndimage
@@ -24,7 +25,11 @@ import scipy.signal
 
 from engine.errors import InvalidRequest
 from engine.jobs import ClipSpec
+from engine.request import InferenceRequest
 from engine.spectrogram import LoopMeta, SpectrogramParams
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,3 +155,26 @@ def conform(mel: np.ndarray, spec: ClipSpec, *, params: SpectrogramParams | None
     elif audio.shape[0] != s.channels:
         audio = np.repeat(audio.mean(axis=0, keepdims=True), s.channels, axis=0)
     return np.ascontiguousarray(audio.T, dtype=np.float32)
+
+
+def conform_image(image: Image.Image, spec: ClipSpec, request: InferenceRequest, *,
+                  seed_images: Any = None, method: str = "fast", device: str = "cpu",
+                  channels: int = 2) -> np.ndarray:
+    """Clip audio ``(spec.num_samples, channels)`` for a generated spectrogram ``image``.
+
+    The one path from a generation result to clip audio, shared by the local generator
+    worker and the server's ``Renderer.render_clip`` (so a remote clip equals a local one):
+    spectrogram parameters from the image's EXIF, loop metadata from the request's seed image
+    (looked up in ``seed_images``, a :class:`~engine.seed_images.SeedImageLibrary`), phase
+    seeded by the start seed, reconstruction on the GPU only when ``device`` is a CUDA one.
+    """
+    from engine.spectrogram import image_to_mel, params_from_image, read_loop_meta
+
+    params = params_from_image(image)
+    meta = None
+    if request.seed_image_id and seed_images is not None:
+        meta = read_loop_meta(seed_images.load(request.seed_image_id))
+    settings = ConformSettings(method=method, device=device if device.startswith("cuda")
+                               else "cpu", channels=channels)
+    return conform(image_to_mel(image, params), spec, params=params, meta=meta,
+                   settings=settings, seed=request.start.seed)

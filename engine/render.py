@@ -113,22 +113,15 @@ class Renderer:
                     progress: Progress | None = None) -> Clip:
         """Generate ``job`` and conform it to its clip spec (tempo lock, seamless loop).
 
-        The same steps as the local generator worker (engine.worker): loop metadata from the
-        seed image, phase seeded by the start seed, so a clip rendered here equals the clip
-        the worker would have made.
+        The same function as the local generator worker (``engine.clip.conform_image``), so
+        a clip rendered here equals the clip the worker would have made.
         """
-        from engine.clip import ConformSettings, conform
-        from engine.spectrogram import image_to_mel, params_from_image, read_loop_meta
+        from engine.clip import conform_image
 
         started = time.perf_counter()
         result = self.generator.generate(job.request, progress=progress, cancel=cancel)
-        params = params_from_image(result.image)
-        meta = None
-        if job.request.seed_image_id:
-            meta = read_loop_meta(self.generator.seed_images.load(job.request.seed_image_id))
-        device = self.device if self.device.startswith("cuda") else "cpu"
-        settings = ConformSettings(method=self.phase, device=device)
-        audio = conform(image_to_mel(result.image, params), job.spec, params=params, meta=meta,
-                        settings=settings, seed=job.request.start.seed)
+        audio = conform_image(result.image, job.spec, job.request,
+                              seed_images=self.generator.seed_images, method=self.phase,
+                              device=self.device)
         return Clip(job.job_id, np.ascontiguousarray(audio, dtype=np.float32), job.spec,
                     job.request, time.perf_counter() - started)

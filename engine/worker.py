@@ -129,19 +129,13 @@ class _Model:
                 time.sleep(TONE_STEP_S)
                 progress(step + 1, total)
             return tone_clip_audio(job.job_id, job.spec, self.config.channels)
-        from engine.clip import ConformSettings, conform
-        from engine.spectrogram import image_to_mel, params_from_image, read_loop_meta
+        from engine.clip import conform_image
 
         result = self.generator.generate(job.request, progress=progress, cancel=cancel)
-        params = params_from_image(result.image)
-        meta = None
-        if job.request.seed_image_id:
-            meta = read_loop_meta(self.generator.seed_images.load(job.request.seed_image_id))
-        settings = ConformSettings(method=self.config.phase_method, device=self.device
-                                   if self.device.startswith("cuda") else "cpu",
-                                   channels=self.config.channels)
-        return conform(image_to_mel(result.image, params), job.spec, params=params, meta=meta,
-                       settings=settings, seed=job.request.start.seed)
+        return conform_image(result.image, job.spec, job.request,
+                             seed_images=self.generator.seed_images,
+                             method=self.config.phase_method, device=self.device,
+                             channels=self.config.channels)
 
 
 def worker_main(conn: multiprocessing.connection.Connection, cancel: Any,

@@ -121,7 +121,7 @@ def test_model_that_cannot_load_is_a_clear_error() -> None:
 
 
 @pytest.mark.slow
-def test_tiny_model_job_returns_a_clip_of_exact_length() -> None:
+def test_tiny_model_job_returns_the_renderers_clip_of_exact_length() -> None:
     async def main() -> None:
         client = WorkerClient(WorkerConfig(model="tiny", device="cpu"))
         try:
@@ -131,6 +131,11 @@ def test_tiny_model_job_returns_a_clip_of_exact_length() -> None:
             assert clip.audio.shape == (job.spec.num_samples, 2)
             assert np.all(np.isfinite(clip.audio)) and np.abs(clip.audio).max() <= 1.0
             assert float(np.sqrt(np.mean(clip.audio ** 2))) > 1e-3  # not silence
+            # The server's renderer conforms through the same function: the same clip.
+            from engine.render import Renderer
+
+            local = Renderer.load("tiny", device="cpu").render_clip(job)
+            np.testing.assert_array_equal(clip.audio, local.audio)
         finally:
             await client.close()
 
