@@ -229,7 +229,8 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
             takes = TakeController(
                 taps, args.record, sample_rate=rate, channels=player.config.channels,
                 state=state.snapshot,
-                info={"model": opts["model"] if args.generator is None else args.generator,
+                info={"model": opts["model"] if args.generator is None else client.model,
+                      "generator": args.generator,
                       "crossfade_samples": player.config.crossfade_samples,
                       "phase_method": opts["phase_method"]})
             engine.takes = takes

@@ -112,12 +112,15 @@ class RemoteClipGenerator:
         #: Like the local worker client's: a remote server is never restarted from here.
         self.restarts = 0
         self.device = f"remote {config.url}"
+        #: The server's model (from /health, once started): what a take's log names.
+        self.model = "?"
 
     async def start(self) -> None:
         """Check that the server answers (raises RemoteUnavailable), as the local worker
         client's ``start`` waits for its model. Thread: the asyncio loop."""
         health = await self.health()
-        self.device = f"remote {self.config.url} (model {health.get('model', '?')})"
+        self.model = str(health.get("model", "?"))
+        self.device = f"remote {self.config.url} (model {self.model})"
         log.info("generating on %s", self.device)
 
     async def close(self) -> None:

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from engine.control_log import read_control_log
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +101,9 @@ def test_offline_run_generates_every_clip_on_the_remote_server(
         server: tuple[Proc, str], tmp_path: Path) -> None:
     _, url = server
     out = tmp_path / "remote.wav"
-    daemon = Proc(*run_args(url, out, "--offline", "--duration-bars", "5"))
+    takes = tmp_path / "takes"
+    daemon = Proc(*run_args(url, out, "--offline", "--duration-bars", "5", "--record",
+                            str(takes)))
     assert daemon.proc.wait(120) == 0, daemon.text()[-3000:]
     log = daemon.text()
     assert "connecting to the generator at " + url in log
@@ -111,6 +115,13 @@ def test_offline_run_generates_every_clip_on_the_remote_server(
     assert_no_gap(audio, BAR, 5 * BAR)
     assert re.search(r"stopped: 4 clips started, 0 late", log), log
     assert re.search(r"remote generator: \d+ requests, 0 failed", log), log
+    # Recorded from the start: the take is the output, and its log names the server's model
+    # (what `riff rerender` loads).
+    (take,) = takes.glob("*.wav")
+    np.testing.assert_array_equal(sf.read(take, dtype="float32")[0], audio)
+    control = read_control_log(take.with_suffix(".jsonl"))
+    assert control.complete and control.header.info["model"] == "tiny"
+    assert control.header.info["generator"] == url
 
 
 def test_audio_goes_on_while_the_server_is_down(server: tuple[Proc, str],
