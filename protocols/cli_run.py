@@ -165,6 +165,10 @@ def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     if "prompt" in params:  # manual mode endpoints follow the prompt unless set
         params.setdefault("prompt_a", params["prompt"])
         params.setdefault("prompt_b", params["prompt"])
+    if args.generator is not None:
+        from protocols.remote import RemoteConfig
+
+        RemoteConfig(args.generator)  # a bad URL is refused before anything starts
     if args.offline and args.output is None:
         raise InvalidRequest("--offline needs --output FILE")
     if args.duration_bars is not None and (args.output is None or args.duration_bars < 1):
@@ -272,7 +276,10 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
         if file_out is not None:
             file_out.stop()
         if takes is not None and takes.recording:
-            engine.record_stop()
+            try:
+                engine.record_stop()
+            except Exception:  # the rest must still be closed; the take's error is logged
+                log.exception("stopping the recording failed")
         if engine_task is not None:
             await engine.close()
         if jack_out is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import uuid
@@ -29,7 +30,9 @@ def riff(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     for args, words in ((["--offline"], "--output"),
                         (["--tempo", "500", "--output", str(tmp_path / "a.wav")], "tempo"),
-                        (["--duration-bars", "0", "--output", str(tmp_path / "b.wav")], "bar")):
+                        (["--duration-bars", "0", "--output", str(tmp_path / "b.wav")], "bar"),
+                        (["--generator", "ftp://gpu-box", "--output", str(tmp_path / "c.wav")],
+                         "generator URL")):
         r = riff("run", *args)
         assert r.returncode == 1, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -96,3 +99,14 @@ def test_jack_transport_positions_drive_the_engines_transport() -> None:
     assert transport.bar_start(2) == 96000 - 19200  # one beat (19200 samples) earlier
     _follow(engine, (0, 0, 9.0, 150.0, 3))  # a beat outside the bar: ignored, logged
     assert transport.tempo == 150.0
+
+
+def test_a_generator_server_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = riff("run", "--generator", f"http://127.0.0.1:{port}", "--output",
+             str(tmp_path / "x.wav"), "--offline")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "is not answering" in r.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.iterdir())
