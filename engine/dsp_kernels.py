@@ -82,6 +82,19 @@ def project_with_momentum(
 
 
 @numba.njit(cache=True, nogil=True)
+def set_magnitude(spec: np.ndarray, amp: np.ndarray) -> None:
+    """In place: ``spec = amp * spec / |spec|`` for complex spec (C, F, K), amp (C, F, K)."""
+    channels, frames, bins = spec.shape
+    for cm in range(channels * frames):
+        c = cm // frames
+        m = cm % frames
+        for k in range(bins):
+            z = spec[c, m, k]
+            power = z.real * z.real + z.imag * z.imag
+            spec[c, m, k] = z * (amp[c, m, k] / np.sqrt(power + np.float32(1e-30)))
+
+
+@numba.njit(cache=True, nogil=True)
 def magnitude(spec: np.ndarray, bins: int, out: np.ndarray) -> None:
     """out (C, F, bins) = |spec[..., :bins]|."""
     channels, frames, _ = spec.shape

@@ -373,9 +373,12 @@ def _reconstruct(
     goal = _project_mel(
         basis, _magnitude(rebuilt, basis.bins, fused), mel_target, basis.bins, fused
     )
-    final = torch.zeros(channels, frames, full.bins, dtype=torch.complex64, device=dev)
-    final[..., : basis.bins] = rebuilt[..., : basis.bins]
-    _normalise_phase(final, _padded(goal / scale, full.bins))
+    # the bins above the band are zero: the inverse FFT pads them
+    final = rebuilt[..., : basis.bins]
+    if fused:
+        kernels.set_magnitude(final.numpy(), goal.div_(scale).numpy())
+    else:
+        _normalise_phase(final, goal.div_(scale))
     return full.synthesise(final)
 
 
