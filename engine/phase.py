@@ -63,7 +63,12 @@ class MethodSettings:
 
 SETTINGS = {
     "fast": MethodSettings(
-        iterations=8, momentum=0.99, mel_projection=0, low_iterations=30, low_cut_hz=400.0
+        iterations=7,
+        momentum=0.99,
+        mel_projection=0,
+        tolerance=3e-3,
+        low_iterations=40,
+        low_cut_hz=400.0,
     ),
     "quality": MethodSettings(
         iterations=60, momentum=0.99, mel_projection=60, low_iterations=30, low_cut_hz=400.0
