@@ -66,19 +66,38 @@ def project_with_momentum(
     """
     channels, frames, bins = rebuilt.shape
     used = amp.shape[2]
+    # single precision throughout: a float64 momentum would promote every update to complex128
+    mom = np.float32(momentum)
+    ahead = np.float32(1.0) + mom
     for cm in range(channels * frames):
         c = cm // frames
         m = cm % frames
         for k in range(used):
             z = rebuilt[c, m, k]
-            power = z.real * z.real + z.imag * z.imag
-            scale = amp[c, m, k] / np.sqrt(power + np.float32(1e-30))
-            cz = z * scale
-            rebuilt[c, m, k] = cz + momentum * (cz - prev[c, m, k])
-            prev[c, m, k] = cz
+            re = z.real
+            im = z.imag
+            scale = amp[c, m, k] / np.sqrt(re * re + im * im + np.float32(1e-30))
+            cre = re * scale
+            cim = im * scale
+            p = prev[c, m, k]
+            rebuilt[c, m, k] = complex(ahead * cre - mom * p.real, ahead * cim - mom * p.imag)
+            prev[c, m, k] = complex(cre, cim)
         for k in range(used, bins):
             rebuilt[c, m, k] = 0
             prev[c, m, k] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def set_magnitude(spec: np.ndarray, amp: np.ndarray) -> None:
+    """In place: ``spec = amp * spec / |spec|`` for complex spec (C, F, K), amp (C, F, K)."""
+    channels, frames, bins = spec.shape
+    for cm in range(channels * frames):
+        c = cm // frames
+        m = cm % frames
+        for k in range(bins):
+            z = spec[c, m, k]
+            power = z.real * z.real + z.imag * z.imag
+            spec[c, m, k] = z * (amp[c, m, k] / np.sqrt(power + np.float32(1e-30)))
 
 
 @numba.njit(cache=True, nogil=True)

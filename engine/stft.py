@@ -25,6 +25,7 @@ Arrays are torch tensors laid out (channels, frames, bins). On the CPU the FFTs 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -55,6 +56,36 @@ def irfft(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.fft.irfft(x, n=n)
 
 
+@functools.lru_cache(maxsize=6)
+def _layout(
+    win: int, hop: int, frames: int, circular: bool, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(window, index, inverse envelope) of a frame layout; cached, shared, never written.
+
+    Why cached: building them costs about as much as one Griffin-Lim iteration, and every
+    reconstruction of a clip of the same size needs the same ones.
+    """
+    half = win // 2
+    dev = torch.device(device)
+    window = torch.hann_window(win, dtype=torch.float32, device=dev)
+    starts = np.arange(frames)[:, None] * hop
+    offsets = np.arange(win)[None, :] - half
+    if circular:
+        length = frames * hop
+        index = (starts + offsets) % length
+    else:
+        length = (frames - 1) * hop
+        if length < 2:
+            raise ValueError("a linear signal needs at least two samples")
+        reflect = np.pad(np.arange(length), half, mode="reflect")
+        index = reflect[starts + offsets + half]
+    index_t = torch.from_numpy(index).to(dev)  # (frames, win) signal sample indices
+    envelope = torch.zeros(length, device=dev)
+    envelope.index_add_(0, index_t.reshape(-1), (window**2).repeat(frames))
+    inv_envelope = 1.0 / envelope.clamp_min(1e-3 * float(envelope.max()))
+    return window, index_t, inv_envelope
+
+
 @dataclass
 class Stft:
     """STFT pair for ``frames`` frames with a periodic Hann window of ``win`` samples.
@@ -73,27 +104,14 @@ class Stft:
     def __post_init__(self) -> None:
         if self.win % 2 or self.n_fft < self.win or self.frames < 1:
             raise ValueError("need an even window no longer than the FFT and one frame")
-        half = self.win // 2
         dev = torch.device(self.device)
         if self.compiled is None:
             self.compiled = dev.type == "cpu"
-        self.window = torch.hann_window(self.win, dtype=torch.float32, device=dev)
-        starts = np.arange(self.frames)[:, None] * self.hop
-        offsets = np.arange(self.win)[None, :] - half
-        if self.circular:
-            self.length = self.frames * self.hop
-            index = (starts + offsets) % self.length
-        else:
-            self.length = (self.frames - 1) * self.hop
-            if self.length < 2:
-                raise ValueError("a linear signal needs at least two samples")
-            reflect = np.pad(np.arange(self.length), half, mode="reflect")
-            index = reflect[starts + offsets + half]
-        self.index = torch.from_numpy(index).to(dev)  # (frames, win) signal sample indices
+        self.window, self.index, self.inv_envelope = _layout(
+            self.win, self.hop, self.frames, self.circular, str(dev)
+        )
+        self.length = int(self.inv_envelope.shape[0])
         self.flat_index = self.index.reshape(-1)
-        envelope = torch.zeros(self.length, device=dev)
-        envelope.index_add_(0, self.flat_index, (self.window**2).repeat(self.frames))
-        self.inv_envelope = 1.0 / envelope.clamp_min(1e-3 * float(envelope.max()))
         self.bins = self.n_fft // 2 + 1
         self._frame_buf: torch.Tensor | None = None
 
@@ -119,7 +137,10 @@ class Stft:
         return rfft(buf, self.n_fft)
 
     def synthesise(self, spec: torch.Tensor) -> torch.Tensor:
-        """Least-squares signal (channels, length) of a spectrum (channels, frames, bins)."""
+        """Least-squares signal (channels, length) of a spectrum (channels, frames, <= bins).
+
+        Bins past the spectrum's last column count as zero (the inverse FFT pads them).
+        """
         half = self.win // 2
         frames = irfft(spec, self.n_fft)
         out = torch.empty(spec.shape[0], self.length, device=spec.device)

@@ -21,12 +21,12 @@ from engine.errors import RiffError
 
 #: Modules that contribute subcommands, in the order they appear in ``riff --help``.
 COMMAND_MODULES: tuple[str, ...] = (
-    "protocols.cli_codec",
-    "protocols.cli_render",
-    "protocols.cli_control",
     "protocols.cli_run",
+    "protocols.cli_render",
     "protocols.cli_serve",
     "protocols.cli_rerender",
+    "protocols.cli_control",
+    "protocols.cli_codec",
 )
 
 

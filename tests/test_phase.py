@@ -110,6 +110,30 @@ def test_quality_is_closer_than_fast(chord_mel: np.ndarray) -> None:
     assert quality < fast
 
 
+def kicks_and_bass(seconds: float) -> np.ndarray:
+    """Kick drums (a 150 -> 50 Hz sweep, decaying) every 0.25 s over a 55 Hz bass line."""
+    audio = sine(55, seconds, 0.3) + sine(440, seconds, 0.05)
+    t = np.arange(round(0.15 * SR)) / SR
+    hz = 50 + 100 * np.exp(-t / 0.03)
+    kick = 0.8 * np.sin(2 * np.pi * np.cumsum(hz) / SR) * np.exp(-t / 0.08)
+    for start in np.arange(0.05, seconds - 0.15, 0.25):
+        i = round(start * SR)
+        audio[0, i : i + kick.size] += kick.astype(np.float32)
+    return audio
+
+
+def test_low_band_refinement_helps_kicks_and_bass(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import phase
+
+    mel = image_to_mel(mel_to_image(audio_to_mel(kicks_and_bass(1.0), P), P), P)
+    fast = phase.SETTINGS["fast"]
+    assert fast.low_iterations > 0
+    refined = convergence(mel, mel_to_audio(mel, P, method="fast"))
+    monkeypatch.setitem(phase.SETTINGS, "fast", dataclasses.replace(fast, low_iterations=0))
+    plain = convergence(mel, mel_to_audio(mel, P, method="fast"))
+    assert refined < 0.8 * plain
+
+
 def test_pghi_beats_random_phase(chord_mel: np.ndarray) -> None:
     import torch
 
