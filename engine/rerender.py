@@ -97,8 +97,8 @@ def timeline(control: ControlLog) -> tuple[list[tuple[int, str, Any]], dict[str,
             events.extend(p for p in pending if p[0] < event.sample)
             pending = []
             events.append((event.sample, "stop", None))
-        elif isinstance(event, EndEvent):
-            events.extend(pending)
+        elif isinstance(event, EndEvent):  # a start at or after the end was never heard
+            events.extend(p for p in pending if p[0] < event.sample)
             pending = []
             events.append((event.sample, "end", None))
     events.extend(pending)
