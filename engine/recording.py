@@ -282,7 +282,11 @@ class TakeController:
         return take.recorder.config.path
 
     def stop(self) -> tuple[Path, Path]:
-        """Stop the take at the transport's current position; returns (audio, log) paths."""
+        """Stop the take; returns (audio, log) paths. Control plane.
+
+        Waits until the audio thread has begun a later period (two periods in practice, at
+        most ``settle_s`` when no audio thread runs), so the take ends on a whole block and
+        its log's ``end`` is the sample after its last frame."""
         take = self.taps.recording
         if take is None:
             raise InvalidRequest("not recording")
