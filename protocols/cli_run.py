@@ -119,6 +119,9 @@ def register(subparsers: Any) -> None:
                    help="record the output from the start into DIR (float WAV plus a control "
                         "log for 'riff rerender'); /riff/record/stop and /riff/record/start "
                         "[name] stop and start takes there")
+    p.add_argument("--takes-dir", type=Path, metavar="DIR", default=Path("takes"),
+                   help="without --record: where /riff/record/start [name] puts takes "
+                        "(default ./takes, created on the first take)")
     p.add_argument("--stdin", action="store_true",
                    help="read 'NAME VALUE', 'play' and 'stop' lines from standard input")
     surfaces = _surfaces_module()
@@ -227,17 +230,15 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
         engine = Engine(taps.generator(client), taps.sink(player), sample_rate=rate,
                         state=state, sink_stats=player.counters)
         taps.transport = engine.transport
-        takes = None
-        if args.record is not None:
-            state.add_listener(taps.on_state_change)
-            takes = TakeController(
-                taps, args.record, sample_rate=rate, channels=player.config.channels,
-                state=state.snapshot,
-                info={"model": opts["model"] if args.generator is None else client.model,
-                      "generator": args.generator,
-                      "crossfade_samples": player.config.crossfade_samples,
-                      "phase_method": opts["phase_method"]})
-            engine.takes = takes
+        state.add_listener(taps.on_state_change)
+        takes = TakeController(
+            taps, args.record if args.record is not None else args.takes_dir,
+            sample_rate=rate, channels=player.config.channels, state=state.snapshot,
+            info={"model": opts["model"] if args.generator is None else client.model,
+                  "generator": args.generator,
+                  "crossfade_samples": player.config.crossfade_samples,
+                  "phase_method": opts["phase_method"]})
+        engine.takes = takes
         if jack_out is not None:
             connected = jack_out.start(player, connect=not opts["no_connect"], takes=takes)
             ports = ", ".join(p.name for p in jack_out.ports)
@@ -245,7 +246,7 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
                      jack_out.blocksize, f" -> {', '.join(connected)}" if connected else
                      " (not connected)")
         engine.play()
-        if takes is not None:
+        if args.record is not None:
             engine.record_start()
         if args.output is not None:
             from protocols.file_output import FileOutput

@@ -104,7 +104,8 @@ class Daemon:
 
 def test_ping_tempo_feedback_and_bad_messages(tmp_path: Path) -> None:
     daemon = Daemon("--model", "test-tones", "--tempo", "240", "--bars", "1", "--steps", "2",
-                    "--crossfade-ms", "0", "--output", str(tmp_path / "live.wav"))
+                    "--crossfade-ms", "0", "--output", str(tmp_path / "live.wav"),
+                    "--takes-dir", str(tmp_path / "takes"))
     try:
         assert daemon.reply("/riff/ping", want="/riff/pong") == []
         daemon.wait_for(lambda t: len(CLIP_START.findall(t)) >= 2)
@@ -123,8 +124,20 @@ def test_ping_tempo_feedback_and_bad_messages(tmp_path: Path) -> None:
         assert daemon.reply("/riff/ping", want="/riff/pong") == []
         count = len(daemon.starts())
         daemon.wait_for(lambda t: len(CLIP_START.findall(t)) >= count + 2)
+        # Without --record, takes still start on request, into --takes-dir.
+        assert not (tmp_path / "takes").exists()
+        started = daemon.reply("/riff/record/start", "quick", want="/riff/record/started")
+        assert started == ["quick.wav"]
+        count = len(daemon.starts())
+        daemon.wait_for(lambda t: len(CLIP_START.findall(t)) >= count + 1)
+        stopped = daemon.reply("/riff/record/stop", want="/riff/record/stopped")
     finally:
         rc = daemon.finish()
+    assert stopped == ["quick.wav", "quick.jsonl"]
+    take, take_rate = sf.read(tmp_path / "takes" / "quick.wav", dtype="float32",
+                              always_2d=True)
+    assert take_rate == RATE and take.shape[0] >= RATE // 2 and np.abs(take).max() > 0.05
+    assert read_control_log(tmp_path / "takes" / "quick.jsonl").complete
     log = daemon.text()
     assert rc == 0, log[-3000:]
     bars = [(int(b), float(bpm)) for b, bpm in BAR_LINE.findall(log)]
