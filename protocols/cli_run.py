@@ -239,6 +239,11 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
                   "crossfade_samples": player.config.crossfade_samples,
                   "phase_method": opts["phase_method"]})
         engine.takes = takes
+        # Keep what exists now out of the collector's full passes, which would otherwise hold
+        # the GIL for milliseconds while JACK's thread waits for it. The one full collection
+        # runs here, before the JACK client is activated, never while it plays.
+        gc.collect()
+        gc.freeze()
         if jack_out is not None:
             connected = jack_out.start(player, connect=not opts["no_connect"], takes=takes)
             ports = ", ".join(p.name for p in jack_out.ports)
@@ -261,9 +266,7 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
                      f", {args.duration_bars} bars" if args.duration_bars else "")
         engine_task = asyncio.ensure_future(engine.run())
         closers.extend(await _start_surfaces(args, engine, opts))
-        # Everything long-lived exists now: keep it out of the collector's full passes, which
-        # would otherwise hold the GIL for milliseconds while JACK's thread waits for it.
-        gc.collect()
+        # Everything long-lived exists now: freeze it too (no collection: JACK is running).
         gc.freeze()
         if args.stdin:
             _read_stdin(engine, loop)

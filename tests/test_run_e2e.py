@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RATE = 48000
 CLIP_START = re.compile(r"clip (\d+) started at sample (\d+) \(bar (-?\d+), JACK frame (\d+)\)")
 READY = re.compile(r"ready \(pid (\d+)")
+STATUS_XRUNS = re.compile(r"\| xruns (\d+) \|")
+TEMPO_CHANGE = re.compile(r"tempo 180\.000 BPM, \d+/bar from bar (-?\d+) \(sample (\d+)\)")
 
 
 def baseline_xruns(server: str, seconds: float) -> int:
@@ -89,6 +91,16 @@ class Daemon:
             return [tuple(map(int, m.groups())) for line in self.lines  # type: ignore[misc]
                     if (m := CLIP_START.search(line))]
 
+    def settled_xruns(self) -> int:
+        """The xruns of the next per-bar status line: the count once the test's recorder is
+        connected (JACK may miss a period while its graph changes; that is the test's doing)."""
+        with self._cond:
+            seen = len(self.lines)
+        self.wait_for(lambda ls: any(STATUS_XRUNS.search(s) for s in ls[seen:]))
+        with self._cond:
+            return next(int(m.group(1)) for s in self.lines[seen:]
+                        if (m := STATUS_XRUNS.search(s)))
+
     def pids(self) -> list[int]:
         with self._cond:
             return [int(m.group(1)) for line in self.lines if (m := READY.search(line))]
@@ -115,6 +127,9 @@ def test_daemon_plays_on_the_bar_grid_survives_a_worker_kill_and_follows_tempo(
         assert rec.rate == RATE
         rec.start([f"{name}:out_L", f"{name}:out_R"])
         daemon.wait_for(lambda ls: len(daemon.starts()) >= 3)
+        # Xruns are counted from here on: the recorder is connected and clips play.
+        engine_xruns_settled = daemon.settled_xruns()
+        rec_xruns_settled = rec.xruns
         # Kill the worker in the middle of a job: the audio must go on.
         first_pid = daemon.pids()[0]
         os.kill(first_pid, signal.SIGKILL)
@@ -134,7 +149,7 @@ def test_daemon_plays_on_the_bar_grid_survives_a_worker_kill_and_follows_tempo(
             rec.full.wait(0.05)
         recorded = rec.count
         audio = rec.buf[0, :recorded].copy()
-        rec_xruns = rec.xruns
+        rec_xruns = rec.xruns - rec_xruns_settled
         first_frame = rec.first_frame
     finally:
         sys.setswitchinterval(switch)
@@ -159,11 +174,14 @@ def test_daemon_plays_on_the_bar_grid_survives_a_worker_kill_and_follows_tempo(
     # time then, the engine must not have caused a single xrun; on a machine too loaded to
     # keep real time even without the engine, the count is reported, not asserted
     # (bench/bench_jack.py measures it properly).
+    # Counted from the settled point (recorder connected, clips playing) to the end, which
+    # spans the worker kill, the restart and the tempo change.
+    engine_xruns = int(xruns.group(1)) - engine_xruns_settled
     if baseline == 0:
-        assert int(xruns.group(1)) == 0 and rec_xruns == 0, log[-2000:]
+        assert engine_xruns == 0 and rec_xruns == 0, log[-2000:]
     else:
         warnings.warn(f"this machine had {baseline} xruns in 4 s with only a recorder "
-                      f"running, so the engine's {xruns.group(1)} xruns were not asserted",
+                      f"running, so the engine's {engine_xruns} xruns were not asserted",
                       stacklevel=1)
     assert daemon.pids()[1] != first_pid
 
@@ -183,14 +201,14 @@ def test_daemon_plays_on_the_bar_grid_survives_a_worker_kill_and_follows_tempo(
 
     # 2. Each clip starts exactly on its bar line: after the crossfade the recording is the
     #    clip's own tone, at its own sample index counted from the logged start sample.
-    tempo_line = None
+    #    Clips from the tempo line on (the sample the daemon logged for it) are 180 BPM bars.
+    tempo_change = TEMPO_CHANGE.search(log)
+    assert tempo_change is not None, log[-2000:]
+    tempo_line = int(tempo_change.group(2))
     for k, (job, sample, _bar, _) in enumerate(starts):
         i = idx[k]
         end = idx[k + 1] if k + 1 < len(starts) else min(recorded, i + RATE)
-        n_clip = RATE if tempo_line is None or sample < tempo_line else 64000
-        if k > 0 and sample - starts[k - 1][1] == 64000 and tempo_line is None:
-            tempo_line = starts[k - 1][1]
-            n_clip = 64000
+        n_clip = RATE if sample < tempo_line else 64000
         f = tone_frequency(job, n_clip, RATE)
         n = np.arange(xf, min(end - i, xf + 4000))
         expect = 0.25 * np.sin(2 * np.pi * f * n / RATE)
@@ -209,6 +227,7 @@ def test_daemon_plays_on_the_bar_grid_survives_a_worker_kill_and_follows_tempo(
     assert 64000.0 in steps.tolist(), "the tempo change never took effect"
     change = steps.tolist().index(64000.0)
     assert all(s == 48000.0 for s in steps[:change]) and all(s == 64000.0 for s in steps[change:])
+    assert samples[change] >= tempo_line and (tempo_line - samples[0]) % 48000 == 0
     assert changed_at > 0
 
     # 4. No click at clip changes and loop seams: around every bar line the sample-to-sample
@@ -219,7 +238,7 @@ def test_daemon_plays_on_the_bar_grid_survives_a_worker_kill_and_follows_tempo(
     seams = 0
     for k, i in enumerate(idx):
         nxt = idx[k + 1] if k + 1 < len(idx) else recorded - 64
-        length = 64000 if (k > 0 and samples[k] - samples[k - 1] == 64000) else 48000
+        length = 64000 if samples[k] >= tempo_line else 48000
         for line in range(i, nxt, length):
             window = audio[line - 32:line + 32]
             if window.size == 64 and np.all(np.isfinite(window)):
