@@ -14,9 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import soundfile as sf
 
 from engine.control_log import read_control_log
 from tests.control_surface_helpers import Client
+from tests.riff_process import RiffProcess
 
 pytestmark = pytest.mark.slow
 
@@ -41,40 +40,14 @@ def free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Daemon:
+class Daemon(RiffProcess):
     """`riff run` with OSC on a free loopback port; collects its log."""
 
     def __init__(self, *args: str) -> None:
         self.port = free_udp_port()
-        env = {**os.environ, "JACK_NO_START_SERVER": "1", "PYTHONUNBUFFERED": "1",
-               "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "protocols.cli", "run", *args, "--osc-host", "127.0.0.1",
-             "--osc-port", str(self.port)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__("run", *args, "--osc-host", "127.0.0.1", "--osc-port", str(self.port))
         self.wait_for(lambda t: "OSC listening" in t)
         self.osc = Client(("127.0.0.1", self.port))
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    def text(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def wait_for(self, pred: Callable[[str], bool], timeout: float = 120.0) -> None:
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: pred("\n".join(self.lines)) or self.proc.poll() is not None, timeout)
-            if not ok or not pred("\n".join(self.lines)):
-                raise AssertionError("condition not met; log:\n" + "\n".join(self.lines[-30:]))
 
     def starts(self) -> list[tuple[int, int, int]]:
         return [(int(j), int(s), int(b)) for j, s, b in CLIP_START.findall(self.text())]
@@ -91,15 +64,9 @@ class Daemon:
                 assert m.address != "/riff/error", (address, m.params)
         raise AssertionError(f"no {want} reply to {address}")
 
-    def finish(self, timeout: float = 60.0) -> int:
+    def finish(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         self.osc.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
+        return super().finish(sig, timeout)
 
 
 def test_ping_tempo_feedback_and_bad_messages(tmp_path: Path) -> None:

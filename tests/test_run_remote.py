@@ -7,13 +7,9 @@ failures are counted and logged, and the file has no gap."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from engine.control_log import read_control_log
+from tests.riff_process import RiffProcess
 
 pytestmark = pytest.mark.slow
 
@@ -30,47 +27,9 @@ BAR = RATE  # 1 bar at 240 BPM, 4/4
 CLIP_START = re.compile(r"clip (\d+) started at sample (\d+)")
 
 
-class Proc:
-    """A `riff` subprocess whose merged output is collected line by line."""
-
-    def __init__(self, *args: str) -> None:
-        env = {**os.environ, "JACK_NO_START_SERVER": "1", "PYTHONUNBUFFERED": "1",
-               "OMP_NUM_THREADS": "1"}
-        env.pop("RIFF_TOKEN", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "protocols.cli", *args], cwd=ROOT,
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    def text(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def wait_for(self, pred: Callable[[str], bool], timeout: float = 120.0) -> None:
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: pred("\n".join(self.lines)) or self.proc.poll() is not None, timeout)
-            if not ok or not pred("\n".join(self.lines)):
-                raise AssertionError("condition not met; log:\n" + "\n".join(self.lines[-30:]))
-
-    def finish(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
-
 @pytest.fixture()
-def server() -> Iterator[tuple[Proc, str]]:
-    proc = Proc("serve", "--model", "tiny", "--port", "0")
+def server() -> Iterator[tuple[RiffProcess, str]]:
+    proc = RiffProcess("serve", "--model", "tiny", "--port", "0")
     try:
         proc.wait_for(lambda t: "riff serve: tiny on http://" in t)
         match = re.search(r"on (http://[\d.]+:\d+)", proc.text())
@@ -98,11 +57,11 @@ def assert_no_gap(audio: np.ndarray, begin: int, end: int) -> None:
 
 
 def test_offline_run_generates_every_clip_on_the_remote_server(
-        server: tuple[Proc, str], tmp_path: Path) -> None:
+        server: tuple[RiffProcess, str], tmp_path: Path) -> None:
     _, url = server
     out = tmp_path / "remote.wav"
     takes = tmp_path / "takes"
-    daemon = Proc(*run_args(url, out, "--offline", "--duration-bars", "5", "--record",
+    daemon = RiffProcess(*run_args(url, out, "--offline", "--duration-bars", "5", "--record",
                             str(takes)))
     assert daemon.proc.wait(120) == 0, daemon.text()[-3000:]
     log = daemon.text()
@@ -124,11 +83,11 @@ def test_offline_run_generates_every_clip_on_the_remote_server(
     assert control.header.info["generator"] == url
 
 
-def test_audio_goes_on_while_the_server_is_down(server: tuple[Proc, str],
+def test_audio_goes_on_while_the_server_is_down(server: tuple[RiffProcess, str],
                                                 tmp_path: Path) -> None:
     serve, url = server
     out = tmp_path / "live.wav"
-    daemon = Proc(*run_args(url, out))
+    daemon = RiffProcess(*run_args(url, out))
     try:
         daemon.wait_for(lambda t: len(starts(t)) >= 2)
         first = starts(daemon.text())[0][1]
