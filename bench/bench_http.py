@@ -27,15 +27,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.recorder import Recorder, RecorderConfig
-from engine.render import Renderer
-from engine.wire import parse_request
+from engine.live.wire import parse_request
+from engine.takes.recorder import Recorder, RecorderConfig
+from engine.takes.render import Renderer
 
 
 def bench_http(n: int, steps: int, width: int) -> dict[str, float]:
     import httpx
 
-    from protocols.http import ServeConfig, create_app
+    from protocols.http.app import ServeConfig, create_app
     from tests.http_support import serving, shared_renderer
 
     renderer: Renderer = shared_renderer()

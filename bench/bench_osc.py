@@ -36,12 +36,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.live.state import EngineState
 from engine.presets import PresetLibrary
-from engine.state import EngineState
 from protocols.control_target import Commands
-from protocols.midi import MidiRouter
-from protocols.midi_map import CcBinding, MidiMap
-from protocols.osc import OscConfig, OscServer
+from protocols.midi.map import CcBinding, MidiMap
+from protocols.midi.router import MidiRouter
+from protocols.osc.server import OscConfig, OscServer
 
 SENDER = r"""
 import json, socket, sys, time
@@ -187,7 +187,7 @@ async def _collect_cc(sent: list[tuple[int, int]], applied: list[tuple[int, int]
 
 
 async def bench_jack_midi(server: str | None, n: int) -> dict[str, Any]:
-    from protocols.midi_jack import JackMidiInput
+    from protocols.midi.jack_input import JackMidiInput
 
     engine = Engine()
     applied: list[tuple[int, int]] = []
@@ -229,7 +229,7 @@ async def bench_rtmidi(server: str | None, n: int) -> dict[str, Any]:
     import jack
     import mido
 
-    from protocols.midi_rtmidi import RtMidiInput
+    from protocols.midi.rtmidi_input import RtMidiInput
 
     if server:
         os.environ["JACK_DEFAULT_SERVER"] = server

@@ -26,8 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.phase import mel_to_audio  # noqa: E402
-from engine.spectrogram import audio_to_mel, image_to_mel, load_image  # noqa: E402
+from engine.dsp.phase import mel_to_audio  # noqa: E402
+from engine.dsp.spectrogram import audio_to_mel, image_to_mel, load_image  # noqa: E402
 
 SEEDS = ("og_beat", "agile", "marim", "motorway", "vibes")
 SEED_FOLDER = Path("shared") / "compat" / "riffusion_seed_images"

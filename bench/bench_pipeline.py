@@ -23,8 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.pipeline import RiffusionGenerator
-from engine.request import InferenceRequest, PromptInput
+from engine.model.pipeline import RiffusionGenerator
+from engine.model.request import InferenceRequest, PromptInput
 
 
 def _timed(fn: Callable[[], object], repeats: int) -> float:

@@ -25,12 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.control import Engine
-from engine.jobs import Clip, ClipSpec, GenerationJob, ProgressCallback
-from engine.planner import JamPlanner
-from engine.scheduler import SchedulerConfig
-from engine.state import EngineState
-from engine.transport import Transport
+from engine.live.control import Engine
+from engine.live.jobs import Clip, ClipSpec, GenerationJob, ProgressCallback
+from engine.live.planner import JamPlanner
+from engine.live.scheduler import SchedulerConfig
+from engine.live.state import EngineState
+from engine.live.transport import Transport
 
 SR = 48000
 

@@ -1,4 +1,18 @@
-"""riffusion-engine core: spectrogram codec, generation pipeline, transport, planner, player.
+"""riffusion-engine core: everything between a typed command and a buffer of audio.
+
+Subpackages, in the order a control change travels through them:
+
+- :mod:`engine.live`: state, transport, jam planner, scheduler, generator worker, clip
+  conform, player. The control plane (one asyncio loop) and the hand-off to the audio thread.
+- :mod:`engine.model`: requests, prompt weighting, seed images, model loading and the
+  Riffusion pipeline. Runs in the generator process (or a server's generation thread).
+- :mod:`engine.dsp`: Riffusion's spectrogram image format, STFT, phase reconstruction,
+  audio files. Pure functions, callable from any thread.
+- :mod:`engine.takes`: recording, control logs, offline rendering and re-rendering.
+
+Beside them: :mod:`engine.errors` (the exceptions users see), :mod:`engine.presets` and
+:mod:`engine.toml_writer` (TOML presets), :mod:`engine.resources` (the shipped seed images,
+presets and MIDI maps, in a checkout or an installed wheel).
 
 Nothing in this package imports :mod:`protocols`; wire formats (OSC, MIDI, JACK, HTTP, CLI)
 translate into the typed commands defined here.

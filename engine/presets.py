@@ -1,6 +1,6 @@
 """Presets: named TOML files holding prompts and parameter values, plus prompt sets.
 
-A preset is a ``[parameters]`` table with any subset of :data:`engine.state.PARAMETERS`
+A preset is a ``[parameters]`` table with any subset of :data:`engine.live.state.PARAMETERS`
 (prompts included) and an optional ``description``. Loading validates every value before
 anything is applied, so a broken file changes nothing; saving writes a temporary file in the
 same folder and renames it over the old one, so a crash never leaves half a preset.
@@ -25,8 +25,9 @@ from typing import Any
 
 from engine import toml_writer
 from engine.errors import InvalidRequest, UnknownId
-from engine.request import MAX_PROMPT_CHARS, check_plain_id
-from engine.state import PARAMETERS, EngineState, Value
+from engine.live.state import PARAMETERS, EngineState, Value
+from engine.model.request import MAX_PROMPT_CHARS, check_plain_id
+from engine.resources import shipped_folder
 
 try:
     import tomllib
@@ -34,7 +35,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
 
 #: The presets folder shipped with the engine (next to the ``engine`` package).
-BUILTIN_FOLDER = Path(__file__).resolve().parent.parent / "presets"
+BUILTIN_FOLDER = shipped_folder("presets")
 #: Files larger than this are refused before parsing.
 MAX_FILE_BYTES = 256 * 1024
 MAX_PROMPTS_IN_SET = 512

@@ -1,9 +1,9 @@
 """What the control surfaces (OSC, MIDI) need from the engine, and the commands they share.
 
-:class:`ControlTarget` is the slice of the engine facade (``engine.control.Engine``) that the
+:class:`ControlTarget` is the slice of the engine facade (``engine.live.control.Engine``) that the
 surfaces drive: its parameter state, transport start/stop and a status dictionary. Coding
 against this small protocol keeps OSC and MIDI testable with a real
-:class:`~engine.state.EngineState` and any object that plays and stops.
+:class:`~engine.live.state.EngineState` and any object that plays and stops.
 
 :class:`Commands` turns surface actions (set a parameter, play, load a preset, start MIDI
 learn) into engine calls. Every method raises :class:`~engine.errors.RiffError` for bad input
@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from engine.errors import InvalidRequest
+from engine.live.state import ADDRESSES, PARAMETERS, EngineState, Value
 from engine.presets import Preset, PresetLibrary
-from engine.state import ADDRESSES, PARAMETERS, EngineState, Value
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ StatusValue = int | float | str
 
 
 class ControlTarget(Protocol):
-    """The engine as the control surfaces see it (``engine.control.Engine`` fits)."""
+    """The engine as the control surfaces see it (``engine.live.control.Engine`` fits)."""
 
     @property
     def state(self) -> EngineState: ...

@@ -1,7 +1,7 @@
-"""Remote generation: a :class:`~engine.jobs.ClipGenerator` that asks a ``riff serve`` over HTTP.
+"""Remote generation: a :class:`~engine.live.jobs.ClipGenerator` asking a ``riff serve`` over HTTP.
 
 The daemon on stage keeps the audio and the control plane; a GPU box elsewhere runs
-``riff serve`` and renders clips. This client sends each :class:`~engine.jobs.GenerationJob`
+``riff serve`` and renders clips. This client sends each :class:`~engine.live.jobs.GenerationJob`
 to ``POST /v1/clip`` and reads the NDJSON stream back: queued/heartbeat lines, one progress
 line per denoising step, then the conformed clip as a float WAV. The daemon never imports
 torch for this.
@@ -33,8 +33,8 @@ import numpy as np
 import soundfile as sf
 
 from engine.errors import InvalidImage, InvalidRequest, RiffError, UnknownId
-from engine.jobs import Clip, GenerationJob, ProgressCallback
-from engine.wire import job_to_json
+from engine.live.jobs import Clip, GenerationJob, ProgressCallback
+from engine.live.wire import job_to_json
 
 log = logging.getLogger(__name__)
 

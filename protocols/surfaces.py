@@ -8,9 +8,9 @@
     await surfaces.close()
 
 ``engine`` is anything with the :class:`~protocols.control_target.ControlTarget` shape
-(``engine.control.Engine``). Pass ``clock_observer`` (an object with
+(``engine.live.control.Engine``). Pass ``clock_observer`` (an object with
 ``observe(ClockObservation)``, e.g. the transport) to let MIDI clock drive the transport;
-without it, ``--midi-clock`` locks ``engine.transport`` to the master (tempo and bar phase)
+without it, ``--midi-clock`` locks ``engine.live.transport`` to the master (tempo and bar phase)
 when the engine has one, else sets the tempo parameter; start/stop play and stop the engine.
 """
 
@@ -25,11 +25,11 @@ from typing import Any
 from engine.errors import InvalidRequest, RiffError
 from engine.presets import PresetLibrary
 from protocols.control_target import Commands, ControlTarget
-from protocols.midi import MidiRouter
-from protocols.midi_clock import ClockObserver, MidiClock, StateFollower, TransportFollower
-from protocols.midi_feedback import MidiFeedback
-from protocols.midi_map import MidiMap
-from protocols.osc import OscConfig, OscServer
+from protocols.midi.clock import ClockObserver, MidiClock, StateFollower, TransportFollower
+from protocols.midi.feedback import MidiFeedback
+from protocols.midi.map import MidiMap
+from protocols.midi.router import MidiRouter
+from protocols.osc.server import OscConfig, OscServer
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def _open_input_unchecked(spec: str, n: int, router: MidiRouter, config: Control
     kind, _, name = spec.partition(":")
     suffix = f"-{n}" if n else ""
     if kind == "jack":
-        from protocols.midi_jack import JackMidiInput
+        from protocols.midi.jack_input import JackMidiInput
 
         jack_input = JackMidiInput(router.handle, client_name=f"{config.client_name}-midi{suffix}",
                                    connect=(name,) if name else (),
@@ -225,7 +225,7 @@ def _open_input_unchecked(spec: str, n: int, router: MidiRouter, config: Control
                                    feedback=config.midi_feedback)
         jack_input.start()
         return jack_input
-    from protocols.midi_rtmidi import RtMidiInput
+    from protocols.midi.rtmidi_input import RtMidiInput
 
     rt_input = RtMidiInput(router.handle, port=name or None,
                            client_name=f"{config.client_name}-rtmidi{suffix}",

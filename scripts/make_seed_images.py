@@ -26,7 +26,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.spectrogram import (  # noqa: E402
+from engine.dsp.spectrogram import (  # noqa: E402
     LoopMeta,
     SpectrogramParams,
     audio_to_mel,

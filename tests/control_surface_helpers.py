@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_packet import OscPacket
 
+from engine.live.state import EngineState
 from engine.presets import PresetLibrary
-from engine.state import EngineState
 from protocols.control_target import Commands
-from protocols.osc import OscConfig, OscServer, build_message
+from protocols.osc.server import OscConfig, OscServer, build_message
 
 T = TypeVar("T")
 

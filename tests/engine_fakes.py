@@ -14,7 +14,7 @@ import itertools
 
 import numpy as np
 
-from engine.jobs import Clip, GenerationJob, ProgressCallback
+from engine.live.jobs import Clip, GenerationJob, ProgressCallback
 
 SETTLE_TURNS = 40
 

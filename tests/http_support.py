@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import uvicorn
 
-from engine.jobs import Clip, GenerationJob
-from engine.render import Renderer
-from engine.spectrogram import SpectrogramParams, audio_to_mel, mel_to_image
-from protocols.http_guard import bind
+from engine.dsp.spectrogram import SpectrogramParams, audio_to_mel, mel_to_image
+from engine.live.jobs import Clip, GenerationJob
+from engine.takes.render import Renderer
+from protocols.http.guard import bind
 
 
 def write_seed_image(folder: Path, name: str = "og_beat", width: int = 512) -> Path:
@@ -138,7 +138,7 @@ def raw_clip(renderer: Renderer, job: GenerationJob, *, cancel: Any = None,
              progress: Any = None) -> Clip:
     """The tiny model's raw output fitted to the job's clip spec, when conform is unavailable.
 
-    Uses engine.clip.conform when it exists (the real path), else the plain reconstruction
+    Uses engine.live.clip.conform when it exists (the real path), else the plain reconstruction
     resampled in time to the spec's length, so the HTTP layer is tested either way.
     """
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.audio_io import read_audio, resample, write_audio
+from engine.dsp.audio_io import read_audio, resample, write_audio
 from engine.errors import InvalidAudio
 
 

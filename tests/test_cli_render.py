@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from engine.spectrogram import TAG_SAMPLE_RATE, load_image, save_image
+from engine.dsp.spectrogram import TAG_SAMPLE_RATE, load_image, save_image
 
 ROOT = Path(__file__).resolve().parent.parent
 HOP = 441
@@ -86,7 +86,7 @@ def test_render_request_file_writes_wav_and_png(tmp_path: Path, seed_dir: Path) 
 
 def test_unwritable_outputs_fail_before_generating(tmp_path: Path) -> None:
     from engine.errors import InvalidRequest
-    from protocols.cli_render import run_render
+    from protocols.cli.render import run_render
 
     with pytest.raises(InvalidRequest, match="unknown audio extension"):
         run_render(_parse_out("--prompt", "x", "--out", str(tmp_path / "a.xyz")))
@@ -97,7 +97,7 @@ def test_unwritable_outputs_fail_before_generating(tmp_path: Path) -> None:
 
 
 def _parse_out(*argv: str) -> Any:
-    from protocols.cli import build_parser
+    from protocols.cli.main import build_parser
 
     return build_parser().parse_args(["render", "--model", "tiny", *argv])
 
@@ -128,13 +128,13 @@ def test_interpolate_with_a_local_model_folder(tmp_path: Path, seed_dir: Path) -
 
 
 def _parse(*argv: str) -> object:
-    from protocols.cli import build_parser
+    from protocols.cli.main import build_parser
 
     return build_parser().parse_args(["render", *argv, "--out", "x.wav"])
 
 
 def test_flags_override_the_request_file(tmp_path: Path) -> None:
-    from protocols.cli_render import build_request
+    from protocols.cli.render import build_request
 
     path = tmp_path / "r.json"
     path.write_text(
@@ -181,7 +181,7 @@ def test_flags_override_the_request_file(tmp_path: Path) -> None:
 )
 def test_bad_request_files_are_rejected(tmp_path: Path, content: str, message: str) -> None:
     from engine.errors import InvalidRequest
-    from protocols.cli_render import build_request
+    from protocols.cli.render import build_request
 
     path = tmp_path / "r.json"
     path.write_text(content)
@@ -191,7 +191,7 @@ def test_bad_request_files_are_rejected(tmp_path: Path, content: str, message: s
 
 def test_hub_id_loads_from_the_local_cache(tmp_path: Path) -> None:
     """A hub id found in the Hugging Face cache loads offline (the tiny model stands in)."""
-    from engine.tiny_model import save_tiny_model
+    from engine.model.tiny import save_tiny_model
 
     revision = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hf" / "hub" / "models--riffusion--riffusion-model-v1"
@@ -206,7 +206,7 @@ def test_hub_id_loads_from_the_local_cache(tmp_path: Path) -> None:
 
 
 def test_join_audio_crossfades_equal_power() -> None:
-    from protocols.cli_render import join_audio
+    from protocols.cli.render import join_audio
 
     a = np.ones((1, 1000), dtype=np.float32)
     b = np.ones((1, 1000), dtype=np.float32)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from engine.jobs import ClipSpec
-from engine.worker import tone_clip_audio
+from engine.live.jobs import ClipSpec
+from engine.live.worker import tone_clip_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,9 +77,10 @@ def test_offline_render_puts_every_clip_on_its_bar(tmp_path: Path) -> None:
 
 
 def test_the_daemon_side_never_imports_torch() -> None:
-    code = ("import sys, protocols.cli, protocols.cli_run, engine.control, engine.worker, "
-            "engine.player, protocols.jack_output, protocols.file_output; "
-            "protocols.cli.build_parser(); print('torch' in sys.modules)")
+    code = ("import sys, protocols.cli.main, protocols.cli.run, engine.live.control, "
+            "engine.live.worker, engine.live.player, protocols.audio.jack_output, "
+            "protocols.audio.file_output; "
+            "protocols.cli.main.build_parser(); print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
@@ -89,8 +90,8 @@ def test_the_daemon_side_never_imports_torch() -> None:
 def test_jack_transport_positions_drive_the_engines_transport() -> None:
     from types import SimpleNamespace
 
-    from engine.transport import Transport
-    from protocols.cli_run import _follow
+    from engine.live.transport import Transport
+    from protocols.cli.run import _follow
 
     transport = Transport(lambda: 0, 48000, 120.0, 4)
     engine = SimpleNamespace(transport=transport)

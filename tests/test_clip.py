@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.clip import ConformSettings, conform, loop_frames, soft_limit, stretch_frames
-from engine.jobs import ClipSpec
-from engine.spectrogram import LoopMeta, SpectrogramParams, audio_to_mel
+from engine.dsp.spectrogram import LoopMeta, SpectrogramParams, audio_to_mel
+from engine.live.clip import ConformSettings, conform, loop_frames, soft_limit, stretch_frames
+from engine.live.jobs import ClipSpec
 
 P = SpectrogramParams()
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.control_log import (
+from engine.errors import InvalidRequest
+from engine.model.request import InferenceRequest
+from engine.takes.control_log import (
     ClipStartEvent,
     CommandEvent,
     ControlLogWriter,
@@ -21,8 +23,6 @@ from engine.control_log import (
     LogHeader,
     read_control_log,
 )
-from engine.errors import InvalidRequest
-from engine.request import InferenceRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,7 +128,7 @@ def test_reader_names_the_bad_line(tmp_path: Path, lines: list[str], message: st
 CHILD = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-from engine.control_log import ControlLogWriter, LogHeader
+from engine.takes.control_log import ControlLogWriter, LogHeader
 from tests.test_control_log import REQUEST
 w = ControlLogWriter(sys.argv[2], LogHeader(sample_rate=44100))
 n = 0

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from engine.control import Engine
 from engine.errors import RiffError
+from engine.live.control import Engine
 from engine.presets import Preset, PresetLibrary
-from protocols.midi_map import MidiMap
-from protocols.osc import OscConfig
+from protocols.midi.map import MidiMap
+from protocols.osc.server import OscConfig
 from protocols.surfaces import (
     ControlConfig,
     ControlSurfaces,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.state import ADDRESSES, PARAMETERS
+from engine.live.state import ADDRESSES, PARAMETERS
 from tests.control_surface_helpers import Served, served
 
 ROOT = Path(__file__).resolve().parent.parent

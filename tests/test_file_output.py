@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from engine.player import Player, PlayerConfig
-from protocols.file_output import FileOutput
+from engine.live.player import Player, PlayerConfig
+from protocols.audio.file_output import FileOutput
 
 
 @dataclasses.dataclass

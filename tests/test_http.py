@@ -19,8 +19,8 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from engine.render import Renderer
-from protocols.http import ServeConfig, create_app
+from engine.takes.render import Renderer
+from protocols.http.app import ServeConfig, create_app
 from tests.http_support import GatedBackend, serving, shared_renderer, wait_for
 
 #: What the riffusion web app sends for one clip (DESIGN.md).

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols.http import ServeConfig, create_app
+from protocols.http.app import ServeConfig, create_app
 from tests.http_support import GatedBackend, serving, shared_renderer
 
 FUZZ = settings(max_examples=25, deadline=None,

@@ -9,8 +9,8 @@ import uuid
 import numpy as np
 import pytest
 
-from engine.player import Player, PlayerConfig
-from protocols.jack_output import JackOutput, NoJackServer
+from engine.live.player import Player, PlayerConfig
+from protocols.audio.jack_output import JackOutput, NoJackServer
 from tests.jack_recorder import Recorder
 
 pytestmark = pytest.mark.jack

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidRequest
+from engine.live.state import PARAMETERS
 from engine.presets import BUILTIN_FOLDER, Preset, PresetLibrary
-from engine.state import PARAMETERS
 from protocols.control_target import Commands
-from protocols.midi import MidiRouter
-from protocols.midi_clock import ClockObservation, MidiClock, StateFollower
-from protocols.midi_map import CcBinding, MidiMap, shape
+from protocols.midi.clock import ClockObservation, MidiClock, StateFollower
+from protocols.midi.map import CcBinding, MidiMap, shape
+from protocols.midi.router import MidiRouter
 from tests.control_surface_helpers import EngineDouble, LoopThread
 
 MAP_TEXT = """
@@ -342,7 +342,7 @@ def loop_thread() -> Iterator[LoopThread]:
 @pytest.mark.jack
 def test_jack_midi_cc_notes_and_clock(jack_server: str, tmp_path: Path,
                                       loop_thread: LoopThread) -> None:
-    from protocols.midi_jack import JackMidiInput
+    from protocols.midi.jack_input import JackMidiInput
 
     rig = Rig(tmp_path)
 
@@ -385,7 +385,7 @@ def test_rtmidi_over_jack(jack_server: str, tmp_path: Path, loop_thread: LoopThr
     import jack
     import mido
 
-    from protocols.midi_rtmidi import RtMidiInput
+    from protocols.midi.rtmidi_input import RtMidiInput
 
     monkeypatch.setenv("JACK_DEFAULT_SERVER", jack_server)
     rig = Rig(tmp_path)
@@ -415,7 +415,7 @@ def test_rtmidi_over_jack(jack_server: str, tmp_path: Path, loop_thread: LoopThr
         out.send(mido.Message("control_change", channel=0, control=90, value=127))
         wait_for(lambda: loop_thread.call(lambda: rig.get("tempo")) == 240.0)
         # Feedback out: alpha (CC 1 in the map) set elsewhere comes back as CC 1.
-        from protocols.midi_feedback import MidiFeedback
+        from protocols.midi.feedback import MidiFeedback
 
         got: list[Any] = []
         back = backend.open_input("back", virtual=True, client_name=f"{name}-back",
@@ -440,7 +440,7 @@ def test_rtmidi_over_jack(jack_server: str, tmp_path: Path, loop_thread: LoopThr
 @pytest.mark.parametrize("curve", ["linear", "exp", "log"])
 @pytest.mark.parametrize("lsb", [None, 34])
 def test_feedback_messages_invert_the_binding(curve: str, lsb: int | None) -> None:
-    from protocols.midi_feedback import cc_messages
+    from protocols.midi.feedback import cc_messages
 
     b = CcBinding(cc=2, lsb=lsb, address="/riff/guidance", min=2.0, max=14.0, curve=curve,
                   channel=None)
@@ -457,8 +457,8 @@ def test_feedback_messages_invert_the_binding(curve: str, lsb: int | None) -> No
 
 
 def test_transport_follower_locks_the_real_transport() -> None:
-    from engine.transport import Transport
-    from protocols.midi_clock import TransportFollower
+    from engine.live.transport import Transport
+    from protocols.midi.clock import TransportFollower
 
     now = [0]
     transport = Transport(lambda: now[0], 48000, 120.0, 4)

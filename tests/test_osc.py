@@ -12,8 +12,8 @@ import pytest
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
-from engine.state import PARAMETERS, ParamSpec
-from protocols.osc import OscConfig
+from engine.live.state import PARAMETERS, ParamSpec
+from protocols.osc.server import OscConfig
 from tests.control_surface_helpers import Served, served
 
 

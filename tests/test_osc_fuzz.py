@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.state import ADDRESSES, PARAMETERS, EngineState
-from protocols.osc import OscConfig
-from protocols.osc_feedback import Coalescer
+from engine.live.state import ADDRESSES, PARAMETERS, EngineState
+from protocols.osc.feedback import Coalescer
+from protocols.osc.server import OscConfig
 from tests.control_surface_helpers import Served, served
 
 ADDRESS_LIST = [*sorted(ADDRESSES),

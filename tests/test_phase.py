@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from engine.dsp.pghi import pghi
+from engine.dsp.phase import METHODS, inverse_mel, mel_to_audio, reduced_grid
+from engine.dsp.spectrogram import SpectrogramParams, audio_to_mel, image_to_mel, mel_to_image
 from engine.errors import InvalidRequest
-from engine.pghi import pghi
-from engine.phase import METHODS, inverse_mel, mel_to_audio, reduced_grid
-from engine.spectrogram import SpectrogramParams, audio_to_mel, image_to_mel, mel_to_image
 
 P = SpectrogramParams()
 SR = 44100
@@ -64,7 +64,7 @@ def test_inverse_mel_reproduces_the_mel() -> None:
     mel = audio_to_mel(sine(440, 0.3) + sine(3000, 0.3, 0.2), P)
     target = torch.from_numpy(np.ascontiguousarray(mel.transpose(0, 2, 1)))
     linear = inverse_mel(target, P)
-    from engine.spectrogram import mel_filterbank
+    from engine.dsp.spectrogram import mel_filterbank
 
     again = linear.numpy() @ mel_filterbank(P)
     err = np.linalg.norm(again - mel.transpose(0, 2, 1)) / np.linalg.norm(mel)
@@ -123,7 +123,7 @@ def kicks_and_bass(seconds: float) -> np.ndarray:
 
 
 def test_low_band_refinement_helps_kicks_and_bass(monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine import phase
+    from engine.dsp import phase
 
     mel = image_to_mel(mel_to_image(audio_to_mel(kicks_and_bass(1.0), P), P), P)
     fast = phase.SETTINGS["fast"]
@@ -139,7 +139,7 @@ def test_pghi_beats_random_phase(chord_mel: np.ndarray) -> None:
 
     target = torch.from_numpy(np.ascontiguousarray(chord_mel.transpose(0, 2, 1)))
     amp = inverse_mel(target, P)[0].numpy()
-    from engine.stft import Stft
+    from engine.dsp.stft import Stft
 
     stft = Stft(P.win_length, P.hop_length, P.n_fft, amp.shape[0], False)
 

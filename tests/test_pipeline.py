@@ -13,14 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from engine.dsp.spectrogram import TAG_LOOP_BPM, TAG_SAMPLE_RATE, LoopMeta, save_image
+from engine.dsp.spectrogram import write_loop_meta as put_loop_meta
 from engine.errors import Cancelled, InvalidRequest, ModelUnavailable, UnknownId
-from engine.pipeline import RiffusionGenerator, slerp
-from engine.prompt_weighting import parse_weights, tokenize_weighted, weighted_embedding
-from engine.request import InferenceRequest, PromptInput
-from engine.seed_images import SeedImageLibrary
-from engine.spectrogram import TAG_LOOP_BPM, TAG_SAMPLE_RATE, LoopMeta, save_image
-from engine.spectrogram import write_loop_meta as put_loop_meta
-from engine.tiny_model import save_tiny_model
+from engine.model.pipeline import RiffusionGenerator, slerp
+from engine.model.prompt_weighting import parse_weights, tokenize_weighted, weighted_embedding
+from engine.model.request import InferenceRequest, PromptInput
+from engine.model.seed_images import SeedImageLibrary
+from engine.model.tiny import save_tiny_model
 
 WIDTH = 64
 HEIGHT = 128
@@ -388,7 +388,7 @@ def test_parse_weights_never_fails(text: str) -> None:
 
 
 def test_device_choice() -> None:
-    from engine.models import pick_device
+    from engine.model.loading import pick_device
 
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device("auto").type in ("cuda", "mps", "cpu")

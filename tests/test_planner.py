@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import InvalidRequest
-from engine.planner import JamPlanner, JamPosition
-from engine.request import MAX_SEED, InferenceRequest
-from engine.state import EngineState
+from engine.live.planner import JamPlanner, JamPosition
+from engine.live.state import EngineState
+from engine.model.request import MAX_SEED, InferenceRequest
 
 
 def run(planner: JamPlanner, state: EngineState, n: int, prev: JamPosition | None = None

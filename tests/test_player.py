@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidRequest
-from engine.player import Player, PlayerConfig
+from engine.live.player import Player, PlayerConfig
 
 
 @dataclasses.dataclass

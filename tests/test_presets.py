@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from engine import toml_writer
 from engine.errors import InvalidRequest, UnknownId
+from engine.live.state import PARAMETERS, EngineState
 from engine.presets import Preset, PresetLibrary, PromptSet
-from engine.state import PARAMETERS, EngineState
 
 scalar = st.one_of(st.text(max_size=30), st.integers(-(2**63), 2**63 - 1), st.booleans(),
                    st.floats(allow_nan=False, allow_infinity=False))

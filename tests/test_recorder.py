@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from engine.errors import InvalidRequest
-from engine.recorder import Recorder, RecorderConfig
+from engine.takes.recorder import Recorder, RecorderConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,7 +165,7 @@ def test_readable_after_sigkill_up_to_last_flush(tmp_path: Path, suffix: str) ->
 CHILD_SCRIPT = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from engine.recorder import Recorder, RecorderConfig
+from engine.takes.recorder import Recorder, RecorderConfig
 from tests.test_recorder import _pattern
 rec = Recorder(RecorderConfig(sys.argv[2], sample_rate=48000, flush_s=0.1))
 rec.start()

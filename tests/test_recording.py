@@ -10,22 +10,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.control_log import ClipStartEvent, CommandEvent, GenerationEvent, read_control_log
 from engine.errors import InvalidRequest
-from engine.jobs import ClipSpec, GenerationJob
-from engine.player import Player, PlayerConfig
-from engine.recording import (
+from engine.live.jobs import ClipSpec, GenerationJob
+from engine.live.player import Player, PlayerConfig
+from engine.live.state import EngineState
+from engine.live.transport import Transport
+from engine.live.wire import parse_request
+from engine.takes.control_log import ClipStartEvent, CommandEvent, GenerationEvent, read_control_log
+from engine.takes.recording import (
     Recording,
     RecordingTaps,
     TakeController,
     bar_position,
     recording_paths,
 )
-from engine.rerender import rerender
-from engine.state import EngineState
-from engine.transport import Transport
-from engine.wire import parse_request
-from protocols.http import ServeConfig, create_app
+from engine.takes.rerender import rerender
+from protocols.http.app import ServeConfig, create_app
 from protocols.remote import make_remote_generator
 from tests.http_support import GatedBackend, serving, shared_renderer, wait_for
 

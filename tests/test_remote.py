@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from engine.errors import InvalidRequest, UnknownId
-from engine.jobs import ClipGenerator, ClipSpec, GenerationJob
-from engine.render import Renderer
-from engine.wire import parse_request
-from protocols.http import ServeConfig, create_app
+from engine.live.jobs import ClipGenerator, ClipSpec, GenerationJob
+from engine.live.wire import parse_request
+from engine.takes.render import Renderer
+from protocols.http.app import ServeConfig, create_app
 from protocols.remote import (
     RemoteClipGenerator,
     RemoteConfig,

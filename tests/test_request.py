@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import InvalidRequest
-from engine.request import InferenceRequest, PromptInput
+from engine.model.request import InferenceRequest, PromptInput
 
 WEB_APP_REQUEST = {
     "alpha": 0.25,

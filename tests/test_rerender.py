@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.control_log import ControlLogWriter, LogHeader, read_control_log
 from engine.errors import InvalidRequest
-from engine.jobs import Clip, ClipSpec, GenerationJob
-from engine.rerender import RerenderSettings, rerender
-from engine.wire import parse_request
+from engine.live.jobs import Clip, ClipSpec, GenerationJob
+from engine.live.wire import parse_request
+from engine.takes.control_log import ControlLogWriter, LogHeader, read_control_log
+from engine.takes.rerender import RerenderSettings, rerender
 from tests.http_support import shared_renderer, shared_seed_folder
 
 ROOT = Path(__file__).resolve().parent.parent

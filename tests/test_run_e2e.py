@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.worker import tone_frequency
+from engine.live.worker import tone_frequency
 from tests.jack_recorder import Recorder
 
 pytestmark = [pytest.mark.jack, pytest.mark.slow]

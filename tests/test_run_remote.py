@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.control_log import read_control_log
+from engine.takes.control_log import read_control_log
 from tests.riff_process import RiffProcess
 
 pytestmark = pytest.mark.slow

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.control import Engine
 from engine.errors import InvalidRequest, UnknownId
-from engine.scheduler import SchedulerConfig
-from engine.state import EngineState
-from engine.transport import BBTObservation
+from engine.live.control import Engine
+from engine.live.scheduler import SchedulerConfig
+from engine.live.state import EngineState
+from engine.live.transport import BBTObservation
 from tests.engine_fakes import FakeClock, FakeGenerator, FakeSink, Scheduled
 
 SR = 48000

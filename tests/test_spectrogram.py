@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.errors import InvalidAudio, InvalidImage, InvalidRequest
-from engine.spectrogram import (
+from engine.dsp.spectrogram import (
     LoopMeta,
     SpectrogramParams,
     audio_to_mel,
@@ -26,6 +25,7 @@ from engine.spectrogram import (
     save_image,
     write_loop_meta,
 )
+from engine.errors import InvalidAudio, InvalidImage, InvalidRequest
 
 P = SpectrogramParams()
 SR = 44100

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import InvalidRequest
-from engine.state import ADDRESSES, PARAMETERS, EngineState
+from engine.live.state import ADDRESSES, PARAMETERS, EngineState
 
 
 def test_defaults_are_valid_for_their_own_specs() -> None:

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidRequest
-from engine.jobs import ClipSpec
-from engine.transport import BBTObservation, Transport
+from engine.live.jobs import ClipSpec
+from engine.live.transport import BBTObservation, Transport
 
 TEN_HOURS = 10 * 3600
 

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from engine.errors import ModelUnavailable
-from engine.jobs import ClipGenerator, ClipSpec, GenerationJob
-from engine.request import InferenceRequest
-from engine.worker import (
+from engine.live.jobs import ClipGenerator, ClipSpec, GenerationJob
+from engine.live.worker import (
     TEST_TONES,
     WorkerClient,
     WorkerConfig,
     WorkerCrashed,
     tone_clip_audio,
 )
+from engine.model.request import InferenceRequest
 
 
 def make_job(job_id: int, steps: int = 5, width: int | None = None,
@@ -132,7 +132,7 @@ def test_tiny_model_job_returns_the_renderers_clip_of_exact_length() -> None:
             assert np.all(np.isfinite(clip.audio)) and np.abs(clip.audio).max() <= 1.0
             assert float(np.sqrt(np.mean(clip.audio ** 2))) > 1e-3  # not silence
             # The server's renderer conforms through the same function: the same clip.
-            from engine.render import Renderer
+            from engine.takes.render import Renderer
 
             local = Renderer.load("tiny", device="cpu").render_clip(job)
             np.testing.assert_array_equal(clip.audio, local.audio)

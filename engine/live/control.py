@@ -1,0 +1,222 @@
+"""The engine facade the front ends drive: state, transport, jam planner and scheduler in one.
+
+``Engine`` owns the performer's :class:`~engine.live.state.EngineState`; OSC, MIDI, presets and the
+CLI change it through ``engine.live.state.set``/``update``. A listener turns changes into transport
+changes (tempo, meter: at the next bar line) and re-planning (latest wins). The generator, the
+sink (player) and the wall clock are injected, so tests run the whole control plane with fakes
+and a fake clock.
+
+Thread: everything runs on one asyncio loop (the control plane). ``run`` is the engine's main
+task; ``play``, ``stop``, ``status`` and state changes are called from that loop (a MIDI or
+JACK thread hands over with ``loop.call_soon_threadsafe``). Nothing here blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from engine.errors import InvalidRequest, RiffError
+from engine.live.jobs import ClipGenerator, ClipSink
+from engine.live.planner import JamPlanner
+from engine.live.scheduler import Clock, Scheduler, SchedulerConfig, SystemClock
+from engine.live.state import EngineState, Value
+from engine.live.transport import Transport
+from engine.takes.recording import TakeController
+
+log = logging.getLogger(__name__)
+
+#: Status keys filled from the player's counters: status key -> counter name.
+SINK_STATUS = {"xruns": "xruns", "underruns": "underruns", "sink_late": "late",
+               "sink_repeats": "repeats"}
+
+#: Parameters that change the bar grid or the clip length.
+TRANSPORT_PARAMS = frozenset({"tempo", "meter"})
+
+
+class Engine:
+    """The control plane: ``state``, ``transport``, ``planner``, ``scheduler``.
+
+    ``generators``: one :class:`~engine.live.jobs.ClipGenerator` per worker (a single one is
+    fine). ``sink``: the player; its ``position()`` is the audio clock the transport counts.
+    ``sink_stats``: the player's counters (``Player.counters``), for :meth:`status`.
+    """
+
+    def __init__(
+        self,
+        generators: ClipGenerator | Sequence[ClipGenerator],
+        sink: ClipSink,
+        *,
+        sample_rate: int,
+        clock: Clock | None = None,
+        state: EngineState | None = None,
+        config: SchedulerConfig | None = None,
+        walk_clips: int = 4,
+        sink_stats: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
+        self.generators: tuple[ClipGenerator, ...] = (
+            tuple(generators) if isinstance(generators, Sequence) else (generators,)
+        )
+        if not self.generators:
+            raise RiffError("the engine needs at least one generator")
+        self.sink = sink
+        #: The player's counters (``engine.live.player.Player.counters``), shown in :meth:`status`.
+        self.sink_stats = sink_stats
+        self.clock: Clock = clock or SystemClock()
+        self.state = state or EngineState()
+        self.transport = Transport(
+            sink.position, sample_rate, float(self.state.get("tempo")),
+            int(self.state.get("meter")),
+        )
+        self.planner = JamPlanner(walk_clips)
+        self.scheduler = Scheduler(self.state, self.transport, self.planner, sink, self.clock,
+                                   config)
+        self._seen = self.state.snapshot()  # last values acted on: repeats change nothing
+        self.state.add_listener(self._changed)
+        self._run_task: asyncio.Task[None] | None = None
+        self._closing = False
+        #: Takes (``/riff/record/start``, ``/riff/record/stop``); set by the daemon when it
+        #: was wired for recording (see :class:`engine.takes.recording.TakeController`).
+        self.takes: TakeController | None = None
+
+    # -- transport -------------------------------------------------------------------------
+
+    def play(self) -> None:
+        """Start the transport at bar 0 now and start the jam (a clip plays once ready)."""
+        if self.scheduler.running:
+            return
+        if not self.transport.external:
+            self.transport.start()
+        self.scheduler.start()
+        log.info("play: %.2f BPM, %d/bar, %d bar clips", self.transport.tempo,
+                 self.transport.beats_per_bar, int(self.state.get("bars")))
+
+    def stop(self) -> None:
+        """Stop: pending work is dropped and the sink fades out."""
+        if not self.scheduler.running:
+            return
+        self.scheduler.stop()
+        self.transport.stop()
+        self.sink.stop()
+        log.info("stop")
+
+    def _changed(self, name: str, value: Value) -> None:
+        """State listener (asyncio loop): tempo/meter at the next bar line; re-plan.
+
+        A value equal to the last one (a controller resending its fader) changes nothing, so
+        it never pre-empts work in flight.
+        """
+        if self._seen.get(name) == value:
+            return
+        self._seen[name] = value
+        if name in TRANSPORT_PARAMS:
+            if self.transport.external:
+                log.warning("%s ignored: the transport follows an external clock", name)
+                return
+            if name == "tempo":
+                self.transport.set_tempo(tempo=float(value))
+            else:
+                self.transport.set_tempo(beats_per_bar=int(value))
+            self.scheduler.invalidate(f"{name} = {value}")
+        elif name == "bars" or self.planner.relevant(name, self.state.snapshot()):
+            self.scheduler.invalidate(f"{name} changed")
+
+    # -- recording -------------------------------------------------------------------------
+
+    def record_start(self, name: str | None = None) -> Path:
+        """Start a take (a plain file name, or timestamped); returns its audio path.
+
+        Raises InvalidRequest when recording is not set up, a take is running, the name is
+        not plain or already taken, or the files cannot be opened."""
+        takes = self._takes()
+        try:
+            path = takes.start(name)
+        except FileExistsError as exc:
+            raise InvalidRequest(f"{exc}; pick another name") from None
+        except OSError as exc:
+            raise InvalidRequest(f"cannot start recording: {exc}") from None
+        log.info("recording to %s", path)
+        return path
+
+    def record_stop(self) -> tuple[Path, Path]:
+        """Stop the running take; returns its (audio, control log) paths."""
+        audio, control = self._takes().stop()
+        log.info("recording stopped: %s, %s", audio, control)
+        return audio, control
+
+    def _takes(self) -> TakeController:
+        if self.takes is None:
+            raise InvalidRequest("recording is off: start the engine with --record DIR")
+        return self.takes
+
+    # -- main task -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the worker tasks and the bar-line loop until :meth:`close` (returns then) or
+        until cancelled (raises CancelledError)."""
+        self._run_task = asyncio.current_task()
+        workers = [asyncio.ensure_future(self.scheduler.run_worker(g)) for g in self.generators]
+        try:
+            while True:
+                await self.clock.sleep(self.scheduler.tick())
+                for worker in workers:
+                    if worker.done():  # a worker must never end; say why and restart it
+                        index = workers.index(worker)
+                        self.scheduler.counters.failed += 1
+                        log.error("worker %d stopped: %r; restarting it", index,
+                                  worker.exception() if not worker.cancelled() else "cancelled")
+                        workers[index] = asyncio.ensure_future(
+                            self.scheduler.run_worker(self.generators[index])
+                        )
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self._run_task = None
+
+    async def close(self) -> None:
+        """Stop playing and end :meth:`run` (awaits its cleanup; ``run`` returns normally)."""
+        self._closing = True
+        self.stop()
+        self.state.remove_listener(self._changed)
+        task = self._run_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, int | float | str]:
+        """Bar, queue, lateness, progress, clip, tempo and every counter (JSON-ready)."""
+        c = self.scheduler.counters
+        return {
+            "playing": int(self.scheduler.running),
+            "bar": self.transport.bar() if self.scheduler.running else -1,
+            "tempo": self.transport.tempo,
+            "meter": self.transport.beats_per_bar,
+            "clock": "external" if self.transport.external else "internal",
+            "queue": self.scheduler.queue,
+            "progress": round(self.scheduler.progress, 4),
+            "clip": self.scheduler.playing_job,
+            "late": c.late,
+            "generated": c.generated,
+            "repeated": c.repeated,
+            "preempted": c.preempted,
+            "failed": c.failed,
+            "retried": c.retried,
+            "abandoned": c.abandoned,
+            "error": self.scheduler.last_error,
+            **self._sink_status(),
+        }
+
+    def _sink_status(self) -> dict[str, int]:
+        """The player's xruns, underruns, late starts and repeats (zeros without stats)."""
+        stats = self.sink_stats() if self.sink_stats is not None else {}
+        return {key: int(stats.get(name, 0)) for key, name in SINK_STATUS.items()}

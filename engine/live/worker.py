@@ -1,0 +1,383 @@
+"""The generator worker: a separate process holding the pipeline and clip conform, and the
+asyncio client the control plane awaits (:class:`WorkerClient`, a ``ClipGenerator``).
+
+Why a process: torch, the model and phase reconstruction stay out of the daemon (which must
+keep the audio going and never imports torch); a crash or out-of-memory error in the worker
+costs one job, not the performance. The client restarts a dead worker, says so in the log, and
+fails the job it was doing (the scheduler retries it).
+
+Protocol (plain data, so it can run over a network later), one duplex pipe per worker:
+
+    daemon -> worker  {"op": "job", "job": {job_id, request, spec, start_bar, created}}
+                      {"op": "stop"}
+    worker -> daemon  {"op": "ready", "model": str, "device": str, "pid": int}
+                      {"op": "fatal", "error": str, "message": str}   (model failed to load)
+                      {"op": "progress", "job_id", "step", "total"}
+                      {"op": "clip", "job_id", "audio": bytes, "shape": [n, ch], "seconds"}
+                      {"op": "error", "job_id", "error": class name, "message": str}
+
+Audio travels over the pipe as raw float32 bytes (a few MB per clip; one copy). Cancellation
+is a shared 64-bit integer: the daemon writes the id of the job to cancel and the worker polls
+it between denoising steps (no message needs to overtake the job).
+
+Model ``test-tones`` is a stand-in for the GPU in end-to-end tests: it skips the model and
+returns a pure tone per job (frequency from the job id, a whole number of cycles per clip so it
+loops exactly), after ``num_inference_steps`` short steps that report progress and honour
+cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from engine import errors
+from engine.errors import ModelUnavailable, RiffError
+from engine.live.jobs import Clip, ClipSpec, GenerationJob, ProgressCallback
+from engine.model.request import InferenceRequest
+
+log = logging.getLogger(__name__)
+
+TEST_TONES = "test-tones"
+#: Seconds a test-tones "denoising step" takes (so cancellation and kills can land mid-job).
+TONE_STEP_S = 0.02
+
+
+class WorkerCrashed(RiffError):
+    """The worker process died while doing a job (the job may be retried)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """What the worker process loads: model, device, phase method, seed image folders."""
+
+    model: str = "riffusion/riffusion-model-v1"
+    device: str = "auto"
+    phase_method: str = "fast"
+    seed_folders: tuple[str, ...] = ()
+    channels: int = 2
+    start_timeout_s: float = 600.0
+    #: Niceness added to the worker process, so a CPU-bound generator (the tiny model, phase
+    #: reconstruction on the CPU) never starves the daemon's audio thread.
+    nice: int = 10
+
+
+def tone_frequency(job_id: int, num_samples: int, sample_rate: int) -> float:
+    """The test-tones frequency of ``job_id``: near 220 Hz * 2^(k/12) for k = job_id % 12,
+    rounded to a whole number of cycles per clip so the clip loops seamlessly."""
+    f = 220.0 * 2 ** ((job_id % 12) / 12)
+    cycles = max(1, round(f * num_samples / sample_rate))
+    return cycles * sample_rate / num_samples
+
+
+def tone_clip_audio(job_id: int, spec: ClipSpec, channels: int = 2) -> np.ndarray:
+    """The test-tones audio of a job: ``0.25 * sin(2 pi f n / rate)``, (samples, channels)."""
+    n = np.arange(spec.num_samples, dtype=np.float64)
+    f = tone_frequency(job_id, spec.num_samples, spec.sample_rate)
+    one = (0.25 * np.sin(2 * np.pi * f * n / spec.sample_rate)).astype(np.float32)
+    return np.ascontiguousarray(np.repeat(one[:, None], channels, axis=1))
+
+
+# ---- the worker process ---------------------------------------------------------------------
+
+
+def job_to_wire(job: GenerationJob) -> dict[str, Any]:
+    """A job as plain data for the pipe."""
+    return {"job_id": job.job_id, "request": job.request.to_dict(),
+            "spec": dataclasses.asdict(job.spec), "start_bar": job.start_bar,
+            "created": job.created}
+
+
+def job_from_wire(data: dict[str, Any]) -> GenerationJob:
+    """Validate and rebuild a job from plain data."""
+    return GenerationJob(job_id=data["job_id"], request=InferenceRequest.from_dict(data["request"]),
+                         spec=ClipSpec(**data["spec"]), start_bar=data["start_bar"],
+                         created=data["created"])
+
+
+class _Model:
+    """What runs inside the worker: the pipeline plus conform, or the test-tones stand-in."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.generator: Any = None
+        self.device = "cpu"
+        if config.model != TEST_TONES:
+            from engine.model.pipeline import RiffusionGenerator
+
+            self.generator = RiffusionGenerator.load(config.model, device=config.device,
+                                                     seed_images=list(config.seed_folders))
+            self.device = str(self.generator.device)
+
+    def make(self, job: GenerationJob, progress: Callable[[int, int], None],
+             cancel: Callable[[], bool]) -> np.ndarray:
+        if self.generator is None:
+            total = job.request.num_inference_steps
+            for step in range(total):
+                if cancel():
+                    raise errors.Cancelled(f"job {job.job_id} cancelled")
+                time.sleep(TONE_STEP_S)
+                progress(step + 1, total)
+            return tone_clip_audio(job.job_id, job.spec, self.config.channels)
+        from engine.live.clip import conform_image
+
+        result = self.generator.generate(job.request, progress=progress, cancel=cancel)
+        return conform_image(result.image, job.spec, job.request,
+                             seed_images=self.generator.seed_images,
+                             method=self.config.phase_method, device=self.device,
+                             channels=self.config.channels)
+
+
+def worker_main(conn: multiprocessing.connection.Connection, cancel: Any,
+                config: WorkerConfig) -> None:
+    """Entry point of the worker process: load, then serve jobs until told to stop.
+
+    Thread: the worker process's main thread (the only one that touches the model).
+    """
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
+    if config.nice:
+        os.nice(config.nice)
+    try:
+        model = _Model(config)
+    except RiffError as exc:
+        conn.send({"op": "fatal", "error": type(exc).__name__, "message": str(exc)})
+        return
+    conn.send({"op": "ready", "model": config.model, "device": model.device,
+               "pid": os.getpid()})
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:  # the daemon went away
+            return
+        if msg.get("op") == "stop":
+            return
+        if msg.get("op") != "job":
+            log.error("unknown message %r", msg.get("op"))
+            continue
+        job_id = int(msg["job"].get("job_id", -1))
+        t0 = time.monotonic()
+        try:
+            job = job_from_wire(msg["job"])
+
+            def progress(step: int, total: int, job_id: int = job_id) -> None:
+                conn.send({"op": "progress", "job_id": job_id, "step": step, "total": total})
+
+            def cancelled(job_id: int = job_id) -> bool:
+                return bool(cancel.value == job_id)
+
+            audio = model.make(job, progress, cancelled)
+        except Exception as exc:  # every failure goes back to the daemon as the job's result
+            if not isinstance(exc, RiffError):
+                log.exception("job %d failed", job_id)
+            conn.send({"op": "error", "job_id": job_id, "error": type(exc).__name__,
+                       "message": str(exc)})
+            continue
+        conn.send({"op": "clip", "job_id": job_id, "audio": audio.tobytes(),
+                   "shape": list(audio.shape), "seconds": time.monotonic() - t0})
+
+
+# ---- the daemon side --------------------------------------------------------------------------
+
+
+def _error_from_wire(name: str, message: str) -> Exception:
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, RiffError):
+        return cls(message)
+    return RuntimeError(f"worker: {name}: {message}")
+
+
+class WorkerClient:
+    """The control plane's handle on one worker process; a :class:`ClipGenerator`.
+
+    Thread: every method runs on the daemon's asyncio loop. The process is started with the
+    ``spawn`` method (no inherited threads or JACK state), watched through its sentinel, and
+    restarted when it dies.
+    """
+
+    def __init__(self, config: WorkerConfig, name: str = "worker") -> None:
+        self.config = config
+        self.name = name
+        self.restarts = 0
+        self.pid = -1
+        self.device = ""
+        self._ctx = multiprocessing.get_context("spawn")
+        self._cancel = self._ctx.Value("q", -1, lock=False)
+        self._proc: Any = None
+        self._conn: multiprocessing.connection.Connection | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._pending: dict[int, asyncio.Future[np.ndarray]] = {}
+        self._progress: dict[int, ProgressCallback] = {}
+        self._seconds: dict[int, float] = {}
+        self._lock = asyncio.Lock()
+        self._closing = False
+        self._fatal: Exception | None = None
+        self._restart_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the process and wait until the model is loaded (raises ModelUnavailable or
+        the worker's own error when it cannot load)."""
+        loop = asyncio.get_running_loop()
+        parent, child = self._ctx.Pipe(duplex=True)
+        self._proc = self._ctx.Process(target=worker_main, args=(child, self._cancel, self.config),
+                                       name=f"riff-{self.name}", daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        self._ready = loop.create_future()
+        loop.add_reader(parent.fileno(), self._on_readable, parent)
+        loop.add_reader(self._proc.sentinel, self._on_exit, self._proc)
+        log.info("%s: process %d started (model %s)", self.name, self._proc.pid,
+                 self.config.model)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.config.start_timeout_s)
+        except TimeoutError:
+            raise ModelUnavailable(f"{self.name} did not load the model within "
+                                   f"{self.config.start_timeout_s:.0f} s") from None
+
+    async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
+                       ) -> Clip:
+        """Generate ``job`` in the worker (see :class:`~engine.live.jobs.ClipGenerator`)."""
+        async with self._lock:  # one job in the pipe at a time; a cancelled one drains there
+            if self._fatal is not None:
+                raise self._fatal
+            if self._ready is None:
+                await self.start()
+            assert self._ready is not None
+            await asyncio.shield(self._ready)
+            future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+            self._pending[job.job_id] = future
+            if progress is not None:
+                self._progress[job.job_id] = progress
+            assert self._conn is not None
+            try:
+                self._conn.send({"op": "job", "job": job_to_wire(job)})
+            except OSError as exc:
+                self._forget(job.job_id)
+                raise WorkerCrashed(f"{self.name}: cannot send job {job.job_id}: {exc}") from exc
+        try:
+            audio = await future
+        except asyncio.CancelledError:
+            self._cancel.value = job.job_id  # the worker stops at its next step boundary
+            raise
+        finally:
+            self._forget(job.job_id)
+        return Clip(job.job_id, audio, job.spec, job.request, self._seconds.pop(job.job_id, 0.0))
+
+    def _forget(self, job_id: int) -> None:
+        self._pending.pop(job_id, None)
+        self._progress.pop(job_id, None)
+
+    def _on_readable(self, conn: multiprocessing.connection.Connection) -> None:
+        """Dispatch every message waiting on the pipe (loop thread; must not block)."""
+        while conn is self._conn:
+            try:
+                if not conn.poll():
+                    return
+                msg = conn.recv()
+            except (EOFError, OSError):
+                asyncio.get_running_loop().remove_reader(conn.fileno())
+                return  # the sentinel reports the exit
+            self._dispatch(msg)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "ready":
+            self.pid, self.device = int(msg["pid"]), str(msg["device"])
+            log.info("%s: ready (pid %d, model %s on %s)", self.name, self.pid,
+                     msg["model"], self.device)
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            return
+        if op == "fatal":
+            error = _error_from_wire(msg["error"], msg["message"])
+            self._fatal = error  # loading fails the same way again: do not restart
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(error)
+            return
+        job_id = int(msg.get("job_id", -1))
+        if op == "progress":
+            cb = self._progress.get(job_id)
+            if cb is not None:
+                cb(int(msg["step"]), int(msg["total"]))
+            return
+        future = self._pending.get(job_id)
+        if future is None or future.done():
+            return  # a cancelled job finishing; nobody waits for it
+        if op == "clip":
+            audio = np.frombuffer(msg["audio"], np.float32).reshape(msg["shape"]).copy()
+            self._seconds[job_id] = float(msg["seconds"])
+            future.set_result(audio)
+        elif op == "error":
+            future.set_exception(_error_from_wire(msg["error"], msg["message"]))
+
+    def _on_exit(self, proc: Any) -> None:
+        """The worker process ended (loop thread): fail its job and start a new one."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(proc.sentinel)
+        if proc is not self._proc:
+            return
+        proc.join(1.0)  # it has exited (its sentinel fired): this only reaps it
+        code = proc.exitcode
+        if self._conn is not None:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(self._conn.fileno())
+            self._conn.close()
+            self._conn = None
+        crashed = WorkerCrashed(f"{self.name} (pid {proc.pid}) exited with code {code}")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(crashed)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(crashed)
+            self._ready.exception()  # reported here; a cancelled start() will not read it
+        self._ready = None
+        self._proc = None
+        if self._closing or self._fatal is not None:
+            return
+        self.restarts += 1
+        log.error("%s (pid %d) died with exit code %s; restarting it (restart %d)",
+                  self.name, proc.pid, code, self.restarts)
+        self._restart_task = loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        try:
+            async with self._lock:
+                if self._ready is None and not self._closing:
+                    await self.start()
+        except Exception as exc:  # logged and counted; the next generate() tries again
+            log.error("%s: restart failed: %s", self.name, exc)
+
+    async def close(self) -> None:
+        """Stop the worker process (waits up to 5 s, then kills it)."""
+        self._closing = True
+        proc, conn = self._proc, self._conn
+        if proc is None:
+            return
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send({"op": "stop"})
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, proc.join, 5.0)
+        if proc.is_alive():
+            proc.kill()
+            await loop.run_in_executor(None, proc.join, 5.0)
+        if self._proc is proc:  # the sentinel callback did not run yet
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(proc.sentinel)
+            if conn is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(conn.fileno())
+                conn.close()
+            self._proc = self._conn = None
+        log.info("%s stopped", self.name)

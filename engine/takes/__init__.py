@@ -1,0 +1,13 @@
+"""Takes: recording a performance, and rendering it (again) offline.
+
+``recorder`` writes the engine's output to an audio file through a preallocated ring;
+``control_log`` writes and reads the JSON Lines log of commands, requests and clip starts;
+``recording`` pairs them as one take; ``rerender`` replays a take's log with the model to
+reproduce its audio; ``render`` is the one-shot request -> image + audio (or clip) renderer
+that ``riff render`` and ``riff serve`` use.
+
+Threading model: the audio thread calls only ``Recording.write``/``Recorder.write`` (a copy
+into the ring, no allocation, no lock); the recorder's writer thread drains the ring to disk;
+everything else runs on the control loop or in a command-line process. ``render`` runs on the
+server's generation thread.
+"""

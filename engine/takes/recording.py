@@ -1,0 +1,341 @@
+"""A recording session: the engine's output as audio plus its control log, side by side.
+
+``Recording.start("takes/")`` opens ``takes/set-YYYYmmdd-HHMMSS.wav`` and
+``takes/set-YYYYmmdd-HHMMSS.jsonl``; a file path (``.wav`` or ``.flac``) names them exactly.
+The audio side is a :class:`~engine.takes.recorder.Recorder` (the audio thread calls
+:meth:`Recording.write`); the control side a :class:`~engine.takes.control_log.ControlLogWriter`
+(the control thread logs commands, generation requests and clip starts through ``.log``).
+``riff rerender`` replays the log.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.errors import InvalidRequest
+from engine.live.jobs import Clip, ClipGenerator, ClipSink, GenerationJob, ProgressCallback
+from engine.model.request import check_plain_id
+from engine.takes.control_log import ControlLogWriter, LogHeader
+from engine.takes.recorder import FORMATS, Recorder, RecorderConfig
+
+#: The command that marks the clock sample of a take's first recorded frame.
+TAKE_START = "take_start"
+
+
+def recording_paths(target: Path | str, now: datetime.datetime | None = None
+                    ) -> tuple[Path, Path]:
+    """(audio path, log path) for a target file or folder; a folder gets a timestamped name."""
+    target = Path(target)
+    if target.suffix.lower() in FORMATS:
+        audio = target
+    elif target.suffix:
+        raise InvalidRequest(f"recording must be a folder or a .wav/.flac file, not {target}")
+    else:
+        stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+        audio = target / f"set-{stamp}.wav"
+    return audio, audio.with_suffix(".jsonl")
+
+
+class Recording:
+    """Audio recorder and control log of one take. Create with :meth:`start`."""
+
+    def __init__(self, recorder: Recorder, log: ControlLogWriter) -> None:
+        self.recorder = recorder
+        self.log = log
+        #: Sample (on the engine's clock) of the first and after the last recorded frame;
+        #: set by the audio thread when it knows the clock (:meth:`TakeController.write_channels`).
+        self.first_sample = -1
+        self.end_sample = -1
+
+    @classmethod
+    def start(cls, target: Path | str, *, sample_rate: int, channels: int = 2,
+              state: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
+              flush_s: float = 0.5) -> Recording:
+        """Open both files and start the writer thread. Called by the control thread.
+
+        Refuses to overwrite an existing log (FileExistsError) or audio file.
+        """
+        audio, log_path = recording_paths(target)
+        config = RecorderConfig(audio, sample_rate=sample_rate, channels=channels,
+                                flush_s=flush_s)
+        if config.live_path.exists() or audio.exists():
+            raise FileExistsError(f"{audio} already exists")
+        header = LogHeader(sample_rate=sample_rate, channels=channels, audio=audio.name,
+                           state=dict(state or {}), info=dict(info or {}))
+        log = ControlLogWriter(log_path, header)
+        recorder = Recorder(config)
+        try:
+            recorder.start()
+        except BaseException:
+            log.close()
+            raise
+        return cls(recorder, log)
+
+    def write(self, frames: np.ndarray) -> bool:
+        """Audio thread: copy ``frames`` (n, channels) into the recorder's ring (see
+        :meth:`engine.takes.recorder.Recorder.write`; no lock, no allocation, no logging)."""
+        return self.recorder.write(frames)
+
+    def write_channels(self, channels: Sequence[np.ndarray]) -> bool:
+        """Audio thread: the same for one array per channel (JACK port buffers)."""
+        return self.recorder.write_channels(channels)
+
+    def stop(self, *, sample: int, bar: float) -> tuple[Path, Path]:
+        """Close the take at ``sample``/``bar`` (control thread); returns (audio, log) paths."""
+        try:
+            audio = self.recorder.stop()
+        finally:
+            self.log.close(sample=sample, bar=bar)
+        return audio, self.log.path
+
+
+class _Clock(Protocol):
+    """What the taps need from :class:`engine.live.transport.Transport`."""
+
+    def now(self) -> int: ...
+
+    def bar_at(self, sample: int) -> int: ...
+
+    def bar_start(self, bar: int) -> int: ...
+
+
+def bar_position(transport: _Clock, sample: int) -> float:
+    """``sample`` as a fractional bar number on the transport's grid (bar 2.5: half-way)."""
+    bar = transport.bar_at(sample)
+    start, end = transport.bar_start(bar), transport.bar_start(bar + 1)
+    return bar + (sample - start) / max(end - start, 1)
+
+
+class RecordingTaps:
+    """Feeds a take's control log from the engine without changing the engine.
+
+    - :meth:`on_state_change` is an :class:`engine.live.state.EngineState` listener (every
+      accepted parameter change);
+    - :meth:`command` logs other accepted commands (play, stop, preset load, ...);
+    - :meth:`generator` wraps a ``ClipGenerator`` so every job is logged when it is issued;
+    - :meth:`sink` wraps a ``ClipSink`` (the player) so every clip start and stop is logged.
+
+    Thread: all of them run on the control plane (asyncio loop); each log line is one small
+    buffered write, never an fsync. ``recording`` may be replaced or set to None at any time
+    (record start/stop); nothing is logged while it is None.
+    """
+
+    def __init__(self, transport: _Clock | None = None, recording: Recording | None = None
+                 ) -> None:
+        #: Set it once the engine's transport exists (the taps wrap the generator before).
+        self.transport = transport
+        self.recording = recording
+        #: The last clips handed to the sink with their start samples, recording or not, so a
+        #: take started mid-clip can log what is playing (:meth:`log_playing`).
+        self.recent: collections.deque[tuple[Clip, int]] = collections.deque(maxlen=4)
+        self.stopped_at: int | None = None
+
+    def log_playing(self) -> None:
+        """Log the clip playing now and any scheduled after it (generation + clip start), so
+        the take's log can re-render its first bars. Called when a take starts."""
+        if self.recording is None or self.transport is None:
+            return
+        now = self.transport.now()
+        recent = list(self.recent)
+        current = [i for i, (_, start) in enumerate(recent) if start <= now]
+        first = current[-1] if current else 0
+        if self.stopped_at is not None and (not recent or self.stopped_at >= recent[-1][1]):
+            return  # stopped after the last schedule: nothing plays
+        logged: set[int] = set()
+        for clip, start in recent[first:]:
+            sample, bar = self._at(start)
+            if clip.job_id not in logged:
+                logged.add(clip.job_id)
+                self.recording.log.generation(clip.job_id, clip.request, clip.spec,
+                                              sample=sample, bar=bar)
+            self.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
+
+    def _at(self, sample: int | None = None) -> tuple[int, float]:
+        if self.transport is None:
+            raise RuntimeError("RecordingTaps.transport must be set before recording")
+        sample = self.transport.now() if sample is None else sample
+        return sample, bar_position(self.transport, sample)
+
+    def on_state_change(self, name: str, value: object) -> None:
+        """EngineState listener: log the parameter change at the current position."""
+        self.command(name, [value], source="state")
+
+    def command(self, name: str, args: Sequence[Any] = (), source: str | None = None) -> None:
+        """Log an accepted command at the current position."""
+        if self.recording is not None:
+            sample, bar = self._at()
+            self.recording.log.command(name, list(args), sample=sample, bar=bar, source=source)
+
+    def generator(self, inner: ClipGenerator) -> ClipGenerator:
+        """``inner`` with every job logged (request and clip spec) before it is generated."""
+        return _LoggedGenerator(inner, self)
+
+    def sink(self, inner: ClipSink) -> ClipSink:
+        """``inner`` with every scheduled clip and every stop logged."""
+        return _LoggedSink(inner, self)
+
+
+class _LoggedGenerator:
+    def __init__(self, inner: ClipGenerator, taps: RecordingTaps) -> None:
+        self.inner = inner
+        self.taps = taps
+
+    async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
+                       ) -> Clip:
+        """Log ``job``, then generate it with the wrapped generator (control plane)."""
+        if self.taps.recording is not None:
+            sample, bar = self.taps._at()
+            self.taps.recording.log.generation(job.job_id, job.request, job.spec,
+                                               sample=sample, bar=bar)
+        return await self.inner.generate(job, progress)
+
+
+class _LoggedSink:
+    def __init__(self, inner: ClipSink, taps: RecordingTaps) -> None:
+        self.inner = inner
+        self.taps = taps
+
+    def schedule(self, clip: Clip, start_sample: int) -> None:
+        """Schedule on the wrapped sink, then log the clip start (control plane)."""
+        self.inner.schedule(clip, start_sample)
+        self.taps.recent.append((clip, start_sample))
+        self.taps.stopped_at = None
+        if self.taps.recording is not None:
+            sample, bar = self.taps._at(start_sample)
+            self.taps.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
+
+    def position(self) -> int:
+        """The wrapped sink's audio clock (any thread)."""
+        return self.inner.position()
+
+    def stop(self) -> None:
+        """Stop the wrapped sink and log ``/riff/stop`` at its position (control plane)."""
+        self.inner.stop()
+        self.taps.stopped_at = self.inner.position()
+        if self.taps.recording is not None:
+            sample, bar = self.taps._at(self.inner.position())
+            self.taps.recording.log.command("/riff/stop", [], sample=sample, bar=bar,
+                                            source="sink")
+
+
+class TakeController:
+    """Starts and stops takes on request: ``/riff/record/start [name]``, ``/riff/record/stop``,
+    ``riff run --record DIR``. Owns the :class:`RecordingTaps` the engine was wired with.
+    A take started mid-clip logs the clip playing (and any scheduled after it) first, and its
+    log names the span of the engine's clock the audio holds (a ``take_start`` command and the
+    ``end`` line), so ``riff rerender`` writes the same span.
+
+    Takes go into ``folder``; a name from the network is a plain file name (``set1.wav``,
+    ``set1.flac``, or ``set1`` for WAV), never a path. Thread: :meth:`start` and :meth:`stop`
+    run on the control plane; :meth:`write_channels` on the audio thread.
+    """
+
+    def __init__(self, taps: RecordingTaps, folder: Path | str, *, sample_rate: int,
+                 channels: int = 2, state: Callable[[], Mapping[str, Any]] | None = None,
+                 info: Mapping[str, Any] | None = None) -> None:
+        self.taps = taps
+        self.folder = Path(folder)
+        #: Longest wait in :meth:`stop` for an audio-thread write in progress.
+        self.settle_s = 0.5
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self._state = state
+        self.info = dict(info or {})
+        self.takes = 0
+        #: Audio-thread calls of :meth:`write_channels` so far (recording or not): lets
+        #: :meth:`stop` wait until a write that began before the stop has finished.
+        self.calls = 0
+
+    @property
+    def recording(self) -> bool:
+        """Whether a take is being recorded."""
+        return self.taps.recording is not None
+
+    def start(self, name: str | None = None) -> Path:
+        """Start a take (named, or timestamped); returns its audio path.
+
+        Raises InvalidRequest when a take is already running or the name is not plain,
+        FileExistsError when the name is taken.
+        """
+        if self.taps.recording is not None:
+            raise InvalidRequest("already recording; send /riff/record/stop first")
+        target: Path = self.folder
+        if name:
+            stem, dot, suffix = name.rpartition(".")
+            if not dot or f".{suffix.lower()}" not in FORMATS:
+                stem, suffix = name, "wav"
+            check_plain_id(stem, "recording name")
+            target = self.folder / f"{stem}.{suffix.lower()}"
+        state = dict(self._state()) if self._state is not None else {}
+        take = Recording.start(target, sample_rate=self.sample_rate, channels=self.channels,
+                               state=state, info=self.info)
+        self.taps.recording = take
+        self.taps.log_playing()
+        self.takes += 1
+        return take.recorder.config.path
+
+    def stop(self) -> tuple[Path, Path]:
+        """Stop the take; returns (audio, log) paths. Control plane.
+
+        Waits until the audio thread has begun a later period (two periods in practice, at
+        most ``settle_s`` when no audio thread runs), so the take ends on a whole block and
+        its log's ``end`` is the sample after its last frame."""
+        take = self.taps.recording
+        if take is None:
+            raise InvalidRequest("not recording")
+        self.taps.recording = None  # the audio thread stops feeding it from its next period
+        # A write that read the take before it was cleared may still be running: wait until
+        # the audio thread has begun a later call (none comes when no audio thread runs).
+        calls = self.calls
+        deadline = time.monotonic() + self.settle_s
+        while self.calls < calls + 2 and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        if take.first_sample >= 0:
+            # The take's audio covers [first_sample, end_sample) on the engine's clock: the
+            # re-render writes exactly that span (see engine.takes.rerender).
+            first_bar = bar_position(self.taps.transport, take.first_sample) \
+                if self.taps.transport is not None else 0.0
+            take.log.command(TAKE_START, [], sample=take.first_sample, bar=first_bar,
+                             source="take")
+            sample = take.end_sample
+            bar = bar_position(self.taps.transport, sample) \
+                if self.taps.transport is not None else 0.0
+        else:
+            sample, bar = self.taps._at()
+        return take.stop(sample=sample, bar=bar)
+
+    def wait_room(self, frames: int, timeout: float = 10.0) -> bool:
+        """Wait until the running take's ring has room for ``frames`` (True), or ``timeout``.
+
+        For producers faster than real time (the offline file renderer), never for the JACK
+        callback: a real-time thread must not wait."""
+        take = self.taps.recording
+        if take is None:
+            return True
+        recorder = take.recorder
+        deadline = time.monotonic() + timeout
+        while recorder.backlog + frames > recorder.config.ring_frames:
+            if time.monotonic() > deadline or self.taps.recording is not take:
+                return False
+            time.sleep(0.001)
+        return True
+
+    def write_channels(self, channels: Sequence[np.ndarray], end_sample: int = -1) -> None:
+        """Audio thread, after the player filled ``channels``: feed the running take, if any.
+
+        ``end_sample`` is the engine clock after these frames (``player.position()``); with
+        it the take knows which span of the clock it holds. No lock, no allocation, no
+        logging (see Recorder.write)."""
+        take = self.taps.recording
+        if take is not None and take.recorder.write_channels(channels) and end_sample >= 0:
+            if take.first_sample < 0:
+                take.first_sample = end_sample - channels[0].shape[0]
+            take.end_sample = end_sample
+        self.calls += 1

@@ -1,0 +1,218 @@
+"""JACK output: a client with stereo output ports whose process callback plays a :class:`Player`.
+
+Why here and not in ``engine``: JACK is a wire protocol like OSC; the engine only knows the
+player, whose :meth:`~engine.live.player.Player.render` is what the callback runs.
+
+Threads: the constructor, :meth:`JackOutput.start` and :meth:`JackOutput.close` run on the
+control thread. JACK calls :meth:`JackOutput._process` on its real-time thread and the xrun
+and shutdown callbacks on its notification thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from engine.errors import RiffError
+from engine.live.player import Player
+from engine.takes.recording import TakeController
+
+log = logging.getLogger(__name__)
+
+#: How many callback durations are kept for :meth:`JackOutput.callback_durations`.
+TIMING_RING = 1 << 16
+
+START_HINT = (
+    "start one first, e.g. `jackd -d alsa` (a sound card), `jackd -d dummy -r 48000 -p 256` "
+    "(no sound card), or with qjackctl; or render to a file with --output FILE.wav"
+)
+
+
+def _jack_error(message: str) -> None:
+    """libjack's error messages. Thread: any libjack thread; only logs at debug level."""
+    log.debug("libjack: %s", message)
+
+
+def _jack_info(message: str) -> None:
+    """libjack's info messages. Thread: any libjack thread; only logs at debug level."""
+    log.debug("libjack: %s", message)
+
+
+class NoJackServer(RiffError):
+    """No JACK server answers under the requested name."""
+
+
+class JackOutput:
+    """A JACK client ``name`` with ports ``out_L``/``out_R`` (``out_1..n`` for other counts)."""
+
+    def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2,
+                 follow_transport: bool = False) -> None:
+        import jack  # lazily: `riff --help` and file output do not need libjack
+
+        self._jack = jack
+        # libjack prints its own diagnostics on stderr; route them to the log instead, so a
+        # missing server is one clear line, not a screenful.
+        jack.set_error_function(_jack_error)
+        jack.set_info_function(_jack_info)
+        try:
+            self.client = jack.Client(name, no_start_server=True, servername=server)
+        except jack.JackOpenError as exc:
+            where = f"named {server!r} " if server else ""
+            raise NoJackServer(f"no JACK server {where}is running ({exc}); {START_HINT}") from None
+        self.name = self.client.name
+        self.sample_rate = int(self.client.samplerate)
+        self.blocksize = int(self.client.blocksize)
+        names = ["out_L", "out_R"] if channels == 2 else [f"out_{i + 1}" for i in range(channels)]
+        self.ports = [self.client.outports.register(n) for n in names]
+        self._player: Player | None = None
+        self._takes: TakeController | None = None
+        self._durations = np.zeros(TIMING_RING, np.int64)
+        self._entry = np.zeros(TIMING_RING, np.int64)
+        self._calls = 0
+        self.first_frame_time = -1
+        #: JACK frame time minus player position, updated every cycle (moves on xruns).
+        self.frame_offset = 0
+        self.shutdown_reason = ""
+        self._active = False
+        self.follow_transport = follow_transport
+        # Seqlock-published JACK transport BBT: seq, sample, bar, beat, tempo, beats per bar.
+        self._bbt = np.zeros(6, np.float64)
+        self._rolling = jack.ROLLING
+        self._bbt_flag = jack._lib.JackPositionBBT
+
+    # ---- control thread ---------------------------------------------------------------------
+
+    def start(self, player: Player, connect: bool = True,
+              takes: TakeController | None = None) -> list[str]:
+        """Activate the client playing ``player``; connect to the system playback ports unless
+        ``connect`` is false. ``takes`` gets every period's port buffers after the player
+        filled them (recording). Returns the ports connected to (control thread)."""
+        if player.config.sample_rate != self.sample_rate:
+            raise ValueError(f"player runs at {player.config.sample_rate} Hz, JACK at "
+                             f"{self.sample_rate} Hz")
+        self._player = player
+        self._takes = takes
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.set_shutdown_callback(self._shutdown)
+        self.client.activate()
+        self._active = True
+        connected: list[str] = []
+        if connect:
+            targets = self.client.get_ports(is_physical=True, is_input=True, is_audio=True)
+            for port, target in zip(self.ports, targets, strict=False):
+                self.client.connect(port, target)
+                connected.append(target.name)
+            if not targets:
+                log.warning("no physical playback ports to connect to; connect %s:%s yourself",
+                            self.name, self.ports[0].shortname)
+        return connected
+
+    def close(self) -> None:
+        """Deactivate and close the client (ports disappear); safe to call twice."""
+        if self._active:
+            self._active = False
+            try:
+                self.client.deactivate()
+            except self._jack.JackError as exc:  # the server may be gone already
+                log.warning("deactivating the JACK client failed: %s", exc)
+        self.client.close()
+
+    def callback_durations(self) -> np.ndarray:
+        """Durations of the most recent process callbacks in nanoseconds (a copy)."""
+        n = min(self._calls, TIMING_RING)
+        return self._durations[:n].copy()
+
+    def cycle_finish_us(self) -> np.ndarray:
+        """For the most recent callbacks: microseconds from the start of the JACK cycle to the
+        end of our callback (waiting for the GIL included). Under the period means this
+        client was never the reason for an xrun."""
+        n = min(self._calls, TIMING_RING)
+        return self._entry[:n] * (1e6 / self.sample_rate) + self._durations[:n] / 1e3
+
+    def timing_summary(self) -> dict[str, float]:
+        """Callback duration and cycle finish statistics in microseconds, and the period."""
+        d = self.callback_durations() / 1e3
+        f = self.cycle_finish_us()
+        if d.size == 0:
+            return {"callbacks": 0, "period_us": self.blocksize / self.sample_rate * 1e6}
+        return {"callbacks": int(d.size),
+                "period_us": self.blocksize / self.sample_rate * 1e6,
+                "duration_p50_us": float(np.percentile(d, 50)),
+                "duration_p99_us": float(np.percentile(d, 99)),
+                "duration_max_us": float(d.max()),
+                "finish_p99_us": float(np.percentile(f, 99)),
+                "finish_max_us": float(f.max())}
+
+    @property
+    def callbacks(self) -> int:
+        """Process callbacks run so far."""
+        return self._calls
+
+    # ---- JACK threads -----------------------------------------------------------------------
+
+    def _process(self, frames: int) -> None:
+        """Copy the player's next ``frames`` into the output port buffers.
+
+        Thread: JACK's real-time process thread. Must not block, take locks, log, print, do
+        I/O or allocate audio buffers; it only renders from preallocated slots and counts.
+        Port buffers are fetched per call (JACK 2 may move them between cycles).
+        """
+        t0 = time.perf_counter_ns()
+        entry = self.client.frames_since_cycle_start  # includes any wait for the GIL
+        if self.first_frame_time < 0:
+            self.first_frame_time = self.client.last_frame_time
+        player = self._player
+        if player is not None:
+            self.frame_offset = self.client.last_frame_time - player.position()
+            if self.follow_transport:
+                self._publish_bbt(player.position())
+            buffers = [port.get_array() for port in self.ports]
+            player.render(buffers)
+            if self._takes is not None:
+                self._takes.write_channels(buffers, player.position())
+        i = self._calls & (TIMING_RING - 1)
+        self._durations[i] = time.perf_counter_ns() - t0
+        self._entry[i] = entry
+        self._calls += 1
+
+    def _publish_bbt(self, sample: int) -> None:
+        """Publish the transport's bar/beat/tempo at this cycle's first sample, when a
+        timebase master provides them and the transport rolls. Thread: JACK's process
+        thread; reads a preallocated position struct and writes a preallocated array."""
+        state, pos = self.client.transport_query_struct()
+        if state != self._rolling or not pos.valid & self._bbt_flag or pos.ticks_per_beat <= 0:
+            return
+        bbt = self._bbt
+        bbt[0] += 1  # odd: writing
+        bbt[1] = sample
+        bbt[2] = pos.bar - 1
+        bbt[3] = pos.beat - 1 + pos.tick / pos.ticks_per_beat
+        bbt[4] = pos.beats_per_minute
+        bbt[5] = pos.beats_per_bar
+        bbt[0] += 1  # even: complete
+
+    def transport_bbt(self) -> tuple[int, int, float, float, int] | None:
+        """The latest JACK transport position ``(sample, bar, beat, tempo, beats_per_bar)``
+        (0-based bar and beat, on the player's clock), or None when there is none.
+        Thread: the control thread."""
+        for _ in range(4):
+            seq = self._bbt[0]
+            values = self._bbt[1:].copy()
+            if seq > 0 and seq % 2 == 0 and self._bbt[0] == seq:
+                return (int(values[0]), int(values[1]), float(values[2]), float(values[3]),
+                        round(values[4]))
+        return None
+
+    def _xrun(self, delay_usecs: float) -> None:
+        """Count an xrun. Thread: JACK's notification thread; must not block."""
+        if self._player is not None:
+            self._player.count_xrun()
+
+    def _shutdown(self, status: Any, reason: str) -> None:
+        """Remember that the server went away. Thread: JACK's notification thread; must not
+        call back into JACK or block."""
+        self.shutdown_reason = reason or "JACK server shut down"

@@ -1,0 +1,5 @@
+"""``python -m protocols.cli``: the ``riff`` command line without the installed script."""
+
+from protocols.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,468 @@
+"""``riff run``: the daemon. Control plane + generator worker + player + JACK (or a file).
+
+What runs where: the asyncio loop (this process's main thread) runs the engine facade, the
+worker client, the status log and the control surfaces; the generator is a separate process
+(it holds torch); the player renders in JACK's process thread, or in the file output's thread
+with ``--output``. SIGINT/SIGTERM stop it cleanly: engine stopped, ports closed, worker
+stopped, exit status 0.
+
+Control surfaces: when :mod:`protocols.surfaces` is present its options are added to this
+command and its surfaces (OSC, MIDI) start with the engine (:func:`_start_surfaces` is the one
+hook). ``--stdin`` also takes ``NAME VALUE`` lines (``tempo 140``, ``prompt jazz piano``),
+``play`` and ``stop`` on standard input, for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+from engine.errors import InvalidRequest, RiffError
+
+log = logging.getLogger("riff.run")
+
+#: Built-in run options; a config file's [run] table and then the command line override them.
+RUN_DEFAULTS: dict[str, Any] = {
+    "model": "riffusion/riffusion-model-v1",
+    "device": "auto",
+    "phase_method": "fast",
+    "jack_server": None,
+    "client_name": "riff",
+    "no_connect": False,
+    "crossfade_ms": 10.0,
+    "sample_rate": 48000,
+}
+
+
+def _prefer_audio() -> None:
+    """Help JACK's process thread get the GIL in time (control thread, once at start).
+
+    The callback runs at JACK's real-time priority but needs the GIL, which the asyncio
+    thread may hold: ask holders to hand it over every 0.5 ms (Python's default, 5 ms, is a
+    whole period at 256 frames), and, where allowed, raise this process's priority so a GIL
+    holder is not preempted by unrelated work. The generator process stays at normal priority
+    (see ``WorkerConfig.nice``).
+    """
+    sys.setswitchinterval(0.0005)
+    try:
+        os.nice(-10)
+    except OSError as exc:  # not permitted: run at normal priority
+        log.debug("cannot raise the daemon's priority: %s", exc)
+
+
+def _surfaces_module() -> Any:
+    try:
+        return importlib.import_module("protocols.surfaces")
+    except ImportError:
+        return None
+
+
+def register(subparsers: Any) -> None:
+    """Add ``riff run``."""
+    p = subparsers.add_parser(
+        "run", help="run the engine: play generated, tempo-locked loops into JACK",
+        description="Run the engine as a daemon: the jam planner generates clips with the "
+                    "model in a worker process and the player streams them, locked to the "
+                    "tempo and changing on bar lines, into JACK (or into a file with "
+                    "--output). Runs until Ctrl-C / SIGTERM.")
+    p.add_argument("--config", type=Path, metavar="FILE.toml",
+                   help="TOML file: engine parameters at the top level (prompt, tempo, bars, "
+                        "...) and run options in a [run] table (model, device, jack_server, "
+                        "crossfade_ms, ...); command-line options win")
+    p.add_argument("--model", help="hub id, local diffusers folder, or 'tiny' (noise, for "
+                                   "tests) (default riffusion/riffusion-model-v1)")
+    p.add_argument("--device", help="cuda, cuda:N, cpu or auto (default auto)")
+    p.add_argument("--phase-method", choices=("riffusion", "fast", "quality"),
+                   help="phase reconstruction (default fast)")
+    p.add_argument("--tempo", type=float, help="beats per minute (default 120)")
+    p.add_argument("--bars", type=int, help="clip length in bars (default 2)")
+    p.add_argument("--meter", type=int, help="beats per bar (default 4)")
+    p.add_argument("--prompt", help="what to play (default 'lo-fi hip hop beat')")
+    p.add_argument("--seed", type=int, help="first seed of the seed walk (default 42)")
+    p.add_argument("--seed-image", help="seed image id (default og_beat)")
+    p.add_argument("--steps", type=int, help="denoising steps per clip (default 50)")
+    p.add_argument("--generator", metavar="URL",
+                   help="generate on a remote 'riff serve' at http://HOST:PORT instead of a "
+                        "local worker process (bearer token from $RIFF_TOKEN); --model and "
+                        "--device are then the server's")
+    out = p.add_argument_group("output")
+    out.add_argument("--jack-server", metavar="NAME", help="JACK server name (default: the "
+                                                          "default server)")
+    out.add_argument("--client-name", metavar="NAME", help="JACK client name (default riff)")
+    out.add_argument("--no-connect", action="store_true", default=None,
+                     help="do not connect riff:out_L/out_R to the system playback ports")
+    out.add_argument("--jack-transport", action="store_true",
+                     help="follow JACK transport (tempo, bars, beats) when a timebase master "
+                          "such as a DAW provides it")
+    out.add_argument("--crossfade-ms", type=float, help="crossfade at clip changes (default 10)")
+    out.add_argument("--output", type=Path, metavar="FILE.wav",
+                     help="render into this audio file instead of JACK")
+    out.add_argument("--offline", action="store_true",
+                     help="with --output: render as fast as the generator allows instead of in "
+                          "real time (every clip on time, the same file on every run)")
+    out.add_argument("--duration-bars", type=int, metavar="N",
+                     help="with --output: stop after N bars")
+    out.add_argument("--sample-rate", type=int, help="with --output: sample rate "
+                                                      "(default 48000)")
+    p.add_argument("--record", type=Path, metavar="DIR",
+                   help="record the output from the start into DIR (float WAV plus a control "
+                        "log for 'riff rerender'); /riff/record/stop and /riff/record/start "
+                        "[name] stop and start takes there")
+    p.add_argument("--takes-dir", type=Path, metavar="DIR", default=Path("takes"),
+                   help="without --record: where /riff/record/start [name] puts takes "
+                        "(default ./takes, created on the first take)")
+    p.add_argument("--stdin", action="store_true",
+                   help="read 'NAME VALUE', 'play' and 'stop' lines from standard input")
+    surfaces = _surfaces_module()
+    if surfaces is not None:
+        surfaces.add_control_arguments(p)
+    p.set_defaults(func=run)
+
+
+# ---- options ----------------------------------------------------------------------------------
+
+
+def _load_config(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(engine parameters, run options) from a TOML file."""
+    if path is None:
+        return {}, {}
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequest(f"{path}: not valid TOML: {exc}") from None
+    run_opts = data.pop("run", {})
+    if not isinstance(run_opts, dict):
+        raise InvalidRequest(f"{path}: [run] must be a table")
+    unknown = sorted(set(run_opts) - set(RUN_DEFAULTS))
+    if unknown:
+        raise InvalidRequest(f"{path}: unknown [run] option(s): {', '.join(unknown)}")
+    return data, run_opts
+
+
+def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    params, run_opts = _load_config(args.config)
+    opts = {**RUN_DEFAULTS, **run_opts}
+    for key in RUN_DEFAULTS:
+        value = getattr(args, key, None)
+        if value is not None:
+            opts[key] = value
+    for name, arg in (("tempo", "tempo"), ("bars", "bars"), ("meter", "meter"),
+                      ("prompt", "prompt"), ("seed", "seed"), ("seed_image", "seed_image"),
+                      ("steps", "steps")):
+        value = getattr(args, arg)
+        if value is not None:
+            params[name] = value
+    if "prompt" in params:  # manual mode endpoints follow the prompt unless set
+        params.setdefault("prompt_a", params["prompt"])
+        params.setdefault("prompt_b", params["prompt"])
+    if args.generator is not None:
+        from protocols.remote import RemoteConfig
+
+        RemoteConfig(args.generator)  # a bad URL is refused before anything starts
+    if args.offline and args.output is None:
+        raise InvalidRequest("--offline needs --output FILE")
+    if args.duration_bars is not None and (args.output is None or args.duration_bars < 1):
+        raise InvalidRequest("--duration-bars needs --output FILE and at least 1 bar")
+    return params, opts
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``riff run``."""
+    params, opts = _options(args)
+    from engine.live.state import EngineState
+
+    state = EngineState(params)  # validates every parameter before anything starts
+    return asyncio.run(_main(args, state, opts))
+
+
+# ---- the daemon -------------------------------------------------------------------------------
+
+
+async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> int:
+    from engine.live.control import Engine
+    from engine.live.player import Player, PlayerConfig
+    from engine.takes.recording import RecordingTaps, TakeController
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    jack_out = None
+    if args.output is None:
+        from protocols.audio.jack_output import JackOutput
+
+        _prefer_audio()
+        jack_out = JackOutput(opts["client_name"], server=opts["jack_server"],
+                              follow_transport=args.jack_transport)
+        rate = jack_out.sample_rate
+    else:
+        rate = int(opts["sample_rate"])
+    player = Player(PlayerConfig.with_crossfade_ms(rate, float(opts["crossfade_ms"])))
+    client = _make_generator(args, opts)
+    file_out = None
+    takes = None
+    closers: list[Callable[[], Awaitable[None]]] = []
+    engine_task: asyncio.Task[None] | None = None
+    try:
+        if args.generator is None:
+            log.info("starting the generator (model %s, device %s)", opts["model"],
+                     opts["device"])
+        else:
+            log.info("connecting to the generator at %s", args.generator)
+        if not await _until_stopped(client.start(), stop):
+            log.info("stopped while the model was loading")
+            return 0
+        taps = RecordingTaps()
+        engine = Engine(taps.generator(client), taps.sink(player), sample_rate=rate,
+                        state=state, sink_stats=player.counters)
+        taps.transport = engine.transport
+        state.add_listener(taps.on_state_change)
+        takes = TakeController(
+            taps, args.record if args.record is not None else args.takes_dir,
+            sample_rate=rate, channels=player.config.channels, state=state.snapshot,
+            info={"model": opts["model"] if args.generator is None else client.model,
+                  "generator": args.generator,
+                  "crossfade_samples": player.config.crossfade_samples,
+                  "phase_method": opts["phase_method"]})
+        engine.takes = takes
+        # Keep what exists now out of the collector's full passes, which would otherwise hold
+        # the GIL for milliseconds while JACK's thread waits for it. The one full collection
+        # runs here, before the JACK client is activated, never while it plays.
+        gc.collect()
+        gc.freeze()
+        if jack_out is not None:
+            connected = jack_out.start(player, connect=not opts["no_connect"], takes=takes)
+            ports = ", ".join(p.name for p in jack_out.ports)
+            log.info("JACK: playing on %s at %d Hz, %d frames per period%s", ports, rate,
+                     jack_out.blocksize, f" -> {', '.join(connected)}" if connected else
+                     " (not connected)")
+        engine.play()
+        if args.record is not None:
+            engine.record_start()
+        if args.output is not None:
+            from protocols.audio.file_output import FileOutput
+
+            end = engine.transport.bar_start(args.duration_bars) if args.duration_bars else None
+            gate = _offline_gate(engine, player, loop) if args.offline else None
+            file_out = FileOutput(player, args.output, offline=args.offline, end_sample=end,
+                                  gate=gate, takes=takes)
+            file_out.start()
+            log.info("rendering to %s (%s, %d Hz)%s", args.output,
+                     "offline" if args.offline else "real time", rate,
+                     f", {args.duration_bars} bars" if args.duration_bars else "")
+        engine_task = asyncio.ensure_future(engine.run())
+        closers.extend(await _start_surfaces(args, engine, opts))
+        # Everything long-lived exists now: freeze it too (no collection: JACK is running).
+        gc.freeze()
+        if args.stdin:
+            _read_stdin(engine, loop)
+        await _status_loop(engine, player, client, jack_out, file_out, stop)
+    finally:
+        if args.stdin:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(sys.stdin.fileno())
+        for close in reversed(closers):
+            await close()
+        if file_out is not None:
+            file_out.stop()
+        if takes is not None and takes.recording:
+            try:
+                engine.record_stop()
+            except Exception:  # the rest must still be closed; the take's error is logged
+                log.exception("stopping the recording failed")
+        if engine_task is not None:
+            await engine.close()
+        if jack_out is not None:
+            jack_out.close()
+        await client.close()
+    c = player.counters()
+    if jack_out is not None:
+        t = jack_out.timing_summary()
+        if t["callbacks"]:
+            log.info("JACK callback: %d calls, duration p50 %.0f us, p99 %.0f us, max %.0f us; "
+                     "finished within the cycle by at most %.0f us of a %.0f us period",
+                     t["callbacks"], t["duration_p50_us"], t["duration_p99_us"],
+                     t["duration_max_us"], t["finish_max_us"], t["period_us"])
+    log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts, "
+             "%d silent blocks (before the first clip or after stop)",
+             c["started"], c["late"], c["xruns"], client.restarts, c["underruns"])
+    if args.generator is not None:
+        log.info("remote generator: %d requests, %d failed, %d retried", client.attempts,
+                 client.failures, client.retried)
+    if file_out is not None and file_out.error is not None:
+        raise RiffError(f"writing {args.output} failed: {file_out.error}")
+    if jack_out is not None and jack_out.shutdown_reason:
+        raise RiffError(f"the JACK server went away: {jack_out.shutdown_reason}")
+    return 0
+
+
+def _make_generator(args: argparse.Namespace, opts: dict[str, Any]) -> Any:
+    """The clip generator: a local worker process, or a remote ``riff serve``
+    (``--generator URL``). Both have ``start``, ``close``, ``generate`` and ``restarts``."""
+    if args.generator is not None:
+        from protocols.remote import make_remote_generator
+
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per clip
+        return make_remote_generator(args.generator,
+                                     token=os.environ.get("RIFF_TOKEN") or None)
+    from engine.live.worker import WorkerClient, WorkerConfig
+
+    return WorkerClient(WorkerConfig(model=opts["model"], device=opts["device"],
+                                     phase_method=opts["phase_method"]))
+
+
+async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``work`` unless ``stop`` is set first (then cancel it); True when it finished."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()  # raises the start's error, if any
+    return True
+
+
+async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str, Any]
+                          ) -> list[Callable[[], Awaitable[None]]]:
+    """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present;
+    JACK MIDI uses the same server and client name as the audio."""
+    surfaces = _surfaces_module()
+    if surfaces is None:
+        return []
+    config = surfaces.control_config_from_args(args)
+    if dataclasses.is_dataclass(config) and hasattr(config, "jack_server"):
+        config = dataclasses.replace(cast(Any, config), jack_server=opts["jack_server"],
+                                     client_name=opts["client_name"])
+    started = await surfaces.start_control_surfaces(engine, config)
+    return [started.close]
+
+
+async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, file_out: Any,
+                       stop: asyncio.Event) -> None:
+    """Log clip starts and one status line per bar until ``stop`` (or the output ends)."""
+    last_bar = -1
+    last_bbt = None
+    while not stop.is_set():
+        events = player.poll()
+        bbt = jack_out.transport_bbt() if jack_out is not None and jack_out.follow_transport \
+            else None
+        if bbt is not None and bbt != last_bbt:
+            last_bbt = bbt
+            _follow(engine, bbt)
+        for clip, start in events.started:
+            frame = (f", JACK frame {start + jack_out.frame_offset}"
+                     if jack_out is not None and jack_out.first_frame_time >= 0 else "")
+            log.info("clip %d started at sample %d (bar %d%s)", clip.job_id, start,
+                     engine.transport.bar_at(start), frame)
+        status = engine.status()
+        if status["bar"] != last_bar and status["bar"] >= 0:
+            last_bar = int(status["bar"])
+            log.info("bar %d | clip %s | %.1f BPM | queue %s | progress %.0f%% | late %s | "
+                     "repeated %s | failed %s | xruns %s | underruns %s | worker restarts %d",
+                     last_bar, status["clip"], status["tempo"], status["queue"],
+                     100 * float(status["progress"]), status["late"], status["repeated"],
+                     status["failed"], status["xruns"], status["underruns"], client.restarts)
+        if file_out is not None and file_out.done:
+            log.info("output finished: %s", file_out.path)
+            return
+        if jack_out is not None and jack_out.shutdown_reason:
+            log.error("JACK server shut down: %s", jack_out.shutdown_reason)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+
+
+def _follow(engine: Any, bbt: tuple[int, int, float, float, int]) -> None:
+    """Hand a JACK transport position to the engine's transport (loop thread)."""
+    from engine.live.transport import BBTObservation
+
+    sample, bar, beat, tempo, beats_per_bar = bbt
+    try:
+        engine.transport.follow(BBTObservation(sample=sample, bar=bar, beat=beat, tempo=tempo,
+                                               beats_per_bar=beats_per_bar))
+    except RiffError as exc:
+        log.warning("JACK transport position ignored: %s", exc)
+
+
+def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
+                  ) -> Callable[[int, int], int]:
+    """Offline rendering: frames the file thread may render from ``pos`` now.
+
+    It never reaches a bar line's decision deadline (the line minus the scheduler's margin)
+    before every planned clip is ready, so the scheduler never has to repeat a clip because
+    the generator was slower than real time. Evaluated on the loop (the scheduler's thread);
+    called from the file thread, which blocks meanwhile.
+    """
+    rate = player.config.sample_rate
+
+    async def allowance(pos: int, n: int) -> int:
+        margin = round(engine.scheduler.config.margin_s * rate)
+        while True:
+            sched = engine.scheduler
+            if not sched.running or sched.head_ready():
+                return n
+            _, line = engine.transport.next_bar_line(pos + margin)
+            room = line - margin - pos - 1  # stay before the deadline
+            if room > 0:
+                return min(n, room)
+            await asyncio.sleep(0.01)
+
+    def gate(pos: int, n: int) -> int:
+        """Thread: the file output's thread; blocks until the loop answers."""
+        return asyncio.run_coroutine_threadsafe(allowance(pos, n), loop).result()
+
+    return gate
+
+
+def _read_stdin(engine: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Apply ``NAME VALUE`` / ``play`` / ``stop`` lines from stdin (loop thread)."""
+
+    def on_line() -> None:
+        line = sys.stdin.readline()
+        if not line:
+            loop.remove_reader(sys.stdin.fileno())
+            return
+        words = line.strip().split(None, 1)
+        if not words:
+            return
+        try:
+            if words[0] == "play":
+                engine.play()
+            elif words[0] == "stop":
+                engine.stop()
+            elif len(words) == 2:
+                engine.state.set(words[0], _parse_value(words[1]))
+                log.info("stdin: %s = %s", words[0], words[1])
+            else:
+                raise InvalidRequest(f"expected 'NAME VALUE', 'play' or 'stop', not {line!r}")
+        except RiffError as exc:
+            log.warning("stdin: %s", exc)
+
+    loop.add_reader(sys.stdin.fileno(), on_line)
+
+
+def _parse_value(text: str) -> str | int | float:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text

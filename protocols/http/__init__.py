@@ -1,0 +1,10 @@
+"""HTTP: ``riff serve``, Riffusion's ``/run_inference/`` and the engine's ``/v1`` API.
+
+``app`` builds the FastAPI application; ``models`` are its pydantic request bodies; ``guard``
+checks size, JSON shape and the bearer token; ``queue`` is the bounded in-order generation
+queue (503 with Retry-After when full); ``media`` encodes JPEG, PNG and audio data URIs;
+``metrics`` counts for ``/metrics``.
+
+Threading model: handlers run on uvicorn's asyncio loop; generation runs one request at a time
+on the queue's single generation thread, never on the loop.
+"""

@@ -1,0 +1,110 @@
+"""Request guards of the HTTP server: body limits, JSON parsing, bearer tokens, counting.
+
+Kept apart from the routes (protocols/http/app.py) because none of it is about generation: it is
+what every request passes through before a route sees it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import socket
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from protocols.http.metrics import Metrics
+
+
+class HttpProblem(Exception):
+    """An error answer with a status, a one-line detail and optional headers."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body parsed as JSON, refusing bodies over ``limit`` bytes before reading."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise HttpProblem(413, f"request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HttpProblem(413, f"request body is larger than {limit} bytes")
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise HttpProblem(400, f"request body is not JSON: {exc}") from None
+
+
+_BEARER = HTTPBearer(auto_error=False)
+
+
+class Authorize:
+    """Dependency: with a token configured, requests must carry ``Authorization: Bearer``."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+
+    def __call__(
+        self, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+    ) -> None:
+        """Raise 401 unless the token matches (compared in constant time)."""
+        if self.token is None:
+            return
+        given = creds.credentials if creds is not None else ""
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise HttpProblem(401, "a valid bearer token is required",
+                              {"WWW-Authenticate": "Bearer"})
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free port), for uvicorn."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class CountRequests:
+    """ASGI middleware counting answered requests by route and status (pure ASGI, so
+    streaming responses and client disconnects pass through untouched)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def counting_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            route = scope.get("route")
+            self.metrics.request(getattr(route, "path", "other"), status)

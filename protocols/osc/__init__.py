@@ -1,0 +1,9 @@
+"""OSC: the ``/riff`` namespace over UDP.
+
+``server`` receives, validates and dispatches messages and bundles, and answers errors, pings
+and state queries; ``feedback`` sends parameter changes and status to subscribed controllers
+(at most 30 Hz per address, latest wins).
+
+Threading model: everything runs on the daemon's asyncio loop (a datagram protocol); nothing
+here blocks or touches the audio thread.
+"""

@@ -1,0 +1,401 @@
+"""OSC server: the ``/riff`` namespace over UDP, with error replies and feedback.
+
+Why its own asyncio datagram protocol rather than python-osc's server: the socket gets a 4 MiB
+receive buffer (``SO_RCVBUF``) so bursts from a sequencer are not dropped, replies go back to
+each sender's address, and timetagged bundles are scheduled on the loop (``call_later``) rather
+than slept on in the receive path. python-osc still does the parsing and its
+``Dispatcher(strict_timing=False)`` matches address patterns (``/riff/seed*``, ``{a,b}``).
+
+Every message is checked for address, arity and wire type here and for range by
+:class:`~engine.live.state.EngineState`; a bad one gets ``/riff/error <address> <reason>`` back, a
+log line and a counter, and changes nothing. A datagram that cannot be parsed is answered with
+address ``""``.
+
+Thread: everything runs on the asyncio loop; nothing here blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_packet import OscPacket
+
+from engine.errors import InvalidRequest, RiffError
+from engine.live.state import ADDRESSES, PARAMETERS
+from protocols.control_target import Commands
+from protocols.osc.feedback import Args, Feedback, Peer, wire_value
+
+log = logging.getLogger(__name__)
+
+_PATTERN_CHARS = frozenset("*?[]{}")
+Handler = Callable[[Peer, str, tuple[Any, ...]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class OscConfig:
+    """Where and how the OSC server listens."""
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    rcvbuf_bytes: int = 4 * 1024 * 1024
+    feedback_hz: float = 30.0
+    status_hz: float = 10.0
+    #: Bundles timetagged further ahead than this are refused.
+    max_schedule_s: float = 3600.0
+    #: Scheduled (future) messages held at most; more are refused and counted as dropped.
+    max_scheduled: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InvalidRequest(f"OSC port must be 0..65535, not {self.port}")
+        if self.feedback_hz <= 0 or self.status_hz <= 0 or self.rcvbuf_bytes <= 0:
+            raise InvalidRequest("OSC rates and buffer size must be positive")
+
+
+@dataclasses.dataclass
+class OscCounters:
+    """Message totals: ``received`` = applied + errors + dropped + still scheduled."""
+
+    received: int = 0
+    applied: int = 0
+    errors: int = 0
+    dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict (for logs and status)."""
+        return dataclasses.asdict(self)
+
+
+def build_message(address: str, args: Args) -> bytes:
+    """One OSC message as bytes."""
+    builder = OscMessageBuilder(address)
+    for arg in args:
+        builder.add_arg(arg)
+    return builder.build().dgram
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class OscServer(asyncio.DatagramProtocol):
+    """The ``/riff`` OSC endpoint; create with :meth:`start`, stop with :meth:`close`."""
+
+    def __init__(self, commands: Commands, config: OscConfig) -> None:
+        self.commands = commands
+        self.config = config
+        self.counters = OscCounters()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.feedback: Feedback | None = None
+        self.rcvbuf_bytes = 0
+        self._scheduled: set[asyncio.TimerHandle] = set()
+        self._handlers: dict[str, Handler] = {}
+        self.dispatcher = Dispatcher(strict_timing=False)
+        self._register()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, commands: Commands, config: OscConfig | None = None) -> OscServer:
+        """Bind the socket (large receive buffer) and start serving on the running loop."""
+        config = config or OscConfig()
+        server = cls(commands, config)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET,
+                             socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, config.rcvbuf_bytes)
+            sock.bind((config.host, config.port))
+        except OSError:
+            sock.close()
+            raise
+        # Linux reports twice the granted size (bookkeeping); the cap is net.core.rmem_max.
+        server.rcvbuf_bytes = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if server.rcvbuf_bytes < config.rcvbuf_bytes:
+            log.warning("OSC receive buffer is %d bytes, asked for %d (raise "
+                        "net.core.rmem_max); bursts may be dropped",
+                        server.rcvbuf_bytes, config.rcvbuf_bytes)
+        transport, _ = await loop.create_datagram_endpoint(lambda: server, sock=sock)
+        server.transport = transport
+        server.feedback = Feedback(server.send, commands.engine.status,
+                                   rate_hz=config.feedback_hz, status_hz=config.status_hz)
+        commands.state.add_listener(server.feedback.on_change)
+        log.info("OSC listening on udp %s:%d", *server.address[:2])
+        return server
+
+    @property
+    def address(self) -> Peer:
+        """The bound (host, port); the port is real when 0 was asked for."""
+        assert self.transport is not None, "server not started"
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return host, port
+
+    def stats(self) -> dict[str, int]:
+        """Counters plus feedback totals (for logs and the daemon's status)."""
+        out = self.counters.as_dict()
+        out["scheduled"] = len(self._scheduled)
+        if self.feedback is not None:
+            out["subscribers"] = len(self.feedback.subscribers)
+            out["feedback_sent"] = self.feedback.counters.sent
+            out["feedback_coalesced"] = self.feedback.coalescer.superseded
+        return out
+
+    async def close(self) -> None:
+        """Stop serving: cancel scheduled messages and feedback, close the socket."""
+        for handle in self._scheduled:
+            handle.cancel()
+            self.counters.dropped += 1
+        self._scheduled.clear()
+        if self.feedback is not None:
+            self.commands.state.remove_listener(self.feedback.on_change)
+            self.feedback.close()
+        if self.transport is not None:
+            self.transport.close()
+        log.info("OSC stopped: %s", self.stats())
+
+    # -- asyncio.DatagramProtocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Called by the loop when the socket is ready."""
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def error_received(self, exc: Exception) -> None:
+        """Called by the loop for ICMP errors (a subscriber went away): log and count."""
+        self.counters.dropped += 1
+        log.debug("OSC send error: %s", exc)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Called by the loop for each datagram: parse, then dispatch or schedule."""
+        peer: Peer = (addr[0], addr[1])
+        try:
+            if len(data) % 4:
+                # OSC packets are 4-byte aligned; python-osc pads a truncated float instead.
+                raise ValueError("length is not a multiple of 4")
+            packet = OscPacket(data)
+        except Exception as exc:  # python-osc raises several types for garbage
+            self.counters.received += 1
+            self._error(peer, "", f"malformed OSC datagram ({exc})")
+            return
+        now = time.time()
+        for timed in packet.messages:
+            self.counters.received += 1
+            delay = timed.time - now
+            if delay <= 0.0005:
+                self._dispatch(peer, timed.message)
+            elif delay > self.config.max_schedule_s:
+                self._error(peer, timed.message.address,
+                            f"timetag is more than {self.config.max_schedule_s:g} s ahead")
+            elif len(self._scheduled) >= self.config.max_scheduled:
+                self.counters.dropped += 1
+                self._error(peer, timed.message.address, "too many scheduled messages",
+                            count=False)
+            else:
+                self._schedule(delay, peer, timed.message)
+
+    def _schedule(self, delay: float, peer: Peer, message: OscMessage) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._scheduled.discard(handle)
+            self._dispatch(peer, message)
+
+        handle = loop.call_later(delay, fire)
+        self._scheduled.add(handle)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(self, peer: Peer, address: str, args: Args) -> None:
+        """Send one message to ``peer`` (asyncio loop only)."""
+        if self.transport is None or self.transport.is_closing():
+            self.counters.dropped += 1
+            return
+        try:
+            data = build_message(address, args)
+        except Exception:
+            self.counters.dropped += 1
+            log.exception("cannot build OSC reply %s %r", address, args)
+            return
+        self.transport.sendto(data, peer)
+
+    def _error(self, peer: Peer, address: str, reason: str, *, count: bool = True) -> None:
+        if count:
+            self.counters.errors += 1
+        log.warning("OSC %s from %s:%d refused: %s", address or "datagram", *peer, reason)
+        self.send(peer, "/riff/error", (address, reason))
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self, peer: Peer, message: OscMessage) -> None:
+        try:
+            address = message.address
+            args = tuple(message.params)
+        except Exception as exc:
+            self._error(peer, "", f"malformed OSC message ({type(exc).__name__})")
+            return
+        if not address.startswith("/"):
+            self._error(peer, address, "an OSC address starts with '/'")
+            return
+        targets: list[tuple[str, Handler]] = []
+        if _PATTERN_CHARS.isdisjoint(address):
+            handler = self._handlers.get(address)
+            if handler is not None:
+                targets.append((address, handler))
+        else:
+            targets = [(h.args[0], h.callback) for h in self.dispatcher.handlers_for_address(
+                address)]
+        if not targets:
+            self._error(peer, address, "unknown address")
+            return
+        for target, handler in targets:
+            try:
+                handler(peer, target, args)
+            except RiffError as exc:
+                self._error(peer, target, str(exc))
+            except Exception as exc:
+                self._error(peer, target, f"internal error: {type(exc).__name__}")
+                log.exception("OSC handler for %s failed", target)
+            else:
+                self.counters.applied += 1
+
+    def _register(self) -> None:
+        table: dict[str, Handler] = {
+            "/riff/play": self._play, "/riff/stop": self._stop,
+            "/riff/state": self._state, "/riff/ping": self._ping,
+            "/riff/preset/load": self._preset_load, "/riff/preset/save": self._preset_save,
+            "/riff/midi/learn": self._learn,
+            "/riff/subscribe": self._subscribe, "/riff/unsubscribe": self._unsubscribe,
+            "/riff/record/start": self._record_start, "/riff/record/stop": self._record_stop,
+        }
+        for address in ADDRESSES:
+            table[address] = self._set_parameter
+        self._handlers = table
+        for address, handler in table.items():
+            # python-osc keeps fixed args with the handler; we use them to know the target.
+            self.dispatcher.map(address, handler, address)
+
+    # -- handlers (asyncio loop; raise RiffError for bad input) ------------------------------
+
+    @staticmethod
+    def _arity(address: str, args: tuple[Any, ...], lo: int, hi: int) -> None:
+        if not lo <= len(args) <= hi:
+            want = f"{lo}" if lo == hi else f"{lo} or {hi}"
+            raise InvalidRequest(f"{address} takes {want} argument(s), got {len(args)}")
+
+    @classmethod
+    def _one_string(cls, address: str, args: tuple[Any, ...]) -> str:
+        cls._arity(address, args, 1, 1)
+        if not isinstance(args[0], str):
+            raise InvalidRequest(f"{address} takes a string, got {type(args[0]).__name__}")
+        return args[0]
+
+    def _set_parameter(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        spec = PARAMETERS[ADDRESSES[address]]
+        self._arity(address, args, 1, 1)
+        value = args[0]
+        if spec.kind in ("str", "id"):
+            if not isinstance(value, str):
+                raise InvalidRequest(f"{address} takes a string, got {type(value).__name__}")
+        elif not (_number(value) or (spec.kind == "bool" and isinstance(value, bool))):
+            raise InvalidRequest(f"{address} takes a number, got {type(value).__name__}")
+        self.commands.set_address(address, value)
+
+    @classmethod
+    def _pressed(cls, address: str, args: tuple[Any, ...]) -> bool:
+        """No argument, or one number as a button sends it: 0 is the release (ignored)."""
+        cls._arity(address, args, 0, 1)
+        if not args:
+            return True
+        if not _number(args[0]) and not isinstance(args[0], bool):
+            raise InvalidRequest(f"{address} takes no argument or a number, got "
+                                 f"{type(args[0]).__name__}")
+        return bool(args[0])
+
+    def _play(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        if self._pressed(address, args):
+            self.commands.play()
+
+    def _stop(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        if self._pressed(address, args):
+            self.commands.stop()
+
+    def _ping(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        self._arity(address, args, 0, 0)
+        self.send(peer, "/riff/pong", ())
+
+    def _state(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        self._arity(address, args, 0, 0)
+        self.send_state(peer)
+
+    def send_state(self, peer: Peer) -> None:
+        """Send every parameter to ``peer`` at its own address."""
+        for name, value in self.commands.state.items():
+            self.send(peer, PARAMETERS[name].address, (wire_value(value),))
+
+    def _preset_load(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        self.commands.load_preset(self._one_string(address, args))
+
+    def _preset_save(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        self.commands.save_preset(self._one_string(address, args))
+
+    def _learn(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        self.commands.start_learn(self._one_string(address, args))
+
+    def _recorder(self) -> Any:
+        engine = self.commands.engine
+        if not callable(getattr(engine, "record_start", None)):
+            raise InvalidRequest("this engine cannot record")
+        return engine
+
+    def _record_start(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        """Start a take (``[name]``: a plain file name); replies ``/riff/record/started``
+        with the audio file's name."""
+        self._arity(address, args, 0, 1)
+        name = self._one_string(address, args) if args else None
+        path = self._recorder().record_start(name or None)
+        self.send(peer, "/riff/record/started", (str(path.name),))
+
+    def _record_stop(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        """Stop the take; replies ``/riff/record/stopped <audio> <log>`` (file names)."""
+        self._arity(address, args, 0, 0)
+        audio, control = self._recorder().record_stop()
+        self.send(peer, "/riff/record/stopped", (str(audio.name), str(control.name)))
+
+    def _peer_port(self, peer: Peer, address: str, args: tuple[Any, ...]) -> Peer:
+        self._arity(address, args, 0, 1)
+        if not args:
+            return peer
+        port = args[0]
+        if not _number(port) or not (1 <= port <= 65535 and port == int(port)):
+            raise InvalidRequest(f"{address} takes a port number 1..65535, got {port!r}")
+        return peer[0], int(port)
+
+    def _subscribe(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        target = self._peer_port(peer, address, args)
+        assert self.feedback is not None
+        if not self.feedback.subscribe(target):
+            raise InvalidRequest(f"too many subscribers (at most "
+                                 f"{self.feedback.max_subscribers})")
+        log.info("OSC feedback to %s:%d", *target)
+        self.send_state(target)
+        try:
+            status = self.feedback.status_now()
+        except Exception:
+            log.exception("engine status() failed while subscribing %s:%d", *target)
+            status = {}
+        for key, value in status.items():
+            self.send(target, f"/riff/status/{key}", (wire_value(value),))
+
+    def _unsubscribe(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        target = self._peer_port(peer, address, args)
+        assert self.feedback is not None
+        if not self.feedback.unsubscribe(target):
+            raise InvalidRequest(f"{target[0]}:{target[1]} is not subscribed")
