@@ -78,7 +78,8 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
     req.add_argument(
         "--request", type=Path, help="Riffusion InferenceInput JSON file ('-' reads stdin)"
     )
-    req.add_argument("--prompt", help="start prompt; (word:1.3), (word), [word] weight words")
+    req.add_argument("--prompt", help="start prompt; (word:1.3), (word), [word] weight words "
+                     "(default without --request: empty, a variation of the seed image)")
     req.add_argument("--seed", type=int, help="start seed (default 0)")
     req.add_argument("--negative", help="negative prompt for both ends")
     req.add_argument("--to-prompt", help="end prompt (default: the start prompt)")
@@ -131,7 +132,9 @@ def build_request(args: argparse.Namespace) -> Any:
         if not isinstance(data, dict):
             raise InvalidRequest(f"{name}: must hold a JSON object")
     elif args.prompt is None:
-        raise InvalidRequest("give --prompt or --request")
+        # No prompt at all: an unconditioned variation of the seed image (the empty prompt is
+        # what classifier-free guidance steers away from, so the seed image's style remains).
+        args.prompt = ""
     for key in ("start", "end"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise InvalidRequest(f"{key} must be a prompt input object")
