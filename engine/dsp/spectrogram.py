@@ -31,7 +31,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image
 
-from engine.errors import InvalidAudio, InvalidImage, InvalidRequest
+from engine import limits
+from engine.errors import InvalidAudio, InvalidImage
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +190,9 @@ class LoopMeta:
     bpm: float = 93.75
 
     def __post_init__(self) -> None:
-        if not 1 <= self.bars <= 64:
-            raise InvalidRequest(f"loop bars {self.bars} outside 1..64")
-        if not 1 <= self.beats_per_bar <= 16:
-            raise InvalidRequest(f"beats per bar {self.beats_per_bar} outside 1..16")
-        if not (np.isfinite(self.bpm) and 20.0 <= self.bpm <= 400.0):
-            raise InvalidRequest(f"loop tempo {self.bpm} BPM outside 20..400")
+        limits.check_count(self.bars, "loop bars", limits.BARS)
+        limits.check_count(self.beats_per_bar, "loop beats per bar", limits.BEATS_PER_BAR)
+        object.__setattr__(self, "bpm", limits.check_tempo(self.bpm, "loop tempo"))
 
     @property
     def beats(self) -> int:

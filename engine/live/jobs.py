@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from engine import limits
 from engine.errors import InvalidRequest
 from engine.model.request import InferenceRequest
 
@@ -55,14 +56,11 @@ class ClipSpec:
     num_samples: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.tempo, bool) or not isinstance(self.tempo, int | float):
-            raise InvalidRequest(f"tempo must be a number, not {self.tempo!r}")
-        tempo = float(self.tempo)
-        if not math.isfinite(tempo) or not 1.0 <= tempo <= 1000.0:
-            raise InvalidRequest(f"tempo must be between 1 and 1000 BPM, not {self.tempo!r}")
+        tempo = limits.check_tempo(self.tempo)
         object.__setattr__(self, "tempo", tempo)
-        object.__setattr__(self, "bars", _int(self.bars, "bars", 1, 1024))
-        object.__setattr__(self, "beats_per_bar", _int(self.beats_per_bar, "beats_per_bar", 1, 64))
+        object.__setattr__(self, "bars", _int(self.bars, "bars", *limits.BARS))
+        object.__setattr__(self, "beats_per_bar",
+                           _int(self.beats_per_bar, "beats_per_bar", *limits.BEATS_PER_BAR))
         object.__setattr__(
             self, "sample_rate", _int(self.sample_rate, "sample_rate", 1000, MAX_SAMPLE_RATE)
         )

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from engine import limits
 from engine.errors import InvalidRequest
 from engine.model.request import MAX_PROMPT_CHARS, MAX_SEED, check_plain_id
 
@@ -95,10 +96,10 @@ PARAMETERS: Mapping[str, ParamSpec] = {
         ParamSpec("seed_image", "/riff/seed_image", "id", "og_beat", allow_empty=False,
                   help="seed image id from the library"),
         ParamSpec("mask", "/riff/mask", "id", "", help="mask id; empty clears"),
-        ParamSpec("tempo", "/riff/tempo", "float", 120.0, 40.0, 240.0,
+        ParamSpec("tempo", "/riff/tempo", "float", 120.0, *limits.CONTROL_TEMPO_BPM,
                   help="beats per minute (internal clock)"),
-        ParamSpec("bars", "/riff/bars", "int", 2, 1, 16, help="clip length in bars"),
-        ParamSpec("meter", "/riff/meter", "int", 4, 1, 16, help="beats per bar"),
+        ParamSpec("bars", "/riff/bars", "int", 2, *limits.CONTROL_BARS, help="clip length in bars"),
+        ParamSpec("meter", "/riff/meter", "int", 4, *limits.BEATS_PER_BAR, help="beats per bar"),
         ParamSpec("transition_clips", "/riff/transition_clips", "int", 4, 1, 32,
                   help="clips to move from one prompt to the next"),
     )

@@ -28,12 +28,12 @@ import math
 from collections.abc import Callable
 from fractions import Fraction
 
+from engine import limits
 from engine.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-MIN_TEMPO = 1.0
-MAX_TEMPO = 1000.0
+MIN_TEMPO, MAX_TEMPO = limits.TEMPO_BPM
 #: Segments kept for looking up past bars; older ones are forgotten.
 MAX_SEGMENTS = 64
 #: An external observation within this many samples of the predicted grid is not a change.
@@ -44,20 +44,11 @@ DEFAULT_TEMPO_TOLERANCE = 0.01
 
 
 def _check_tempo(tempo: float) -> float:
-    if isinstance(tempo, bool) or not isinstance(tempo, int | float):
-        raise InvalidRequest(f"tempo must be a number, not {tempo!r}")
-    tempo = float(tempo)
-    if not math.isfinite(tempo) or not MIN_TEMPO <= tempo <= MAX_TEMPO:
-        raise InvalidRequest(f"tempo must be between {MIN_TEMPO:g} and {MAX_TEMPO:g} BPM")
-    return tempo
+    return limits.check_tempo(tempo)
 
 
 def _check_meter(beats_per_bar: int) -> int:
-    if isinstance(beats_per_bar, bool) or not isinstance(beats_per_bar, int):
-        raise InvalidRequest(f"beats per bar must be an integer, not {beats_per_bar!r}")
-    if not 1 <= beats_per_bar <= 64:
-        raise InvalidRequest(f"beats per bar must be between 1 and 64, not {beats_per_bar}")
-    return beats_per_bar
+    return limits.check_count(beats_per_bar, "beats per bar", limits.BEATS_PER_BAR)
 
 
 def _round(x: Fraction) -> int:
