@@ -14,9 +14,8 @@ samples exactly). libsndfile cannot reopen a FLAC stream cut short, so a ``.flac
 recorded as ``NAME.recording.wav`` and encoded to ``NAME.flac`` when the recording stops
 cleanly; after a crash the ``.recording.wav`` is the recording.
 
-The ring is single-producer single-consumer: only the audio thread writes ``_head`` and only
-the writer thread writes ``_tail``; each reads the other's counter, which under CPython is a
-single atomic load, so no lock is needed.
+The ring is the engine's one :class:`~engine.live.ring.SpscRing` (audio thread produces,
+writer thread consumes; no lock).
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from engine.errors import InvalidRequest
+from engine.live.ring import SpscRing
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,6 @@ class RecorderConfig:
         return max(1024, round(self.ring_s * self.sample_rate))
 
     @property
-    def flush_frames(self) -> int:
-        """How many frames may sit in the OS's buffers unflushed at most (one flush interval)."""
-        return max(1, round(self.flush_s * self.sample_rate))
-
-    @property
     def live_path(self) -> Path:
         """The WAV file written while recording (the target itself for .wav)."""
         if self.format == "WAV":
@@ -99,12 +94,7 @@ class Recorder:
 
     def __init__(self, config: RecorderConfig) -> None:
         self.config = config
-        self._ring = np.zeros((config.ring_frames, config.channels), dtype=np.float32)
-        self._capacity = config.ring_frames
-        self._head = 0  # frames ever written into the ring (audio thread only)
-        self._tail = 0  # frames ever drained from the ring (writer thread only)
-        self._overflow_frames = 0  # audio thread only
-        self._overflow_blocks = 0  # audio thread only
+        self._ring = SpscRing(config.ring_frames, (config.channels,), np.float32)
         self._frames_on_disk = 0  # writer thread only
         self._flushes = 0
         self._flushed_frames = 0  # writer thread only
@@ -119,42 +109,15 @@ class Recorder:
         """Copy ``frames`` (shape (n, channels), float32) into the ring; True if it fitted.
 
         Called by the audio thread (e.g. the JACK process callback). Must not block, lock,
-        allocate buffers or log: it copies at most two slices and advances ``_head``. A block
-        that does not fit whole is dropped and counted, never partly written.
+        allocate buffers or log. A block that does not fit whole is dropped and counted, never
+        partly written.
         """
-        n = frames.shape[0]
-        head = self._head
-        if n > self._capacity - (head - self._tail):
-            self._overflow_frames += n
-            self._overflow_blocks += 1
-            return False
-        start = head % self._capacity
-        first = min(n, self._capacity - start)
-        self._ring[start : start + first] = frames[:first]
-        if first < n:
-            self._ring[: n - first] = frames[first:]
-        self._head = head + n
-        return True
+        return self._ring.write(frames)
 
     def write_channels(self, channels: Sequence[np.ndarray]) -> bool:
         """Like :meth:`write` for one array per channel (JACK's port buffers), so the audio
         thread need not interleave them first. Same rules: no lock, no allocation, no log."""
-        n = channels[0].shape[0]
-        head = self._head
-        if n > self._capacity - (head - self._tail):
-            self._overflow_frames += n
-            self._overflow_blocks += 1
-            return False
-        start = head % self._capacity
-        first = min(n, self._capacity - start)
-        ring = self._ring
-        for ch in range(ring.shape[1]):
-            src = channels[ch if ch < len(channels) else 0]
-            ring[start : start + first, ch] = src[:first]
-            if first < n:
-                ring[: n - first, ch] = src[first:]
-        self._head = head + n
-        return True
+        return self._ring.write_columns(channels)
 
     # -- control thread -----------------------------------------------------------------------
 
@@ -200,17 +163,12 @@ class Recorder:
     @property
     def overflows(self) -> int:
         """Frames dropped because the ring was full (the writer thread fell behind)."""
-        return self._overflow_frames
+        return self._ring.dropped_rows
 
     @property
     def overflow_blocks(self) -> int:
         """Blocks (calls of :meth:`write`) dropped because the ring was full."""
-        return self._overflow_blocks
-
-    @property
-    def frames_on_disk(self) -> int:
-        """Frames handed to the file so far."""
-        return self._frames_on_disk
+        return self._ring.dropped_writes
 
     @property
     def flushed_frames(self) -> int:
@@ -225,7 +183,7 @@ class Recorder:
     @property
     def backlog(self) -> int:
         """Frames in the ring waiting for the writer."""
-        return self._head - self._tail
+        return self._ring.backlog
 
     # -- writer thread ------------------------------------------------------------------------
 
@@ -258,18 +216,12 @@ class Recorder:
     def _drain(self) -> bool:
         """Write every frame now in the ring; True if any were written."""
         assert self._file is not None
-        head = self._head
-        tail = self._tail
-        if head == tail:
-            return False
-        while tail < head:
-            start = tail % self._capacity
-            stop = min(start + (head - tail), self._capacity)
-            self._file.write(self._ring[start:stop])
-            tail += stop - start
-            self._tail = tail  # frees ring space for the audio thread
-        self._frames_on_disk = tail
-        return True
+        spans = self._ring.regions()
+        for start, stop in spans:
+            self._file.write(self._ring.buffer[start:stop])
+            self._ring.release(stop - start)  # frees ring space for the audio thread
+            self._frames_on_disk += stop - start
+        return bool(spans)
 
 
 def _encode(source: Path, target: Path, subtype: str) -> None:

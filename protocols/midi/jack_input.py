@@ -25,11 +25,17 @@ from typing import Any
 import jack
 import numpy as np
 
+from engine.live.ring import SpscRing
+
 log = logging.getLogger(__name__)
 
 MidiHandler = Callable[[bytes, float], None]
 _WAKE = b"\x01"
 _FRAME_WRAP = 1 << 32
+
+
+#: One short MIDI message in a ring: up to three bytes, their count, and its JACK frame time.
+MIDI_EVENT = np.dtype([("data", np.uint8, (3,)), ("size", np.uint8), ("frame", np.int64)])
 
 
 class JackMidiInput:
@@ -41,13 +47,8 @@ class JackMidiInput:
                  feedback: bool = False) -> None:
         self.handler = handler
         self.capacity = capacity
-        self._data = np.zeros((capacity, 3), dtype=np.uint8)
-        self._size = np.zeros(capacity, dtype=np.uint8)
-        self._frames = np.zeros(capacity, dtype=np.int64)
-        self._written = 0
-        self._read = 0
+        self._in = SpscRing(capacity, dtype=MIDI_EVENT)  # JACK thread -> loop
         self._wake_pending = False
-        self.overflows = 0
         self.skipped_sysex = 0
         self._connect = tuple(connect)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -58,11 +59,8 @@ class JackMidiInput:
         self.port = self.client.midi_inports.register(port_name)
         self.samplerate = float(self.client.samplerate)
         self.out_port = self.client.midi_outports.register("midi_out") if feedback else None
-        self._out_data = np.zeros((capacity, 3), dtype=np.uint8)
-        self._out_size = np.zeros(capacity, dtype=np.uint8)
-        self._out_written = 0
-        self._out_read = 0
-        self.out_dropped = 0
+        self._out = SpscRing(capacity, dtype=MIDI_EVENT)  # loop -> JACK thread
+        self._out_refused = 0
         self._last_raw: int | None = None
         self._frame_base = 0
         self.xruns = 0
@@ -74,7 +72,17 @@ class JackMidiInput:
     @property
     def drained(self) -> bool:
         """Whether every event the JACK thread received has been handed over (loop thread)."""
-        return self._read == self._written
+        return self._in.readable() == 0
+
+    @property
+    def overflows(self) -> int:
+        """Incoming events lost to a full ring (the loop fell behind)."""
+        return self._in.dropped_rows
+
+    @property
+    def out_dropped(self) -> int:
+        """Feedback events not sent: a full ring, no output port, or a malformed message."""
+        return self._out.dropped_rows + self._out_refused
 
     @property
     def port_name(self) -> str:
@@ -105,15 +113,15 @@ class JackMidiInput:
     def send(self, data: bytes) -> None:
         """Loop thread: queue one short message (1-3 bytes) for the ``midi_out`` port."""
         if self.out_port is None or not 1 <= len(data) <= 3:
-            self.out_dropped += 1
+            self._out_refused += 1
             return
-        if self._out_written - self._out_read >= self.capacity:
-            self.out_dropped += 1
+        slot = self._out.reserve()
+        if slot < 0:
             return
-        slot = self._out_written % self.capacity
-        self._out_data[slot, :len(data)] = tuple(data)
-        self._out_size[slot] = len(data)
-        self._out_written += 1
+        event = self._out.buffer[slot]
+        event["data"][:len(data)] = tuple(data)
+        event["size"] = len(data)
+        self._out.commit()
 
     def _xrun(self, delay_usecs: float) -> None:
         """JACK notification thread: count (a missed period loses that period's events)."""
@@ -128,36 +136,35 @@ class JackMidiInput:
         """JACK process thread: copy events into/out of the rings; no locks, logging, waits."""
         if self.out_port is not None:
             self.out_port.clear_buffer()
-            while self._out_read < self._out_written:
-                slot = self._out_read % self.capacity
-                self.out_port.write_midi_event(
-                    0, self._out_data[slot, :self._out_size[slot]].tobytes())
-                self._out_read += 1
+            out = self._out
+            while (slot := out.peek()) >= 0:
+                event = out.buffer[slot]
+                self.out_port.write_midi_event(0, event["data"][:event["size"]].tobytes())
+                out.release()
         base = self.client.last_frame_time
-        written = self._written
+        ring = self._in
+        before = ring.head
         for offset, buf in self.port.incoming_midi_events():
             size = len(buf)
             if size > 3 or size == 0:
                 self.skipped_sysex += 1
                 continue
-            if written - self._read >= self.capacity:
-                self.overflows += 1
+            slot = ring.reserve()
+            if slot < 0:
                 continue
-            slot = written % self.capacity
+            event = ring.buffer[slot]
             raw = bytes(buf)
             for i in range(size):
-                self._data[slot, i] = raw[i]
-            self._size[slot] = size
-            self._frames[slot] = base + offset
-            written += 1
-        if written != self._written:
-            self._written = written
-            if not self._wake_pending:
-                self._wake_pending = True
-                try:
-                    os.write(self._wfd, _WAKE)
-                except BlockingIOError:
-                    pass  # the pipe already holds a wake-up byte
+                event["data"][i] = raw[i]
+            event["size"] = size
+            event["frame"] = base + offset
+            ring.commit()
+        if ring.head != before and not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._wfd, _WAKE)
+            except BlockingIOError:
+                pass  # the pipe already holds a wake-up byte
 
     def _drain(self) -> None:
         """Loop thread: deliver every event in the ring to the handler, in order."""
@@ -166,13 +173,12 @@ class JackMidiInput:
         except BlockingIOError:
             pass
         self._wake_pending = False  # clear before reading the count: no lost wake-ups
-        written = self._written
-        while self._read < written:
-            slot = self._read % self.capacity
-            size = int(self._size[slot])
-            data = self._data[slot, :size].tobytes()
-            seconds = self._unwrap(int(self._frames[slot])) / self.samplerate
-            self._read += 1
+        ring = self._in
+        for _ in range(ring.readable()):
+            event = ring.buffer[ring.peek()]
+            data = event["data"][:event["size"]].tobytes()
+            seconds = self._unwrap(int(event["frame"])) / self.samplerate
+            ring.release()
             self.handler(data, seconds)
 
     def _unwrap(self, raw: int) -> int:
