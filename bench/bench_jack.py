@@ -17,7 +17,6 @@ real time on its own; its callback time is the floor any Python client pays.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -91,7 +90,7 @@ def baseline(server: str, seconds: float) -> dict[str, float]:
 
 def engine_run(server: str, seconds: float, model: str) -> dict[str, float]:
     env = {**os.environ, "JACK_NO_START_SERVER": "1", "PYTHONUNBUFFERED": "1"}
-    surfaces_off = ["--osc-port", "0"] if importlib.util.find_spec("protocols.surfaces") else []
+    surfaces_off = ["--osc-port", "0"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "protocols.cli", "run", "--model", model, "--tempo", "240",
          "--bars", "1", "--steps", "30" if model == "test-tones" else "2",

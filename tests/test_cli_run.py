@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import uuid
-from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def riff(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "JACK_NO_START_SERVER": "1"}
-    off = ["--osc-port", "0"] if args[0] == "run" and find_spec("protocols.surfaces") else []
+    off = ["--osc-port", "0"] if args[0] == "run" else []
     return subprocess.run([sys.executable, "-m", "protocols.cli", *args, *off], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
