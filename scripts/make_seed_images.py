@@ -6,7 +6,8 @@ as a *circular* spectrogram (the frames wrap around the loop's end), so the imag
 ``bars * beats * 60 / bpm`` seconds wide at 10 ms per pixel and loops without a seam. The
 tempo and length are stored as loop metadata. Widths are multiples of 8 px (the model's latent
 grid): 93.75 BPM = 512 px (``og_beat``, the id Riffusion's web app asks for), 100 BPM = 480 px,
-120 BPM = 400 px, 80 BPM = 600 px.
+120 BPM = 400 px, 80 BPM = 600 px. The ids that Riffusion's web app offers (og_beat, agile, marim,
+motorway, vibes, and its six masks) are all here, as the engine's own content.
 
 Masks are plain greyscale PNGs in Riffusion's style (white = repaint, darker = keep more).
 
@@ -40,7 +41,9 @@ SR = 44100
 
 @dataclass(frozen=True)
 class Pattern:
-    """Two bars of sixteenth-note steps: 'x' hit, '.' rest (32 characters per voice)."""
+    """Two bars of equal steps: 'x' hit, '.' rest (32 characters per voice: sixteenth notes;
+    64: thirty-seconds). ``notes`` adds a pitched voice: (step, MIDI notes) chords played by
+    ``instrument`` (``marimba`` or ``vibes``), steps counted on the same grid."""
 
     name: str
     bpm: float
@@ -49,6 +52,8 @@ class Pattern:
     hat: str
     bass: str
     bass_hz: float
+    notes: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    instrument: str = ""
 
 
 PATTERNS = (
@@ -91,6 +96,55 @@ PATTERNS = (
 )
 
 
+# The ids Riffusion's web app offers, as the engine's own loops (512 px = 2 bars at 93.75 BPM,
+# like Riffusion's seeds): a fast breakbeat, a marimba pattern, a driving beat, vibraphone chords.
+WEB_APP_PATTERNS = (
+    Pattern(
+        "agile",
+        93.75,
+        kick="x.......x...x.......x.......x.x.x.......x...x.......x.......x...",
+        snare="........x.......x..x....x.......x.......x.......x..x....x.....x.",
+        hat="x.xxx.xxx.xxx.xxx.xxx.xxx.xxx.xxx.xxx.xxx.xxx.xxx.xxx.xxx.xxx.xxx",
+        bass="x.......x...x.......x.......x.x.x.......x...x.......x.......x...",
+        bass_hz=58.3,
+    ),
+    Pattern(
+        "marim",
+        93.75,
+        kick="x.......x.......x.......x.......",
+        snare="........x...............x.......",
+        hat="..x...x...x...x...x...x...x...x.",
+        bass="x.........x.....x.........x.....",
+        bass_hz=49.0,
+        notes=((0, (67,)), (2, (71,)), (4, (74,)), (6, (71,)), (8, (72,)), (10, (76,)),
+               (12, (74,)), (14, (71,)), (16, (67,)), (18, (71,)), (20, (74,)), (22, (79,)),
+               (24, (76,)), (26, (74,)), (28, (72,)), (30, (71,))),
+        instrument="marimba",
+    ),
+    Pattern(
+        "motorway",
+        93.75,
+        kick="x...x...x...x...x...x...x...x...",
+        snare="....x.......x.......x.......x...",
+        hat="x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.",
+        bass="x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.x.",
+        bass_hz=41.2,
+    ),
+    Pattern(
+        "vibes",
+        93.75,
+        kick="x.........x.....x.........x.....",
+        snare="........x...............x.......",
+        hat="x...x...x...x...x...x...x...x...",
+        bass="x...............x...............",
+        bass_hz=43.65,
+        notes=((0, (57, 60, 64, 67)), (6, (57, 60, 64, 67)), (16, (53, 57, 60, 64)),
+               (22, (55, 59, 62, 65))),
+        instrument="vibes",
+    ),
+)
+
+
 def _kick(rng: np.random.Generator) -> np.ndarray:
     t = np.arange(int(0.35 * SR)) / SR
     freq = 45 + 110 * np.exp(-t * 30)
@@ -118,6 +172,19 @@ def _bass(hz: float, seconds: float) -> np.ndarray:
     return wave * np.exp(-t * 5) * 0.35
 
 
+def _mallet(midi: int, seconds: float, instrument: str) -> np.ndarray:
+    """A struck bar: marimba (fundamental and a fast 4th partial, short) or vibraphone
+    (fundamental and 4th partial, long, with the motor's tremolo)."""
+    hz = 440.0 * 2 ** ((midi - 69) / 12)
+    t = np.arange(int(seconds * SR)) / SR
+    if instrument == "marimba":
+        wave = np.sin(2 * np.pi * hz * t) * np.exp(-t * 7)
+        wave += 0.25 * np.sin(2 * np.pi * hz * 3.93 * t) * np.exp(-t * 30)
+        return wave * 0.3
+    wave = np.sin(2 * np.pi * hz * t) + 0.15 * np.sin(2 * np.pi * hz * 4.0 * t) * np.exp(-t * 4)
+    return wave * np.exp(-t * 1.2) * (1 - 0.35 * (0.5 + 0.5 * np.sin(2 * np.pi * 5.5 * t))) * 0.12
+
+
 def render(pattern: Pattern, params: SpectrogramParams) -> tuple[np.ndarray, int]:
     """Audio of the loop (samples,) and its length in samples (a whole number of hops)."""
     seconds = 8 * 60.0 / pattern.bpm
@@ -125,7 +192,7 @@ def render(pattern: Pattern, params: SpectrogramParams) -> tuple[np.ndarray, int
     length = frames * params.hop_length
     rng = np.random.default_rng(sum(map(ord, pattern.name)))
     out = np.zeros(length)
-    step = length / 32
+    step = length / len(pattern.kick)
     voices = {
         "kick": (pattern.kick, lambda: _kick(rng)),
         "snare": (pattern.snare, lambda: _snare(rng)),
@@ -137,10 +204,19 @@ def render(pattern: Pattern, params: SpectrogramParams) -> tuple[np.ndarray, int
             if c != "x":
                 continue
             sound = make() * (1.0 if i % 4 == 0 else 0.8)
-            idx = (round(i * step) + np.arange(sound.size)) % length  # wrap: it is a loop
-            np.add.at(out, idx, sound)
+            _add_looped(out, round(i * step), sound)
+    grid = length / 32  # notes are placed on sixteenths
+    for at, chord in pattern.notes:
+        for midi in chord:
+            _add_looped(out, round(at * grid), _mallet(midi, 2.0, pattern.instrument))
     out *= 0.7 / np.max(np.abs(out))
     return out.astype(np.float32), length
+
+
+def _add_looped(out: np.ndarray, start: int, sound: np.ndarray) -> None:
+    """Mix ``sound`` into ``out`` from ``start``, wrapping past the end (it is a loop)."""
+    idx = (start + np.arange(sound.size)) % out.size
+    np.add.at(out, idx, sound)
 
 
 def masks(height: int = 512, width: int = 512) -> dict[str, np.ndarray]:
@@ -156,7 +232,10 @@ def masks(height: int = 512, width: int = 512) -> dict[str, np.ndarray]:
     beat_lines = 1 - dip * (rows > 0.5)
     return {
         "mask_top_third_75": top_third,
+        "mask_top_third_95": np.where(rows < 1 / 3, 0.95, 1.0) * full,
         "mask_gradient_dark": gradient_dark,
+        "mask_gradient_top_70": np.clip(0.7 + 0.3 * rows, 0, 1) * full,
+        "mask_gradient_top_fifth_75": np.where(rows < 0.2, 0.75 + 1.25 * rows, 1.0) * full,
         "mask_beat_lines_80": beat_lines * full,
     }
 
@@ -167,7 +246,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     params = SpectrogramParams()
-    for pattern in PATTERNS:
+    for pattern in PATTERNS + WEB_APP_PATTERNS:
         audio, length = render(pattern, params)
         mel = audio_to_mel(audio[None], params, circular=True)
         image = mel_to_image(mel, params)
