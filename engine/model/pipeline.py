@@ -42,6 +42,7 @@ from engine.errors import Cancelled, InvalidImage, InvalidRequest
 from engine.model import loading as models
 from engine.model.prompt_weighting import tokenize_weighted, weighted_embedding
 from engine.model.request import InferenceRequest
+from engine.model.seamless import TimeCircularPadding
 from engine.model.seed_images import SeedImageLibrary
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class RiffusionGenerator:
             collections.OrderedDict()
         )
         self.unet_calls = 0
+        self._seamless = TimeCircularPadding(parts.unet, parts.vae.decoder)
 
     @classmethod
     def load(
@@ -176,6 +178,7 @@ class RiffusionGenerator:
         requests = [request.replace(alpha=a) for a in alphas]
         with self._lock, torch.no_grad():
             start = time.perf_counter()
+            self._seamless.enabled = request.seamless
             plan = self._plan(request)
             groups: dict[tuple[int, bool], list[int]] = {}
             for index, req in enumerate(requests):

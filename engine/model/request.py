@@ -94,7 +94,9 @@ class InferenceRequest:
     Riffusion's fields: ``alpha``, ``num_inference_steps``, ``seed_image_id``,
     ``mask_image_id``, ``start``, ``end``. Engine fields (all optional): ``width`` in pixels
     (a multiple of 8; ``None`` keeps the seed image's width, 512 without one), ``scheduler``
-    (a scheduler name such as ``ddim`` or ``dpmpp``; ``None`` is the model's own). A
+    (a scheduler name such as ``ddim`` or ``dpmpp``; ``None`` is the model's own),
+    ``seamless`` (``True``: the diffusion pads time circularly so the image's right edge
+    continues into its left, for loops; not Riffusion-exact, so off by default). A
     ``seed_image_id`` of ``null`` asks for text-to-image.
     """
 
@@ -106,6 +108,7 @@ class InferenceRequest:
     mask_image_id: str | None = None
     width: int | None = None
     scheduler: str | None = None
+    seamless: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.start, PromptInput):
@@ -129,6 +132,8 @@ class InferenceRequest:
             object.__setattr__(self, "width", width)
         if self.scheduler is not None:
             check_plain_id(self.scheduler, "scheduler")
+        if not isinstance(self.seamless, bool):
+            raise InvalidRequest(f"seamless must be true or false, not {self.seamless!r}")
 
     @property
     def end_or_start(self) -> PromptInput:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from engine.model.request import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, PLAIN_ID
 
@@ -32,7 +32,8 @@ class PromptInput(_Strict):
 
 
 class InferenceInput(_Strict):
-    """Riffusion's InferenceInput plus the engine's optional fields (width, scheduler)."""
+    """Riffusion's InferenceInput plus the engine's optional fields (width, scheduler,
+    seamless)."""
 
     start: PromptInput
     end: PromptInput | None = None
@@ -44,6 +45,9 @@ class InferenceInput(_Strict):
         None, description="image width in pixels; the server may set a lower limit"
     )
     scheduler: PlainId | None = None
+    seamless: StrictBool = Field(
+        False, description="pad time circularly so the clip loops in content (not Riffusion-exact)"
+    )
 
 
 class InferenceOutput(BaseModel):
