@@ -35,10 +35,12 @@ def test_same_prompt_walks_seeds_like_the_riffusion_app() -> None:
         ("jazzy rapping", 42, "jazzy rapping", 43, 1.0),
         ("jazzy rapping", 43, "jazzy rapping", 44, 0.25),
     ]
-    # The request is exactly what the web app sends for the second clip.
-    assert requests[1].to_dict() | {"width": None, "scheduler": None} == {
+    # The request is what the web app sends for the second clip, plus the live engine's
+    # seamless loops (on by default, /riff/seamless 0 for Riffusion-exact clips).
+    assert requests[1].seamless
+    assert requests[1].to_dict() | {"width": None, "scheduler": None, "seamless": False} == {
         "alpha": 0.25, "num_inference_steps": 50, "seed_image_id": "og_beat",
-        "mask_image_id": None, "width": None, "scheduler": None,
+        "mask_image_id": None, "width": None, "scheduler": None, "seamless": False,
         "start": {"prompt": "jazzy rapping", "seed": 42, "negative_prompt": None,
                   "denoising": 0.75, "guidance": 7.0},
         "end": {"prompt": "jazzy rapping", "seed": 43, "negative_prompt": None,

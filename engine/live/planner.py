@@ -49,11 +49,11 @@ from engine.model.request import MAX_SEED, InferenceRequest, PromptInput
 #: planner pacing or the other mode's knobs).
 AUTO_PARAMS = frozenset(
     {"prompt", "negative", "alpha_auto", "denoising", "guidance", "steps", "seed",
-     "seed_image", "mask"}
+     "seed_image", "mask", "seamless"}
 )
 MANUAL_PARAMS = frozenset(
     {"prompt_a", "prompt_b", "negative", "alpha", "alpha_auto", "denoising", "guidance",
-     "steps", "seed", "seed_b", "seed_image", "mask"}
+     "steps", "seed", "seed_b", "seed_image", "mask", "seamless"}
 )
 
 
@@ -170,4 +170,5 @@ class JamPlanner:
             num_inference_steps=int(state["steps"]),
             seed_image_id=str(state["seed_image"]),
             mask_image_id=str(state["mask"]) or None,
+            seamless=bool(state["seamless"]),
         )

@@ -96,6 +96,9 @@ PARAMETERS: Mapping[str, ParamSpec] = {
         ParamSpec("seed_image", "/riff/seed_image", "id", "og_beat", allow_empty=False,
                   help="seed image id from the library"),
         ParamSpec("mask", "/riff/mask", "id", "", help="mask id; empty clears"),
+        ParamSpec("seamless", "/riff/seamless", "bool", True,
+                  help="1: the diffusion pads time circularly so clips loop in content, "
+                       "0: Riffusion-exact"),
         ParamSpec("tempo", "/riff/tempo", "float", 120.0, *limits.CONTROL_TEMPO_BPM,
                   help="beats per minute (internal clock)"),
         ParamSpec("bars", "/riff/bars", "int", 2, *limits.CONTROL_BARS, help="clip length in bars"),
