@@ -85,6 +85,42 @@ class _Plan:
     seed_image: Image.Image | None = None
 
 
+@dataclass
+class _Guide:
+    """Classifier-free guidance of one batch: the text embeddings (unconditional first when
+    guidance is on) and the scale (one, or one per alpha)."""
+
+    embeddings: torch.Tensor
+    do_cfg: bool
+    scale: float | torch.Tensor
+
+
+@dataclass
+class _Denoising:
+    """One batch's denoising run: the scheduler, its step arguments and timesteps, the
+    starting latents, the noise they were made from and, for img2img, the seed latents per
+    alpha."""
+
+    scheduler: Any
+    extra: dict[str, Any]  # scheduler.step's optional arguments (eta, generator)
+    timesteps: torch.Tensor
+    latents: torch.Tensor
+    noise: torch.Tensor
+    init_batch: torch.Tensor | None = None
+
+
+def _step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
+    """``scheduler.step``'s optional arguments, as Riffusion passes them: eta 0 and the start
+    seed's generator, where the scheduler takes them."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    extra: dict[str, Any] = {}
+    if "eta" in params:
+        extra["eta"] = 0.0
+    if "generator" in params:
+        extra["generator"] = generator
+    return extra
+
+
 class RiffusionGenerator:
     """Generates spectrogram images from requests; holds the model and its caches.
 
@@ -366,73 +402,89 @@ class RiffusionGenerator:
         progress: ProgressFn | None,
         cancel: CancelFn | None,
     ) -> tuple[list[Image.Image], list[torch.Tensor]]:
-        """Denoise one batch of alphas that share their start step and guidance mode."""
+        """Denoise one batch of alphas that share their start step and guidance mode.
+
+        Riffusion's random draws, in its order: the seed latent (a fresh generator seeded by
+        the start seed), then the start noise and the end noise; the start generator then
+        serves any scheduler that draws while stepping.
+        """
         first = batch[0]
-        start, end = first.start, first.end_or_start
-        steps = first.num_inference_steps
-        alphas = [r.alpha for r in batch]
-        size = len(batch)
-        gen_start = self._generator(start.seed)
-        gen_end = self._generator(end.seed)
+        gen_start = self._generator(first.start.seed)
+        gen_end = self._generator(first.end_or_start.seed)
         cond, uncond = self._embeddings(batch)
         guidance = [self._guidance(r) for r in batch]
         do_cfg = guidance[0] > 1.0
         embeddings = torch.cat([uncond, cond]) if do_cfg else cond
-
         scheduler = models.make_scheduler(self.parts.scheduler, plan.scheduler_name)
-        shape = plan.latent_shape
         init_latents = None
         if plan.init_dist is not None:
-            init_latents = plan.init_dist.sample(generator=self._generator(start.seed))
+            init_latents = plan.init_dist.sample(generator=self._generator(first.start.seed))
             init_latents = self.latent_scale * init_latents
-        noise_a = self._randn(shape, gen_start)
-        noise_b = self._randn(shape, gen_end)
-        noise = torch.cat([slerp(a, noise_a, noise_b) for a in alphas])
+        noise_a = self._randn(plan.latent_shape, gen_start)
+        noise_b = self._randn(plan.latent_shape, gen_end)
+        noise = torch.cat([slerp(r.alpha, noise_a, noise_b) for r in batch])
+        run = self._noised_start(scheduler, first, noise, init_latents, len(batch), gen_start)
+        guide = _Guide(embeddings, do_cfg, self._guidance_scale(guidance, run.latents.dtype))
+        latents = self._denoise(run, guide, plan.mask, progress, cancel)
+        images = self._decode(latents, plan.seed_image)
+        return images, [lat[None].float().cpu() for lat in latents]
 
+    def _noised_start(self, scheduler: Any, first: InferenceRequest, noise: torch.Tensor,
+                      init_latents: torch.Tensor | None, size: int,
+                      generator: torch.Generator) -> _Denoising:
+        """Set ``scheduler`` up for the batch: its timesteps, its step arguments (``generator``
+        for schedulers that draw) and the starting latents, pure scaled noise (text-to-image)
+        or the seed latents noised to the start step."""
+        extra = _step_kwargs(scheduler, generator)
         strength = None if init_latents is None else self._strength(first)
-        timesteps, noise_t, begin = self._schedule(scheduler, steps, strength)
+        timesteps, noise_t, begin = self._schedule(scheduler, first.num_inference_steps,
+                                                   strength)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(begin)
         if init_latents is None:
-            latents = noise * scheduler.init_noise_sigma
-            init_batch = None
-        else:
-            init_batch = init_latents.expand(size, -1, -1, -1)
-            t_batch = noise_t.reshape(1).repeat(size).to(self.device)
-            latents = scheduler.add_noise(init_batch, noise, t_batch)
+            return _Denoising(scheduler, extra, timesteps, noise * scheduler.init_noise_sigma,
+                              noise)
+        init_batch = init_latents.expand(size, -1, -1, -1)
+        t_batch = noise_t.reshape(1).repeat(size).to(self.device)
+        latents = scheduler.add_noise(init_batch, noise, t_batch)
+        return _Denoising(scheduler, extra, timesteps, latents, noise, init_batch)
 
-        params = set(inspect.signature(scheduler.step).parameters)
-        extra: dict[str, Any] = {}
-        if "eta" in params:
-            extra["eta"] = 0.0
-        if "generator" in params:
-            extra["generator"] = gen_start
+    def _guidance_scale(self, guidance: list[float], dtype: torch.dtype) -> float | torch.Tensor:
+        """One guidance scale for the batch, or one per alpha (B, 1, 1, 1) when they differ."""
         if len(set(guidance)) == 1:
-            scale: float | torch.Tensor = guidance[0]
-        else:
-            scale = torch.tensor(guidance, device=self.device, dtype=latents.dtype)
-            scale = scale[:, None, None, None]
+            return guidance[0]
+        scale = torch.tensor(guidance, device=self.device, dtype=dtype)
+        return scale[:, None, None, None]
 
-        total = len(timesteps)
-        for i, t in enumerate(timesteps):
+    def _denoise(self, run: _Denoising, guide: _Guide, mask: torch.Tensor | None,
+                 progress: ProgressFn | None, cancel: CancelFn | None) -> torch.Tensor:
+        """The denoising loop: cancel is polled before and progress reported after each step;
+        a mask re-noises the kept area from the seed latents after each step."""
+        scheduler, latents = run.scheduler, run.latents
+        total = len(run.timesteps)
+        for i, t in enumerate(run.timesteps):
             if cancel is not None and cancel():
                 raise Cancelled(f"generation cancelled after {i} of {total} steps")
-            model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            self.unet_calls += 1
-            pred = self.parts.unet(model_in, t, encoder_hidden_states=embeddings).sample
-            if do_cfg:
-                pred_uncond, pred_text = pred.chunk(2)
-                pred = pred_uncond + scale * (pred_text - pred_uncond)
-            latents = scheduler.step(pred, t, latents, **extra).prev_sample
-            if plan.mask is not None and init_batch is not None:
-                kept = scheduler.add_noise(init_batch, noise, t.reshape(1))
-                latents = kept * plan.mask + latents * (1 - plan.mask)
+            pred = self._guided_prediction(guide, scheduler, latents, t)
+            latents = scheduler.step(pred, t, latents, **run.extra).prev_sample
+            if mask is not None and run.init_batch is not None:
+                kept = scheduler.add_noise(run.init_batch, run.noise, t.reshape(1))
+                latents = kept * mask + latents * (1 - mask)
             if progress is not None:
                 progress(i + 1, total)
+        return latents
 
-        images = self._decode(latents, plan.seed_image)
-        return images, [lat[None].float().cpu() for lat in latents]
+    def _guided_prediction(self, guide: _Guide, scheduler: Any, latents: torch.Tensor,
+                           t: torch.Tensor) -> torch.Tensor:
+        """One UNet call: the noise prediction, with classifier-free guidance when on."""
+        model_in = torch.cat([latents] * 2) if guide.do_cfg else latents
+        model_in = scheduler.scale_model_input(model_in, t)
+        self.unet_calls += 1
+        pred = self.parts.unet(model_in, t, encoder_hidden_states=guide.embeddings).sample
+        if guide.do_cfg:
+            pred_uncond, pred_text = pred.chunk(2)
+            pred = pred_uncond + guide.scale * (pred_text - pred_uncond)
+        return pred
 
     def _decode(self, latents: torch.Tensor, seed: Image.Image | None) -> list[Image.Image]:
         """VAE-decode latents to RGB spectrogram images with Riffusion's EXIF tags."""

@@ -129,63 +129,104 @@ def rerender(
         crossfade = int(header.info.get("crossfade_samples", PlayerConfig.crossfade_samples))
     player = Player(PlayerConfig(sample_rate=header.sample_rate, channels=header.channels,
                                  crossfade_samples=crossfade, max_block=settings.block))
-    remaining = collections.Counter(starts)  # clip starts still ahead, per job
-    ids = {job: i for i, job in enumerate(dict.fromkeys(starts))}
-    clips: dict[str, Clip] = {}
-    made = 0
-    buffer = np.zeros((header.channels, settings.block), np.float32)
-    fmt = "FLAC" if out.suffix.lower() == ".flac" else "WAV"
-    subtype = "PCM_24" if fmt == "FLAC" else "FLOAT"
-    end: int | None = None
-    position = 0
-    # A take started mid-set holds the clock from its take_start command on: write from there.
-    origin = min((e.sample for e in control.of_type(CommandEvent) if e.name == TAKE_START),
-                 default=0)
-    written = 0
-    last_start, last_length = 0, 0
+    clips = _Clips(jobs, starts, header.sample_rate, settings, generate, progress)
+    flac = out.suffix.lower() == ".flac"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with sf.SoundFile(out, "w", header.sample_rate, header.channels, subtype=subtype,
-                      format=fmt) as sink:
+    with sf.SoundFile(out, "w", header.sample_rate, header.channels,
+                      subtype="PCM_24" if flac else "FLOAT", format="FLAC" if flac else "WAV"
+                      ) as sink:
+        writer = _Writer(player, sink, header.channels, settings.block,
+                         origin=_take_origin(control), clip=flac)
+        writer.render_until(_play_events(events, player, writer, clips))
+    return RerenderResult(out, writer.written, header.sample_rate, clips.made, player.counters())
 
-        def render_until(target: int) -> None:
-            nonlocal position, written
-            while position < target:
-                n = min(settings.block, target - position)
-                player.render([buffer[ch, :n] for ch in range(header.channels)])
-                skip = min(n, max(0, origin - position))
-                block = buffer[:, skip:n].T
-                if block.shape[0]:
-                    sink.write(np.clip(block, -1, 1) if fmt == "FLAC" else block)
-                    written += block.shape[0]
-                position += n
-                player.poll()
 
-        for sample, kind, job_key in events:
-            render_until(sample)
-            if kind == "end":
-                end = sample
-                break
-            if kind == "stop":
-                player.stop()
-                continue
-            clip = clips.get(job_key)
-            if clip is None:
-                clip = generate(_job(jobs[job_key], ids[job_key], header.sample_rate,
-                                     settings))
-                clips[job_key] = clip
-                made += 1
-                if progress is not None:
-                    progress(made, len(ids))
-            player.schedule(clip, sample)
-            player.poll()
-            last_start, last_length = sample, clip.spec.num_samples
-            remaining[job_key] -= 1
-            if remaining[job_key] == 0:  # the player keeps its own reference while it plays
-                del clips[job_key]
-        if end is None:  # no end line (the take was cut short): let the last clip play out
-            end = max(position, last_start + last_length)
-        render_until(end)
-    return RerenderResult(out, written, header.sample_rate, made, player.counters())
+def _take_origin(control: ControlLog) -> int:
+    """The sample the output starts at: a take started mid-set holds the clock from its
+    take_start command on, so only what follows it is written (0 otherwise)."""
+    return min((e.sample for e in control.of_type(CommandEvent) if e.name == TAKE_START),
+               default=0)
+
+
+def _play_events(events: list[tuple[int, str, Any]], player: Player, writer: _Writer,
+                 clips: _Clips) -> int:
+    """Render up to each event and apply it (schedule a clip, stop); the sample the output
+    ends at: the end line's, or, without one, where the last clip has played out once."""
+    last_start, last_length = 0, 0
+    for sample, kind, job_key in events:
+        writer.render_until(sample)
+        if kind == "end":
+            return sample
+        if kind == "stop":
+            player.stop()
+            continue
+        clip = clips.take(job_key)
+        player.schedule(clip, sample)
+        player.poll()
+        last_start, last_length = sample, clip.spec.num_samples
+    return max(writer.position, last_start + last_length)  # the take was cut short
+
+
+class _Writer:
+    """Runs the player block by block and writes what it renders from ``origin`` on."""
+
+    def __init__(self, player: Player, sink: sf.SoundFile, channels: int, block: int, *,
+                 origin: int, clip: bool) -> None:
+        self.player = player
+        self.sink = sink
+        self.channels = channels
+        self.block = block
+        self.origin = origin
+        self.clip = clip  # FLAC is integer PCM: keep samples within [-1, 1]
+        self.buffer = np.zeros((channels, block), np.float32)
+        self.position = 0  # samples rendered
+        self.written = 0  # frames written (those from the origin on)
+
+    def render_until(self, target: int) -> None:
+        """Render (and write) up to sample ``target``; nothing when already there."""
+        while self.position < target:
+            n = min(self.block, target - self.position)
+            self.player.render([self.buffer[ch, :n] for ch in range(self.channels)])
+            skip = min(n, max(0, self.origin - self.position))
+            block = self.buffer[:, skip:n].T
+            if block.shape[0]:
+                self.sink.write(np.clip(block, -1, 1) if self.clip else block)
+                self.written += block.shape[0]
+            self.position += n
+            self.player.poll()
+
+
+class _Clips:
+    """The clips of the log's jobs, each generated once, when first started, and dropped when
+    its last start is scheduled (the player keeps its own reference while it plays)."""
+
+    def __init__(self, jobs: dict[str, GenerationEvent], starts: list[str], sample_rate: int,
+                 settings: RerenderSettings, generate: Callable[[GenerationJob], Clip],
+                 progress: Callable[[int, int], None] | None) -> None:
+        self.jobs = jobs
+        self.sample_rate = sample_rate
+        self.settings = settings
+        self.generate = generate
+        self.progress = progress
+        self.remaining = collections.Counter(starts)  # clip starts still ahead, per job
+        self.ids = {job: i for i, job in enumerate(dict.fromkeys(starts))}
+        self.clips: dict[str, Clip] = {}
+        self.made = 0
+
+    def take(self, job_key: str) -> Clip:
+        """The clip of one start of ``job_key``, generated on its first start."""
+        clip = self.clips.get(job_key)
+        if clip is None:
+            clip = self.generate(_job(self.jobs[job_key], self.ids[job_key], self.sample_rate,
+                                      self.settings))
+            self.clips[job_key] = clip
+            self.made += 1
+            if self.progress is not None:
+                self.progress(self.made, len(self.ids))
+        self.remaining[job_key] -= 1
+        if self.remaining[job_key] == 0:
+            del self.clips[job_key]
+        return clip
 
 
 def _job(event: GenerationEvent, job_id: int, sample_rate: int, settings: RerenderSettings

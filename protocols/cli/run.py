@@ -192,14 +192,51 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> int:
-    from engine.live.control import Engine
-    from engine.live.player import Player, PlayerConfig
-    from engine.takes.recording import RecordingTaps, TakeController
-
+    """The daemon's life on the asyncio loop: open the output and the generator, play until
+    SIGINT/SIGTERM (or the output ends), close everything, then log the summary."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    d = _open_daemon(args, opts, loop, stop)
+    try:
+        if not await _run_daemon(d, state):
+            return 0
+    finally:
+        await _close_daemon(d)
+    _log_summary(d)
+    if d.file_out is not None and d.file_out.error is not None:
+        raise RiffError(f"writing {args.output} failed: {d.file_out.error}")
+    if d.jack_out is not None and d.jack_out.shutdown_reason:
+        raise RiffError(f"the JACK server went away: {d.jack_out.shutdown_reason}")
+    return 0
+
+
+@dataclasses.dataclass
+class _Daemon:
+    """The parts of one ``riff run`` (owned by the loop thread); the ones made while it starts
+    stay None until then, so that shutdown closes exactly what was opened."""
+
+    args: argparse.Namespace
+    opts: dict[str, Any]
+    loop: asyncio.AbstractEventLoop
+    stop: asyncio.Event
+    jack_out: Any
+    rate: int
+    player: Any
+    client: Any
+    file_out: Any = None
+    takes: Any = None
+    engine: Any = None
+    engine_task: asyncio.Task[None] | None = None
+    closers: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+
+
+def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
+                 loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> _Daemon:
+    """The JACK client (or the file output's rate), the player and the generator client,
+    none of them started yet. Loop thread."""
+    from engine.live.player import Player, PlayerConfig
 
     jack_out = None
     if args.output is None:
@@ -213,85 +250,114 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
         rate = int(opts["sample_rate"])
     player = Player(PlayerConfig.with_crossfade_ms(rate, float(opts["crossfade_ms"])))
     client = _make_generator(args, opts)
-    file_out = None
-    takes = None
-    closers: list[Callable[[], Awaitable[None]]] = []
-    engine_task: asyncio.Task[None] | None = None
-    try:
-        if args.generator is None:
-            log.info("starting the generator (model %s, device %s)", opts["model"],
-                     opts["device"])
-        else:
-            log.info("connecting to the generator at %s", args.generator)
-        if not await _until_stopped(client.start(), stop):
-            log.info("stopped while the model was loading")
-            return 0
-        taps = RecordingTaps()
-        engine = Engine(taps.generator(client), taps.sink(player), sample_rate=rate,
-                        state=state, sink_stats=player.counters)
-        taps.transport = engine.transport
-        state.add_listener(taps.on_state_change)
-        takes = TakeController(
-            taps, args.record if args.record is not None else args.takes_dir,
-            sample_rate=rate, channels=player.config.channels, state=state.snapshot,
-            info={"model": opts["model"] if args.generator is None else client.model,
-                  "generator": args.generator,
-                  "crossfade_samples": player.config.crossfade_samples,
-                  "phase_method": opts["phase_method"]})
-        engine.takes = takes
-        # Keep what exists now out of the collector's full passes, which would otherwise hold
-        # the GIL for milliseconds while JACK's thread waits for it. The one full collection
-        # runs here, before the JACK client is activated, never while it plays.
-        gc.collect()
-        gc.freeze()
-        if jack_out is not None:
-            connected = jack_out.start(player, connect=not opts["no_connect"], takes=takes)
-            ports = ", ".join(p.name for p in jack_out.ports)
-            log.info("JACK: playing on %s at %d Hz, %d frames per period%s", ports, rate,
-                     jack_out.blocksize, f" -> {', '.join(connected)}" if connected else
-                     " (not connected)")
-        engine.play()
-        if args.record is not None:
-            engine.record_start()
-        if args.output is not None:
-            from protocols.audio.file_output import FileOutput
+    return _Daemon(args, opts, loop, stop, jack_out, rate, player, client)
 
-            end = engine.transport.bar_start(args.duration_bars) if args.duration_bars else None
-            gate = _offline_gate(engine, player, loop) if args.offline else None
-            file_out = FileOutput(player, args.output, offline=args.offline, end_sample=end,
-                                  gate=gate, takes=takes)
-            file_out.start()
-            log.info("rendering to %s (%s, %d Hz)%s", args.output,
-                     "offline" if args.offline else "real time", rate,
-                     f", {args.duration_bars} bars" if args.duration_bars else "")
-        engine_task = asyncio.ensure_future(engine.run())
-        closers.extend(await _start_surfaces(args, engine, opts))
-        # Everything long-lived exists now: freeze it too (no collection: JACK is running).
-        gc.freeze()
-        if args.stdin:
-            _read_stdin(engine, loop)
-        await _status_loop(engine, player, client, jack_out, file_out, stop)
-    finally:
-        if args.stdin:
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(sys.stdin.fileno())
-        for close in reversed(closers):
-            await close()
-        if file_out is not None:
-            file_out.stop()
-        if takes is not None and takes.recording:
-            try:
-                engine.record_stop()
-            except Exception:  # the rest must still be closed; the take's error is logged
-                log.exception("stopping the recording failed")
-        if engine_task is not None:
-            await engine.close()
-        if jack_out is not None:
-            jack_out.close()
-        await client.close()
-    c = player.counters()
-    if jack_out is not None:
-        t = jack_out.timing_summary()
+
+async def _run_daemon(d: _Daemon, state: Any) -> bool:
+    """Start the generator, the engine, the outputs and the surfaces, then log status until
+    stopped. False when stopped while the model was still loading. Loop thread."""
+    args, opts = d.args, d.opts
+    if args.generator is None:
+        log.info("starting the generator (model %s, device %s)", opts["model"],
+                 opts["device"])
+    else:
+        log.info("connecting to the generator at %s", args.generator)
+    if not await _until_stopped(d.client.start(), d.stop):
+        log.info("stopped while the model was loading")
+        return False
+    _build_engine(d, state)
+    # Keep what exists now out of the collector's full passes, which would otherwise hold
+    # the GIL for milliseconds while JACK's thread waits for it. The one full collection
+    # runs here, before the JACK client is activated, never while it plays.
+    gc.collect()
+    gc.freeze()
+    _start_playing(d)
+    d.engine_task = asyncio.ensure_future(d.engine.run())
+    d.closers.extend(await _start_surfaces(args, d.engine, opts))
+    # Everything long-lived exists now: freeze it too (no collection: JACK is running).
+    gc.freeze()
+    if args.stdin:
+        _read_stdin(d.engine, d.loop)
+    await _status_loop(d.engine, d.player, d.client, d.jack_out, d.file_out, d.stop)
+    return True
+
+
+def _build_engine(d: _Daemon, state: Any) -> None:
+    """The engine facade, with recording taps between it and the generator and player, and
+    the take controller (``--record`` / ``--takes-dir``). Loop thread."""
+    from engine.live.control import Engine
+    from engine.takes.recording import RecordingTaps, TakeController
+
+    args, opts = d.args, d.opts
+    taps = RecordingTaps()
+    d.engine = engine = Engine(taps.generator(d.client), taps.sink(d.player), sample_rate=d.rate,
+                               state=state, sink_stats=d.player.counters)
+    taps.transport = engine.transport
+    state.add_listener(taps.on_state_change)
+    d.takes = TakeController(
+        taps, args.record if args.record is not None else args.takes_dir,
+        sample_rate=d.rate, channels=d.player.config.channels, state=state.snapshot,
+        info={"model": opts["model"] if args.generator is None else d.client.model,
+              "generator": args.generator,
+              "crossfade_samples": d.player.config.crossfade_samples,
+              "phase_method": opts["phase_method"]})
+    engine.takes = d.takes
+
+
+def _start_playing(d: _Daemon) -> None:
+    """Activate JACK (or start the file output), start playing and, with ``--record``,
+    recording. Loop thread; from here on the player renders in the output's thread."""
+    args, engine = d.args, d.engine
+    if d.jack_out is not None:
+        connected = d.jack_out.start(d.player, connect=not d.opts["no_connect"], takes=d.takes)
+        ports = ", ".join(p.name for p in d.jack_out.ports)
+        log.info("JACK: playing on %s at %d Hz, %d frames per period%s", ports, d.rate,
+                 d.jack_out.blocksize, f" -> {', '.join(connected)}" if connected else
+                 " (not connected)")
+    engine.play()
+    if args.record is not None:
+        engine.record_start()
+    if args.output is not None:
+        from protocols.audio.file_output import FileOutput
+
+        end = engine.transport.bar_start(args.duration_bars) if args.duration_bars else None
+        gate = _offline_gate(engine, d.player, d.loop) if args.offline else None
+        d.file_out = FileOutput(d.player, args.output, offline=args.offline, end_sample=end,
+                                gate=gate, takes=d.takes)
+        d.file_out.start()
+        log.info("rendering to %s (%s, %d Hz)%s", args.output,
+                 "offline" if args.offline else "real time", d.rate,
+                 f", {args.duration_bars} bars" if args.duration_bars else "")
+
+
+async def _close_daemon(d: _Daemon) -> None:
+    """Close what was opened, in reverse order: stdin, surfaces, file output, the take, the
+    engine, JACK, the generator. Loop thread, also after an error while starting."""
+    if d.args.stdin:
+        with contextlib.suppress(ValueError, OSError):
+            d.loop.remove_reader(sys.stdin.fileno())
+    for close in reversed(d.closers):
+        await close()
+    if d.file_out is not None:
+        d.file_out.stop()
+    if d.takes is not None and d.takes.recording:
+        try:
+            d.engine.record_stop()
+        except Exception:  # the rest must still be closed; the take's error is logged
+            log.exception("stopping the recording failed")
+    if d.engine_task is not None:
+        await d.engine.close()
+    if d.jack_out is not None:
+        d.jack_out.close()
+    await d.client.close()
+
+
+def _log_summary(d: _Daemon) -> None:
+    """The closing log lines: JACK callback timing, the player's and worker's counters and
+    the remote generator's requests."""
+    c = d.player.counters()
+    if d.jack_out is not None:
+        t = d.jack_out.timing_summary()
         if t["callbacks"]:
             log.info("JACK callback: %d calls, duration p50 %.0f us, p99 %.0f us, max %.0f us; "
                      "finished within the cycle by at most %.0f us of a %.0f us period",
@@ -299,15 +365,10 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
                      t["duration_max_us"], t["finish_max_us"], t["period_us"])
     log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts, "
              "%d silent blocks (before the first clip or after stop)",
-             c["started"], c["late"], c["xruns"], client.restarts, c["underruns"])
-    if args.generator is not None:
-        log.info("remote generator: %d requests, %d failed, %d retried", client.attempts,
-                 client.failures, client.retried)
-    if file_out is not None and file_out.error is not None:
-        raise RiffError(f"writing {args.output} failed: {file_out.error}")
-    if jack_out is not None and jack_out.shutdown_reason:
-        raise RiffError(f"the JACK server went away: {jack_out.shutdown_reason}")
-    return 0
+             c["started"], c["late"], c["xruns"], d.client.restarts, c["underruns"])
+    if d.args.generator is not None:
+        log.info("remote generator: %d requests, %d failed, %d retried", d.client.attempts,
+                 d.client.failures, d.client.retried)
 
 
 def _make_generator(args: argparse.Namespace, opts: dict[str, Any]) -> Any:

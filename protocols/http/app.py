@@ -29,7 +29,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import numpy as np
@@ -130,48 +130,100 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
     """Build the ASGI app serving ``backend`` under ``config``."""
-    config = config or ServeConfig()
-    metrics = Metrics()
-    state: dict[str, GenerationQueue] = {}
+    service = _Service(backend, config or ServeConfig(), Metrics())
+    app = FastAPI(
+        title="riffusion-engine",
+        version=__version__,
+        description="Riffusion-compatible inference (/run_inference/) and the engine's API.",
+        lifespan=_lifespan(service),
+    )
+    _add_middleware(app, service)
+    _add_error_handlers(app, service)
+    auth = [Depends(Authorize(service.config.token))]
+    _add_render_routes(app, service, auth)
+    _add_clip_route(app, service, auth)
+    _add_status_routes(app, service, auth)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    app.state.metrics = service.metrics
+    return app
 
-    def on_done(seconds: float, error: BaseException | None) -> None:
+
+@dataclasses.dataclass
+class _Service:
+    """What the route handlers of one app share: the backend, its limits, the counters and
+    the generation queue (made on startup by :func:`_lifespan`). Thread: the event loop."""
+
+    backend: Backend
+    config: ServeConfig
+    metrics: Metrics
+    state: dict[str, GenerationQueue] = dataclasses.field(default_factory=dict)
+
+    def queue(self) -> GenerationQueue:
+        """The running generation queue (KeyError before startup)."""
+        return self.state["queue"]
+
+    def on_done(self, seconds: float, error: BaseException | None) -> None:
         """Event loop thread, after each generation: count it (must not block)."""
         if error is None:
-            metrics.generation(seconds)
+            self.metrics.generation(seconds)
         else:
-            metrics.error(type(error).__name__)
+            self.metrics.error(type(error).__name__)
             if status_of(error) >= 500:
                 log.error("generation failed: %s: %s", type(error).__name__, error)
 
+    async def read_request(self, request: Request) -> Any:
+        """The body as JSON, within this server's body size limit (413, 400)."""
+        return await read_json(request, self.config.max_body_bytes)
+
+    def validated(self, data: Any) -> InferenceRequest:
+        """An InferenceRequest from JSON, within this server's width and step limits, with
+        seed and mask ids the backend knows (422 or 400 otherwise)."""
+        req = wire.parse_request(data)
+        if req.width is not None and req.width > self.config.max_width:
+            raise InvalidRequest(f"width must be at most {self.config.max_width} pixels on this "
+                                 f"server, not {req.width}")
+        if req.num_inference_steps > self.config.max_steps:
+            raise InvalidRequest(f"num_inference_steps must be at most {self.config.max_steps} "
+                                 f"on this server, not {req.num_inference_steps}")
+        self.backend.check(req)
+        return req
+
+    async def render(self, req: InferenceRequest) -> Any:
+        """``req`` rendered by the backend on the generation thread, through the queue."""
+        return await self.queue().submit(
+            lambda cancel, progress: self.backend.render(req, cancel=cancel, progress=progress))
+
+
+def _lifespan(service: _Service) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the generation queue (and its thread) runs while the app serves."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        queue = GenerationQueue(config.queue, on_done)
+        queue = GenerationQueue(service.config.queue, service.on_done)
         queue.start()
-        state["queue"] = queue
+        service.state["queue"] = queue
         try:
             yield
         finally:
             await queue.close()
 
-    app = FastAPI(
-        title="riffusion-engine",
-        version=__version__,
-        description="Riffusion-compatible inference (/run_inference/) and the engine's API.",
-        lifespan=lifespan,
-    )
-    app.add_middleware(CountRequests, metrics=metrics)
-    if config.cors_origins:
+    return lifespan
+
+
+def _add_middleware(app: FastAPI, service: _Service) -> None:
+    """Request counting, and CORS when origins are configured."""
+    app.add_middleware(CountRequests, metrics=service.metrics)
+    if service.config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(config.cors_origins),
+            CORSMiddleware, allow_origins=list(service.config.cors_origins),
             allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
         )
 
-    authorize = Authorize(config.token)
 
-    def queue() -> GenerationQueue:
-        return state["queue"]
+def _add_error_handlers(app: FastAPI, service: _Service) -> None:
+    """Guard problems, engine errors and a full queue become JSON error answers."""
 
     @app.exception_handler(HttpProblem)
     async def _problem(request: Request, exc: HttpProblem) -> JSONResponse:
@@ -183,33 +235,22 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
 
     @app.exception_handler(QueueFull)
     async def _full(request: Request, exc: QueueFull) -> JSONResponse:
+        metrics = service.metrics
         metrics.rejected_full += 1
         mean = metrics.generation_sum / metrics.generation_count if metrics.generation_count else 1
-        retry = max(1, math.ceil(mean * (queue().depth + 1)))
+        retry = max(1, math.ceil(mean * (service.queue().depth + 1)))
         return JSONResponse({"detail": f"the generation queue is full ({exc})"}, 503,
                             headers={"Retry-After": str(retry)})
 
-    async def read_request(request: Request) -> Any:
-        return await read_json(request, config.max_body_bytes)
 
-    def validated(data: Any) -> InferenceRequest:
-        req = wire.parse_request(data)
-        if req.width is not None and req.width > config.max_width:
-            raise InvalidRequest(f"width must be at most {config.max_width} pixels on this "
-                                 f"server, not {req.width}")
-        if req.num_inference_steps > config.max_steps:
-            raise InvalidRequest(f"num_inference_steps must be at most {config.max_steps} on "
-                                 f"this server, not {req.num_inference_steps}")
-        backend.check(req)
-        return req
+def _add_render_routes(app: FastAPI, service: _Service, auth: list[Any]) -> None:
+    """``POST /run_inference/`` (Riffusion's API) and ``POST /v1/render`` (lossless)."""
 
     @app.post("/run_inference/", response_model=models.InferenceOutput, responses=_ERRORS,
-              openapi_extra=_body("InferenceInput"), dependencies=[Depends(authorize)])
+              openapi_extra=_body("InferenceInput"), dependencies=auth)
     async def run_inference(request: Request) -> dict[str, Any]:
         """Riffusion's inference endpoint: JPEG spectrogram and MP3 audio as data URIs."""
-        req = validated(await read_request(request))
-        rendered = await queue().submit(
-            lambda cancel, progress: backend.render(req, cancel=cancel, progress=progress))
+        rendered = await service.render(service.validated(await service.read_request(request)))
         image, audio = await asyncio.gather(
             asyncio.to_thread(jpeg_bytes, rendered.image),
             asyncio.to_thread(audio_bytes, _normalized(rendered.audio), rendered.sample_rate,
@@ -220,12 +261,11 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
 
     @app.post("/v1/render", response_model=models.RenderOutput, responses={
         **_ERRORS, 200: {"content": {"audio/wav": {}, "image/png": {}}}},
-        openapi_extra=_body("InferenceInput"), dependencies=[Depends(authorize)])
+        openapi_extra=_body("InferenceInput"), dependencies=auth)
     async def render(request: Request) -> Any:
         """Image and audio in lossless formats; raw bytes when Accept asks for them."""
-        req = validated(await read_request(request))
-        rendered = await queue().submit(
-            lambda cancel, progress: backend.render(req, cancel=cancel, progress=progress))
+        req = service.validated(await service.read_request(request))
+        rendered = await service.render(req)
         accept = request.headers.get("accept", "")
         if "audio/wav" in accept:
             wav = await asyncio.to_thread(audio_bytes, rendered.audio, rendered.sample_rate,
@@ -234,51 +274,70 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
         if "image/png" in accept:
             return Response(await asyncio.to_thread(png_bytes, rendered.image),
                             media_type="image/png")
-        png, wav = await asyncio.gather(
-            asyncio.to_thread(png_bytes, rendered.image),
-            asyncio.to_thread(audio_bytes, rendered.audio, rendered.sample_rate, "wav"),
-        )
-        return {
-            "image_png": base64.b64encode(png).decode("ascii"),
-            "audio_wav": base64.b64encode(wav).decode("ascii"),
-            "sample_rate": rendered.sample_rate, "channels": int(rendered.audio.shape[0]),
-            "num_samples": int(rendered.audio.shape[-1]),
-            "duration_s": float(rendered.duration_s), "seconds": float(rendered.seconds),
-            "request": req.to_dict(),
-        }
+        return await _render_output(req, rendered)
+
+
+async def _render_output(req: InferenceRequest, rendered: Any) -> dict[str, Any]:
+    """The JSON body of ``/v1/render``: base64 PNG and float WAV, encoded off the loop."""
+    png, wav = await asyncio.gather(
+        asyncio.to_thread(png_bytes, rendered.image),
+        asyncio.to_thread(audio_bytes, rendered.audio, rendered.sample_rate, "wav"),
+    )
+    return {
+        "image_png": base64.b64encode(png).decode("ascii"),
+        "audio_wav": base64.b64encode(wav).decode("ascii"),
+        "sample_rate": rendered.sample_rate, "channels": int(rendered.audio.shape[0]),
+        "num_samples": int(rendered.audio.shape[-1]),
+        "duration_s": float(rendered.duration_s), "seconds": float(rendered.seconds),
+        "request": req.to_dict(),
+    }
+
+
+def _add_clip_route(app: FastAPI, service: _Service, auth: list[Any]) -> None:
+    """``POST /v1/clip``: what a remote ``riff run --generator URL`` talks to."""
 
     @app.post("/v1/clip", responses={**_ERRORS, 200: {
         "description": "NDJSON stream of ClipEvent lines",
         "content": {"application/x-ndjson": {"schema": {
             "$ref": "#/components/schemas/ClipEvent"}}}}},
-        openapi_extra=_body("ClipJobInput"), dependencies=[Depends(authorize)])
+        openapi_extra=_body("ClipJobInput"), dependencies=auth)
     async def clip(request: Request) -> StreamingResponse:
         """Generate a clip for a remote engine: progress events, then the clip's audio."""
-        job = parse_job(await read_request(request), config)
-        validated(job.request.to_dict())  # this server's limits and the seed ids
+        job = parse_job(await service.read_request(request), service.config)
+        service.validated(job.request.to_dict())  # this server's limits and the seed ids
         events: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
-        ticket = queue().enqueue(
-            lambda cancel, progress: backend.render_clip(job, cancel=cancel, progress=progress),
+        ticket = service.queue().enqueue(
+            lambda cancel, progress: service.backend.render_clip(job, cancel=cancel,
+                                                                 progress=progress),
             progress=lambda step, total: events.put_nowait((step, total)),
         )
         ticket.future.add_done_callback(lambda _: events.put_nowait(None))
-        position = queue().depth
+        position = service.queue().depth
         return StreamingResponse(_clip_events(ticket, events, job, position),
                                  media_type="application/x-ndjson")
+
+
+def _add_status_routes(app: FastAPI, service: _Service, auth: list[Any]) -> None:
+    """``GET /health`` (open) and ``GET /metrics`` (Prometheus text, behind the token)."""
 
     @app.get("/health", response_model=models.Health)
     async def health() -> dict[str, Any]:
         """Liveness and queue state (no token needed)."""
-        q = queue()
-        return {"status": "ok", "model": backend.model, "queue_depth": q.depth,
+        q = service.queue()
+        return {"status": "ok", "model": service.backend.model, "queue_depth": q.depth,
                 "queue_limit": q.limit, "busy": q.busy}
 
-    @app.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(authorize)])
+    @app.get("/metrics", response_class=PlainTextResponse, dependencies=auth)
     async def prometheus() -> PlainTextResponse:
         """Counters in Prometheus text format."""
-        q = queue()
-        text = metrics.render(queue_depth=q.depth, busy=q.busy, queue_limit=q.limit)
+        q = service.queue()
+        text = service.metrics.render(queue_depth=q.depth, busy=q.busy, queue_limit=q.limit)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi``: the generated schema plus the request/event models that routes read
+    from the raw body (so FastAPI does not see them), built once and cached."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -292,9 +351,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
-    app.state.metrics = metrics
-    return app
+    return openapi
 
 
 def parse_job(data: Any, config: ServeConfig) -> GenerationJob:
