@@ -9,6 +9,7 @@ import base64
 import concurrent.futures
 import io
 import json
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -285,3 +286,21 @@ def test_health_and_openapi(url: str) -> None:
     body = schema["paths"]["/run_inference/"]["post"]["requestBody"]["content"]
     assert body["application/json"]["schema"]["$ref"].endswith("/InferenceInput")
     assert "InferenceOutput" in json.dumps(schema["paths"]["/run_inference/"]["post"])
+
+
+def test_the_web_apps_seed_ids_work_and_each_request_is_logged(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="protocols.http.guard")
+    for seed_id in ("agile", "marim", "motorway", "vibes"):
+        resp = httpx.post(f"{url}/run_inference/", json=small(seed_image_id=seed_id),
+                          timeout=300)
+        assert resp.status_code == 200, (seed_id, resp.text)
+    bad = httpx.post(f"{url}/run_inference/", json=small(seed_image_id="nosuchseed"))
+    assert bad.status_code == 400 and "nosuchseed" in bad.text
+    httpx.get(f"{url}/health")
+    lines = [r.getMessage() for r in caplog.records if r.name == "protocols.http.guard"
+             and r.levelno == logging.INFO]
+    assert sum(re.fullmatch(r"POST /run_inference/ -> 200 in \d+\.\d{3} s \(queue \d+\)", line)
+               is not None for line in lines) == 4, lines
+    assert any(re.fullmatch(r"POST /run_inference/ -> 400 in .*", line) for line in lines), lines
+    assert not any("/health" in line for line in lines)  # monitors' polls stay at debug

@@ -162,6 +162,11 @@ class _Service:
         """The running generation queue (KeyError before startup)."""
         return self.state["queue"]
 
+    def depth(self) -> int | None:
+        """Requests waiting or running; ``None`` before startup."""
+        queue = self.state.get("queue")
+        return queue.depth if queue is not None else None
+
     def on_done(self, seconds: float, error: BaseException | None) -> None:
         """Event loop thread, after each generation: count it (must not block)."""
         if error is None:
@@ -212,7 +217,7 @@ def _lifespan(service: _Service) -> Callable[[FastAPI], AbstractAsyncContextMana
 
 def _add_middleware(app: FastAPI, service: _Service) -> None:
     """Request counting, and CORS when origins are configured."""
-    app.add_middleware(CountRequests, metrics=service.metrics)
+    app.add_middleware(CountRequests, metrics=service.metrics, depth=service.depth)
     if service.config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import socket
+import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from protocols.http.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: Paths that monitors poll: logged at debug level only.
+_QUIET_PATHS = frozenset({"/health", "/metrics"})
 
 
 class HttpProblem(Exception):
@@ -84,12 +92,16 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class CountRequests:
-    """ASGI middleware counting answered requests by route and status (pure ASGI, so
-    streaming responses and client disconnects pass through untouched)."""
+    """ASGI middleware counting answered requests by route and status, and logging one line
+    per request (method, path, status, seconds, queue depth; ``/health`` and ``/metrics``
+    at debug level, as monitors poll them). Pure ASGI, so streaming responses and client
+    disconnects pass through untouched. Thread: the server's event loop."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: Metrics,
+                 depth: Callable[[], int | None] = lambda: None) -> None:
         self.app = app
         self.metrics = metrics
+        self.depth = depth
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -103,8 +115,14 @@ class CountRequests:
                 status = message["status"]
             await send(message)
 
+        began = time.perf_counter()
         try:
             await self.app(scope, receive, counting_send)
         finally:
             route = scope.get("route")
             self.metrics.request(getattr(route, "path", "other"), status)
+            path = str(scope.get("path", ""))[:200]
+            depth = self.depth()
+            log.log(logging.DEBUG if path in _QUIET_PATHS else logging.INFO,
+                    "%s %s -> %d in %.3f s (queue %s)", scope.get("method", "?"), path, status,
+                    time.perf_counter() - began, "-" if depth is None else depth)
