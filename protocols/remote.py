@@ -177,7 +177,14 @@ class RemoteClipGenerator:
             async for line in resp.aiter_lines():
                 if not line:
                     continue
-                event = _event(line)
+                # A clip line carries the audio (tens of MB of base64 for long clips): parse
+                # and decode it on a worker thread so the control loop never stalls on it.
+                if len(line) > SMALL_LINE:
+                    event = await asyncio.to_thread(_event, line)
+                    if event.get("event") == "clip":
+                        return await asyncio.to_thread(_clip, job, event)
+                else:
+                    event = _event(line)
                 kind = event.get("event")
                 if kind == "progress" and progress is not None:
                     progress(int(event["step"]), int(event["total"]))
@@ -190,6 +197,10 @@ class RemoteClipGenerator:
                 elif kind == "clip":
                     return _clip(job, event)
         raise _Retry("the stream ended before the clip arrived")
+
+
+#: Stream lines longer than this (characters) are parsed off the event loop.
+SMALL_LINE = 64 * 1024
 
 
 def make_remote_generator(url: str, *, token: str | None = None, timeout_s: float = 30.0,

@@ -304,3 +304,41 @@ def test_the_web_apps_seed_ids_work_and_each_request_is_logged(
                is not None for line in lines) == 4, lines
     assert any(re.fullmatch(r"POST /run_inference/ -> 400 in .*", line) for line in lines), lines
     assert not any("/health" in line for line in lines)  # monitors' polls stay at debug
+
+
+def _leave_after(base: str, body: dict, seconds: float, path: str = "/run_inference/") -> None:
+    """A client that gives up: posts ``body`` and hangs up after ``seconds``."""
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{base}{path}", json=body, timeout=httpx.Timeout(30, read=seconds))
+
+
+@pytest.mark.parametrize("path", ["/run_inference/", "/v1/render"])
+def test_clients_that_leave_cost_no_generation(gated: GatedBackend, path: str) -> None:
+    with serving(create_app(gated, ServeConfig(queue=8))) as base, \
+            concurrent.futures.ThreadPoolExecutor(4) as pool:
+        # The running request's client leaves: its generation is cancelled between steps.
+        _leave_after(base, small(seed=1), 0.3, path)
+        wait_for(lambda: gated.cancelled == [1], what="the running generation to be cancelled")
+        stayer = pool.submit(httpx.post, f"{base}{path}", json=small(seed=2), timeout=120)
+        wait_for(lambda: gated.started == [1, 2], what="the second generation to start")
+        # Three clients queue behind it and leave: none of them is ever generated.
+        for seed in (3, 4, 5):
+            _leave_after(base, small(seed=seed), 0.3, path)
+        wait_for(lambda: httpx.get(f"{base}/health").json()["queue_depth"] == 0,
+                 what="the departed requests to leave the queue")
+        last = pool.submit(httpx.post, f"{base}{path}", json=small(seed=6), timeout=120)
+        gated.release(2)
+        assert stayer.result().status_code == 200
+        assert last.result().status_code == 200
+    assert gated.started == [1, 2, 6]
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000 + "]" * 100_000,
+                                  '{"start": ' * 40 + "1" + "}" * 40,
+                                  "[" * 2000 + "]" * 2000])
+def test_deeply_nested_json_is_a_400(url: str, body: str) -> None:
+    for path in ("/run_inference/", "/v1/render", "/v1/clip"):
+        resp = httpx.post(f"{url}{path}", content=body[:60_000],
+                          headers={"Content-Type": "application/json"})
+        assert resp.status_code in (400, 413), (path, resp.status_code, resp.text[:200])
+        assert "nested" in resp.text or "not JSON" in resp.text or resp.status_code == 413

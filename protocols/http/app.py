@@ -38,12 +38,26 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from engine import __version__
-from engine.errors import InvalidImage, InvalidRequest, ModelUnavailable, RiffError, UnknownId
+from engine.errors import (
+    Cancelled,
+    InvalidImage,
+    InvalidRequest,
+    ModelUnavailable,
+    RiffError,
+    UnknownId,
+)
 from engine.live import wire
 from engine.live.jobs import Clip, GenerationJob
 from engine.model.request import InferenceRequest
 from protocols.http import models
-from protocols.http.guard import Authorize, CountRequests, HttpProblem, read_json
+from protocols.http.guard import (
+    Authorize,
+    ClientGone,
+    CountRequests,
+    HttpProblem,
+    read_json,
+    until_disconnected,
+)
 from protocols.http.media import audio_bytes, data_uri, jpeg_bytes, png_bytes
 from protocols.http.metrics import Metrics
 from protocols.http.queue import GenerationQueue, QueueFull
@@ -171,6 +185,9 @@ class _Service:
         """Event loop thread, after each generation: count it (must not block)."""
         if error is None:
             self.metrics.generation(seconds)
+        elif isinstance(error, Cancelled):  # its client left: counted, not an error
+            self.metrics.error(type(error).__name__)
+            log.info("generation cancelled after %.2f s: its client left", seconds)
         else:
             self.metrics.error(type(error).__name__)
             if status_of(error) >= 500:
@@ -193,10 +210,15 @@ class _Service:
         self.backend.check(req)
         return req
 
-    async def render(self, req: InferenceRequest) -> Any:
-        """``req`` rendered by the backend on the generation thread, through the queue."""
-        return await self.queue().submit(
+    async def render(self, req: InferenceRequest, request: Request) -> Any:
+        """``req`` rendered by the backend on the generation thread, through the queue.
+
+        A client that goes away costs nothing more: a waiting request is skipped, a running
+        one is cancelled at its next denoising step (:func:`until_disconnected`).
+        """
+        ticket = self.queue().enqueue(
             lambda cancel, progress: self.backend.render(req, cancel=cancel, progress=progress))
+        return await until_disconnected(request, ticket)
 
 
 def _lifespan(service: _Service) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -238,6 +260,12 @@ def _add_error_handlers(app: FastAPI, service: _Service) -> None:
     async def _riff_error(request: Request, exc: RiffError) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "kind": type(exc).__name__}, status_of(exc))
 
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, exc: ClientGone) -> JSONResponse:
+        # Nobody reads this answer; 499 (nginx's "client closed request") marks it in the
+        # request log and the metrics.
+        return JSONResponse({"detail": str(exc)}, 499)
+
     @app.exception_handler(QueueFull)
     async def _full(request: Request, exc: QueueFull) -> JSONResponse:
         metrics = service.metrics
@@ -255,7 +283,8 @@ def _add_render_routes(app: FastAPI, service: _Service, auth: list[Any]) -> None
               openapi_extra=_body("InferenceInput"), dependencies=auth)
     async def run_inference(request: Request) -> dict[str, Any]:
         """Riffusion's inference endpoint: JPEG spectrogram and MP3 audio as data URIs."""
-        rendered = await service.render(service.validated(await service.read_request(request)))
+        req = service.validated(await service.read_request(request))
+        rendered = await service.render(req, request)
         image, audio = await asyncio.gather(
             asyncio.to_thread(jpeg_bytes, rendered.image),
             asyncio.to_thread(audio_bytes, _normalized(rendered.audio), rendered.sample_rate,
@@ -270,7 +299,7 @@ def _add_render_routes(app: FastAPI, service: _Service, auth: list[Any]) -> None
     async def render(request: Request) -> Any:
         """Image and audio in lossless formats; raw bytes when Accept asks for them."""
         req = service.validated(await service.read_request(request))
-        rendered = await service.render(req)
+        rendered = await service.render(req, request)
         accept = request.headers.get("accept", "")
         if "audio/wav" in accept:
             wav = await asyncio.to_thread(audio_bytes, rendered.audio, rendered.sample_rate,

@@ -6,6 +6,7 @@ what every request passes through before a route sees it.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -50,9 +51,68 @@ async def read_json(request: Request, limit: int) -> Any:
         if len(body) > limit:
             raise HttpProblem(413, f"request body is larger than {limit} bytes")
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        data = json.loads(body, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise HttpProblem(400, f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise HttpProblem(400, "request body is nested too deeply") from None
+    if _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise HttpProblem(400, f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+#: No request the engine accepts nests deeper than this; deeper bodies are refused before
+#: validation (which would otherwise recurse through them).
+MAX_JSON_DEPTH = 32
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    """Whether ``data`` nests more than ``limit`` containers deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before its answer was ready."""
+
+
+async def until_disconnected(request: Request, ticket: Any) -> Any:
+    """The result of queued work ``ticket``, unless the client disconnects first: then the
+    work is cancelled (skipped if still waiting, stopped between steps if running) and
+    :class:`ClientGone` is raised (nobody is left to answer).
+
+    Why a watcher: for a plain (non-streaming) answer, the server does not cancel the handler
+    when the connection closes; only ``receive()`` sees the ``http.disconnect``. Thread: the
+    event loop.
+    """
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({ticket.future, watcher},
+                                     return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        ticket.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if ticket.future in done:
+        return ticket.future.result()
+    ticket.cancel()
+    raise ClientGone(f"client left {request.url.path} before its answer was ready")
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client has disconnected (the body has already been read)."""
+    while True:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            return
 
 
 _BEARER = HTTPBearer(auto_error=False)

@@ -13,6 +13,7 @@ request whose client goes away is skipped; a running one is asked to stop throug
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import logging
@@ -80,14 +81,17 @@ class GenerationQueue:
         self.limit = limit
         self._on_done = on_done
         self._queue: asyncio.Queue[_Item[Any]] = asyncio.Queue()
+        # The same items in order, to count the live ones: a cancelled item stays in the
+        # asyncio queue until the consumer skips it, but no longer counts as waiting.
+        self._waiting: collections.deque[_Item[Any]] = collections.deque()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "riff-generate")
         self._task: asyncio.Task[None] | None = None
         self.busy = 0
 
     @property
     def depth(self) -> int:
-        """Requests waiting (not counting the one running)."""
-        return self._queue.qsize()
+        """Requests waiting (not counting the one running, nor those whose client left)."""
+        return sum(not item.cancelled for item in self._waiting)
 
     def start(self) -> None:
         """Start the consumer task on the running loop."""
@@ -103,6 +107,7 @@ class GenerationQueue:
                 pass
         while not self._queue.empty():
             item = self._queue.get_nowait()
+            self._waiting.popleft()
             if not item.future.done() and not item.cancelled:
                 item.future.set_exception(RuntimeError("server is shutting down"))
         # The running work stops at its next denoising step; wait for it off the loop.
@@ -113,10 +118,11 @@ class GenerationQueue:
 
         ``progress`` is called on the loop thread. Thread: the event loop.
         """
-        if self._queue.qsize() >= self.limit:
+        if self.depth >= self.limit:
             raise QueueFull(f"{self.limit} requests are already waiting")
         item: _Item[T] = _Item(work, asyncio.get_running_loop().create_future(), progress)
         self._queue.put_nowait(item)
+        self._waiting.append(item)
         return Ticket(item)
 
     async def submit(self, work: Work[T], progress: Progress | None = None) -> T:
@@ -127,6 +133,7 @@ class GenerationQueue:
         loop = asyncio.get_running_loop()
         while True:
             item = await self._queue.get()
+            self._waiting.popleft()
             if item.cancelled:
                 item.future.cancel()
                 continue
