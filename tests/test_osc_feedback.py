@@ -10,6 +10,7 @@ and ``oscdump`` binaries (liblo-tools) when they are installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import shutil
 import socket
@@ -57,6 +58,9 @@ def drain(client: Client) -> list[tuple[str, list[Any]]]:
 
     The client must be a subscriber (its ping is then answered to it alone)."""
     return client.messages_until_pong()
+
+
+serving = contextlib.contextmanager(served)
 
 
 @pytest.fixture
@@ -140,7 +144,7 @@ def test_unknown_seed_image_or_mask_changes_nothing(osc: Served, tmp_path: Path)
 
 def test_moving_peer_gets_no_echo_while_others_do(tmp_path: Path) -> None:
     # A 30 s hold: "within the hold" holds for the whole test however slow the machine is.
-    for s in served(tmp_path, OscConfig(port=0, feedback_hold_s=30)):
+    with serving(tmp_path, OscConfig(port=0, feedback_hold_s=30)) as s:
         mover = s.client()  # TouchOSC: sends and listens on one port
         other = s.client()
         listener = s.client()  # a send-only client's listening port
@@ -179,7 +183,7 @@ def test_moving_peer_gets_no_echo_while_others_do(tmp_path: Path) -> None:
 def test_hold_ends_with_the_latest_value(tmp_path: Path) -> None:
     # After the hold, a peer that was skipped gets the latest value once: its value labels
     # catch up, and a value another controller set meanwhile is not lost.
-    for s in served(tmp_path, OscConfig(port=0, feedback_hold_s=0.3)):
+    with serving(tmp_path, OscConfig(port=0, feedback_hold_s=0.3)) as s:
         mover, other = s.client(), s.client()
         for c in (mover, other):
             c.send("/riff/subscribe")
