@@ -7,7 +7,10 @@ against this small protocol keeps OSC and MIDI testable with a real
 
 :class:`Commands` turns surface actions (set a parameter, play, load a preset, start MIDI
 learn) into engine calls. Every method raises :class:`~engine.errors.RiffError` for bad input
-and changes nothing in that case.
+and changes nothing in that case. Seed image and mask ids are checked against the seed image
+library (an :data:`ImageIdCheck`, see :func:`library_id_check`) when the change arrives: an
+unknown id would otherwise be accepted, echoed to every controller as valid, and then make
+every clip fail with only a log line.
 
 Thread: everything here runs on the asyncio loop of the daemon.
 """
@@ -22,6 +25,7 @@ from typing import Any, Protocol
 
 from engine.errors import InvalidRequest
 from engine.live.state import ADDRESSES, PARAMETERS, EngineState, Value
+from engine.model.seed_images import SeedImageLibrary
 from engine.presets import Preset, PresetLibrary
 
 log = logging.getLogger(__name__)
@@ -48,17 +52,41 @@ class ControlTarget(Protocol):
 #: Called with an OSC address when MIDI learn starts; raises RiffError when it cannot.
 LearnHook = Callable[[str], None]
 
+#: Called with a parameter name (``seed_image`` or ``mask``) and a non-empty, plain id before
+#: the change is applied; raises RiffError (UnknownId) when the id does not exist.
+ImageIdCheck = Callable[[str, str], None]
+
+#: The parameters whose values are ids in the seed image library.
+IMAGE_ID_PARAMS = frozenset(name for name, spec in PARAMETERS.items() if spec.kind == "id")
+
+
+def library_id_check(library: SeedImageLibrary) -> ImageIdCheck:
+    """An :data:`ImageIdCheck` against ``library`` (the one the local generator uses), whose
+    errors say "mask" for the mask and "seed image" for the seed image.
+
+    Thread: the asyncio loop; a few ``stat`` calls per check, no file is read.
+    """
+
+    def check(name: str, image_id: str) -> None:
+        library.resolve(image_id, "mask" if name == "mask" else "seed image")
+
+    return check
+
 
 class Commands:
     """Surface-independent actions on a :class:`ControlTarget`.
 
     ``learn`` is installed by the MIDI input when it runs (``None``: MIDI learn unavailable).
+    ``image_ids`` checks seed image and mask ids before they are applied (``None``: only the
+    id's form is checked, e.g. with a remote generator whose library is not known here).
     """
 
-    def __init__(self, engine: ControlTarget, presets: PresetLibrary) -> None:
+    def __init__(self, engine: ControlTarget, presets: PresetLibrary, *,
+                 image_ids: ImageIdCheck | None = None) -> None:
         self.engine = engine
         self.presets = presets
         self.learn: LearnHook | None = None
+        self.image_ids = image_ids
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -71,7 +99,22 @@ class Commands:
         name = ADDRESSES.get(address)
         if name is None:
             raise InvalidRequest(f"{address} is not a parameter address")
+        self.check_ids({name: value})
         return self.engine.state.set(name, value)
+
+    def check_ids(self, changes: Mapping[str, object]) -> None:
+        """Raise RiffError when ``changes`` name a seed image or mask the library lacks.
+
+        The value's form is validated first (the parameter's own error for a non-string or a
+        path), so the library is only ever asked about plain names; ``""`` (no mask) passes.
+        """
+        if self.image_ids is None:
+            return
+        for name, value in changes.items():
+            if name in IMAGE_ID_PARAMS:
+                image_id = PARAMETERS[name].coerce(value)
+                if isinstance(image_id, str) and image_id:
+                    self.image_ids(name, image_id)
 
     def _run(self, what: str, result: Any) -> None:
         if inspect.isawaitable(result):
@@ -95,6 +138,7 @@ class Commands:
     def load_preset(self, name: str) -> Preset:
         """Validate preset ``name`` completely, then apply all of it."""
         preset = self.presets.load(name)
+        self.check_ids(preset.parameters)
         preset.apply(self.engine.state)
         log.info("preset %s loaded", name)
         return preset

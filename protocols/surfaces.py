@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidRequest, RiffError
+from engine.model.seed_images import SeedImageLibrary
 from engine.presets import PresetLibrary
-from protocols.control_target import Commands, ControlTarget
+from protocols.control_target import Commands, ControlTarget, library_id_check
 from protocols.midi.clock import ClockObserver, MidiClock, StateFollower, TransportFollower
 from protocols.midi.feedback import MidiFeedback
 from protocols.midi.map import MidiMap
@@ -45,7 +46,10 @@ class ControlConfig:
     ``midi_in`` entries: ``jack`` (a JACK MIDI port to connect to yourself), ``jack:PORT``
     (also connect from that JACK output port), ``rtmidi`` (a virtual rtmidi port),
     ``rtmidi:NAME`` (open the named rtmidi port). ``midi_map``: a map id from
-    ``presets/maps`` or a path to a ``.toml`` file.
+    ``presets/maps`` or a path to a ``.toml`` file. ``check_image_ids``: seed image and mask
+    ids are refused when they arrive unless the library (``seed_image_dirs`` plus the built-in
+    seeds, as the local worker has it) holds them; turn it off when another process (a remote
+    generator) owns the library.
     """
 
     osc: OscConfig | None = dataclasses.field(default_factory=OscConfig)
@@ -57,6 +61,8 @@ class ControlConfig:
     client_name: str = "riff"
     rtmidi_api: str = "UNIX_JACK"
     jack_server: str | None = None
+    seed_image_dirs: tuple[Path, ...] = ()
+    check_image_ids: bool = True
 
     def __post_init__(self) -> None:
         for spec in self.midi_in:
@@ -156,7 +162,9 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
                                  ) -> ControlSurfaces:
     """Start OSC and MIDI per ``config`` on the running loop; see the module docstring."""
     library = PresetLibrary(config.preset_dirs)
-    commands = Commands(engine, library)
+    image_ids = (library_id_check(SeedImageLibrary(config.seed_image_dirs))
+                 if config.check_image_ids else None)
+    commands = Commands(engine, library, image_ids=image_ids)
     surfaces = ControlSurfaces(commands)
     try:
         if config.midi_in:

@@ -18,7 +18,7 @@ from pythonosc.osc_packet import OscPacket
 
 from engine.live.state import EngineState
 from engine.presets import PresetLibrary
-from protocols.control_target import Commands
+from protocols.control_target import Commands, ImageIdCheck
 from protocols.osc.server import OscConfig, OscServer, build_message
 
 T = TypeVar("T")
@@ -104,12 +104,17 @@ class Client:
 
 
 class Served:
-    """A running OSC server with an engine double, on an ephemeral port."""
+    """A running OSC server with an engine double, on an ephemeral port.
 
-    def __init__(self, preset_dir: Path, config: OscConfig | None = None) -> None:
+    ``image_ids``: the seed image id check (``protocols.control_target.library_id_check``);
+    without it only the ids' form is checked.
+    """
+
+    def __init__(self, preset_dir: Path, config: OscConfig | None = None,
+                 image_ids: ImageIdCheck | None = None) -> None:
         self.lt = LoopThread()
         self.engine = EngineDouble()
-        self.commands = Commands(self.engine, PresetLibrary([preset_dir]))
+        self.commands = Commands(self.engine, PresetLibrary([preset_dir]), image_ids=image_ids)
 
         async def start() -> OscServer:
             return await OscServer.start(self.commands, config or OscConfig(port=0))
@@ -130,8 +135,9 @@ class Served:
         self.lt.close()
 
 
-def served(preset_dir: Path, config: OscConfig | None = None) -> Iterator[Served]:
-    s = Served(preset_dir, config)
+def served(preset_dir: Path, config: OscConfig | None = None,
+           image_ids: ImageIdCheck | None = None) -> Iterator[Served]:
+    s = Served(preset_dir, config, image_ids)
     try:
         yield s
     finally:

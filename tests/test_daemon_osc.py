@@ -79,7 +79,8 @@ def test_ping_tempo_feedback_and_bad_messages(tmp_path: Path) -> None:
         daemon.osc.send("/riff/subscribe")
         daemon.reply("/riff/ping", want="/riff/pong")  # the state burst is in before the pong
         bar_before = max(int(b) for b, _ in BAR_LINE.findall(daemon.text()))
-        assert daemon.reply("/riff/tempo", 180.0, want="/riff/tempo") == [180.0]  # feedback
+        # Feedback: the sender moved tempo, so its copy comes when its hold (0.5 s) ends.
+        assert daemon.reply("/riff/tempo", 180.0, want="/riff/tempo") == [180.0]
         daemon.wait_for(lambda t: "180.0 BPM" in t and len(
             [b for b, bpm in BAR_LINE.findall(t) if bpm == "180.0"]) >= 2)
         # Bad input: refused with a reason, nothing changes, the audio goes on.

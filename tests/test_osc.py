@@ -9,17 +9,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from engine.live.state import PARAMETERS, ParamSpec
+from engine.model.seed_images import SeedImageLibrary
+from protocols.control_target import library_id_check
 from protocols.osc.server import OscConfig
 from tests.control_surface_helpers import Served, served
+
+#: The ids in the test's seed image library (seed images and masks share it).
+SEED_IDS = ("vibes", "mask_soft")
+
+
+def seed_library(tmp_path: Path) -> SeedImageLibrary:
+    folder = tmp_path / "seeds"
+    folder.mkdir(exist_ok=True)
+    for name in SEED_IDS:
+        Image.new("RGB", (8, 8), "white").save(folder / f"{name}.png")
+    return SeedImageLibrary([folder])  # plus the built-in seeds (the default og_beat)
 
 
 @pytest.fixture
 def osc(tmp_path: Path) -> Iterator[Served]:
-    yield from served(tmp_path)
+    yield from served(tmp_path, image_ids=library_id_check(seed_library(tmp_path)))
 
 
 def _valid_values(spec: ParamSpec) -> list[Any]:
@@ -93,9 +107,24 @@ def test_ping_state_play_stop(osc: Served) -> None:
     assert replies["/riff/tempo"] == [97.5]
     assert replies["/riff/alpha/auto"] == [1]
     assert replies["/riff/prompt"] == [PARAMETERS["prompt"].default]
+    # A TouchOSC button on /riff/state or /riff/ping sends 1.0 (press) then 0.0 (release):
+    # the press acts like the bare message, the release is ignored.
+    client.send("/riff/state", 1.0)
+    client.send("/riff/state", 0.0)
+    replies = client.messages_until_pong()
+    assert [r[0] for r in replies] == [spec.address for spec in PARAMETERS.values()]
+    client.send("/riff/ping", 1.0)
+    client.send("/riff/ping", 0.0)
+    client.send("/riff/ping", 0)
+    client.send("/riff/tempo", 999)  # a marker: its error ends the replies to the pings
+    got = []
+    while not got or got[-1] != "/riff/error":
+        got += [m.address for m in client.recv()]
+    assert got == ["/riff/pong", "/riff/error"]
     for address in ("/riff/state", "/riff/ping"):
-        client.send(address, 1)
-        assert client.messages_until_pong()[0][0] == "/riff/error"
+        for args in [("go",), (1, 2)]:
+            client.send(address, *args)
+            assert [r[0] for r in client.messages_until_pong()] == ["/riff/error"], args
     # A button (TouchOSC) sends 1.0 on press and 0.0 on release: only the press acts.
     client.send("/riff/play", 1.0)
     client.send("/riff/play", 0.0)
@@ -207,9 +236,20 @@ def test_subscribe_feedback_and_status(osc: Served) -> None:
     ctl.send("/riff/unsubscribe", listener.port)
     ctl.send("/riff/unsubscribe", listener.port)
     assert [r[0] for r in ctl.messages_until_pong()] == ["/riff/error"]
-    for args in [(0,), (70000,), ("x",), (1, 2), (1.5,)]:
+    for args in [(70000,), (-1,), ("x",), (1, 2), (1.5,)]:
         ctl.send("/riff/subscribe", *args)
         assert ctl.messages_until_pong()[0][0] == "/riff/error", args
+    # A button's release (0) is ignored; its press (1) subscribes the sender's own port.
+    ctl.send("/riff/subscribe", 0)
+    ctl.send("/riff/unsubscribe", 0.0)
+    assert ctl.messages_until_pong() == []
+    assert osc.lt.call(lambda: set(osc.server.feedback.subscribers)) == set()  # type: ignore
+    ctl.send("/riff/subscribe", 1.0)
+    initial = dict(ctl.messages_until_pong())
+    assert initial["/riff/alpha"] == [0.49] or abs(initial["/riff/alpha"][0] - 0.49) < 1e-6
+    ctl.send("/riff/unsubscribe", 1)
+    ctl.send("/riff/unsubscribe", True)
+    assert [r[0] for r in ctl.messages_until_pong()] == ["/riff/error"]
 
 
 def test_subscribe_to_sender_port(osc: Served) -> None:

@@ -207,6 +207,8 @@ def test_bad_requests_are_rejected_clearly(gen: RiffusionGenerator) -> None:
         InferenceRequest.from_dict({"start": {"prompt": "x"}, "alpha": 1.5})
     with pytest.raises(InvalidRequest, match="num_inference_steps"):
         InferenceRequest.from_dict({"start": {"prompt": "x"}, "num_inference_steps": 0})
+    with pytest.raises(UnknownId, match="unknown mask 'nomask'"):
+        gen.generate(_req(mask_image_id="nomask"))
     with pytest.raises(InvalidRequest, match="mask needs a seed image"):
         gen.generate(_req(seed_image_id=None, mask_image_id="mask_top"))
     with pytest.raises(InvalidRequest, match="unknown scheduler"):
@@ -232,8 +234,13 @@ def test_seed_library_resolves_plain_ids_only(tmp_path: Path, seed_dir: Path) ->
     for bad in ["../x", "/etc/passwd", "a/b", ""]:
         with pytest.raises(InvalidRequest):
             lib.resolve(bad)
-    with pytest.raises(UnknownId, match="available: beat, mask_top"):
+    with pytest.raises(UnknownId, match=r"seed image 'missing' \(available: beat, mask_top"):
         lib.resolve("missing")
+    # Masks share the library; the error names what was asked for.
+    with pytest.raises(UnknownId, match="unknown mask 'missing'"):
+        lib.resolve("missing", "mask")
+    with pytest.raises(InvalidRequest, match="mask id"):
+        lib.resolve("../x", "mask")
     assert SeedImageLibrary().folders[-1].name == "seed_images"
 
 

@@ -293,7 +293,7 @@ class RiffusionGenerator:
         dist = self._seed_latent_dist(path, image, width, height)
         mask = None
         if request.mask_image_id is not None:
-            mask_image = self.seed_images.load(request.mask_image_id)
+            mask_image = self.seed_images.load(request.mask_image_id, "mask")
             mask = self._mask_tensor(mask_image, width, height)
         shape = tuple(dist.mean.shape)
         return _Plan(name, dist, mask, (shape[0], shape[1], shape[2], shape[3]), image)

@@ -45,19 +45,24 @@ class SeedImageLibrary:
     def _candidates(self, image_id: str) -> list[Path]:
         return [folder / (image_id + s) for folder in self.folders for s in SUFFIXES]
 
-    def resolve(self, image_id: str) -> Path:
-        """The file of ``image_id``; raises InvalidRequest for a non-plain id, else UnknownId."""
-        check_plain_id(image_id, "seed image id")
+    def resolve(self, image_id: str, what: str = "seed image") -> Path:
+        """The file of ``image_id``; raises InvalidRequest for a non-plain id, else UnknownId.
+
+        ``what`` names the id in the error ("seed image", "mask"): seed images and masks share
+        the library, and the performer must read which of the two was wrong. Cheap (a few
+        ``stat`` calls, no file read), so the control plane checks ids when a message arrives.
+        """
+        check_plain_id(image_id, f"{what} id")
         stem = Path(image_id).stem if Path(image_id).suffix.lower() in SUFFIXES else image_id
         for path in self._candidates(stem):
             if path.is_file():
                 return path
         available = ", ".join(self.ids()) or "none"
-        raise UnknownId(f"unknown seed image {image_id!r} (available: {available})")
+        raise UnknownId(f"unknown {what} {image_id!r} (available: {available})")
 
-    def load(self, image_id: str) -> Image.Image:
+    def load(self, image_id: str, what: str = "seed image") -> Image.Image:
         """Open ``image_id`` fully decoded, EXIF intact; raises InvalidImage if unreadable."""
-        return load_image(self.resolve(image_id))
+        return load_image(self.resolve(image_id, what))
 
     def ids(self) -> list[str]:
         """Every id available, sorted, without duplicates (earlier folders win)."""

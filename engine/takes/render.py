@@ -89,7 +89,7 @@ class Renderer:
         if request.seed_image_id is not None:
             library.resolve(request.seed_image_id)
         if request.mask_image_id is not None:
-            library.resolve(request.mask_image_id)
+            library.resolve(request.mask_image_id, "mask")
 
     def render(self, request: InferenceRequest, *, cancel: Cancel | None = None,
                progress: Progress | None = None) -> Rendered:

@@ -412,6 +412,10 @@ async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str,
     if dataclasses.is_dataclass(config) and hasattr(config, "jack_server"):
         config = dataclasses.replace(cast(Any, config), jack_server=opts["jack_server"],
                                      client_name=opts["client_name"])
+    if dataclasses.is_dataclass(config) and hasattr(config, "check_image_ids"):
+        # A remote generator has its own seed image library: it checks the ids itself.
+        config = dataclasses.replace(cast(Any, config),
+                                     check_image_ids=args.generator is None)
     started = await surfaces.start_control_surfaces(engine, config)
     return [started.close]
 

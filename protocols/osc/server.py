@@ -7,9 +7,19 @@ than slept on in the receive path. python-osc still does the parsing and its
 ``Dispatcher(strict_timing=False)`` matches address patterns (``/riff/seed*``, ``{a,b}``).
 
 Every message is checked for address, arity and wire type here and for range by
-:class:`~engine.live.state.EngineState`; a bad one gets ``/riff/error <address> <reason>`` back, a
-log line and a counter, and changes nothing. A datagram that cannot be parsed is answered with
-address ``""``.
+:class:`~engine.live.state.EngineState` (seed image and mask ids also against the seed image
+library, by :class:`~protocols.control_target.Commands`); a bad one gets
+``/riff/error <address> <reason>`` back, a log line and a counter, and changes nothing. A
+datagram that cannot be parsed is answered with address ``""``. Replies (errors, pong, state,
+recording) go where :meth:`~protocols.osc.feedback.Feedback.reply_targets` says: the sender,
+and for a sender that is not subscribed (a throwaway port) also the subscribers listening for
+its host.
+
+Buttons: a TouchOSC button sends ``1.0`` on press and ``0.0`` on release, so every address
+that takes no argument (``/riff/play``, ``/riff/stop``, ``/riff/state``, ``/riff/ping``)
+also takes one number: non-zero acts like the bare message, 0 is ignored. ``/riff/subscribe``
+and ``/riff/unsubscribe`` take a port, so there ``0`` is the release (ignored), ``1`` the
+press (the sender's own port; port 1 is never an OSC listener) and 2..65535 a port.
 
 Thread: everything runs on the asyncio loop; nothing here blocks.
 """
@@ -53,12 +63,16 @@ class OscConfig:
     max_schedule_s: float = 3600.0
     #: Scheduled (future) messages held at most; more are refused and counted as dropped.
     max_scheduled: int = 10_000
+    #: Seconds the peer moving an address gets no feedback for it (0: echo everything).
+    feedback_hold_s: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InvalidRequest(f"OSC port must be 0..65535, not {self.port}")
         if self.feedback_hz <= 0 or self.status_hz <= 0 or self.rcvbuf_bytes <= 0:
             raise InvalidRequest("OSC rates and buffer size must be positive")
+        if not 0 <= self.feedback_hold_s <= 60:
+            raise InvalidRequest("the OSC feedback hold must be 0..60 s")
 
 
 @dataclasses.dataclass
@@ -127,7 +141,8 @@ class OscServer(asyncio.DatagramProtocol):
         transport, _ = await loop.create_datagram_endpoint(lambda: server, sock=sock)
         server.transport = transport
         server.feedback = Feedback(server.send, commands.engine.status,
-                                   rate_hz=config.feedback_hz, status_hz=config.status_hz)
+                                   rate_hz=config.feedback_hz, status_hz=config.status_hz,
+                                   hold_s=config.feedback_hold_s)
         commands.state.add_listener(server.feedback.on_change)
         log.info("OSC listening on udp %s:%d", *server.address[:2])
         return server
@@ -147,6 +162,7 @@ class OscServer(asyncio.DatagramProtocol):
             out["subscribers"] = len(self.feedback.subscribers)
             out["feedback_sent"] = self.feedback.counters.sent
             out["feedback_coalesced"] = self.feedback.coalescer.superseded
+            out["feedback_held"] = self.feedback.counters.held
         return out
 
     async def close(self) -> None:
@@ -226,11 +242,18 @@ class OscServer(asyncio.DatagramProtocol):
             return
         self.transport.sendto(data, peer)
 
+    def reply(self, sender: Peer, address: str, args: Args) -> None:
+        """Send a reply to a message from ``sender``: to the sender and, when it is not
+        subscribed, to the subscribers listening for its host (asyncio loop only)."""
+        targets = self.feedback.reply_targets(sender) if self.feedback is not None else [sender]
+        for target in targets:
+            self.send(target, address, args)
+
     def _error(self, peer: Peer, address: str, reason: str, *, count: bool = True) -> None:
         if count:
             self.counters.errors += 1
         log.warning("OSC %s from %s:%d refused: %s", address or "datagram", *peer, reason)
-        self.send(peer, "/riff/error", (address, reason))
+        self.reply(peer, "/riff/error", (address, reason))
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -306,7 +329,11 @@ class OscServer(asyncio.DatagramProtocol):
                 raise InvalidRequest(f"{address} takes a string, got {type(value).__name__}")
         elif not (_number(value) or (spec.kind == "bool" and isinstance(value, bool))):
             raise InvalidRequest(f"{address} takes a number, got {type(value).__name__}")
-        self.commands.set_address(address, value)
+        if self.feedback is None:
+            self.commands.set_address(address, value)
+            return
+        with self.feedback.moving(peer, address):
+            self.commands.set_address(address, value)
 
     @classmethod
     def _pressed(cls, address: str, args: tuple[Any, ...]) -> bool:
@@ -328,12 +355,14 @@ class OscServer(asyncio.DatagramProtocol):
             self.commands.stop()
 
     def _ping(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
-        self._arity(address, args, 0, 0)
-        self.send(peer, "/riff/pong", ())
+        if self._pressed(address, args):
+            self.reply(peer, "/riff/pong", ())
 
     def _state(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
-        self._arity(address, args, 0, 0)
-        self.send_state(peer)
+        if self._pressed(address, args):
+            for target in (self.feedback.reply_targets(peer) if self.feedback is not None
+                           else [peer]):
+                self.send_state(target)
 
     def send_state(self, peer: Peer) -> None:
         """Send every parameter to ``peer`` at its own address."""
@@ -361,27 +390,38 @@ class OscServer(asyncio.DatagramProtocol):
         self._arity(address, args, 0, 1)
         name = self._one_string(address, args) if args else None
         path = self._recorder().record_start(name or None)
-        self.send(peer, "/riff/record/started", (str(path.name),))
+        self.reply(peer, "/riff/record/started", (str(path.name),))
 
     def _record_stop(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
         """Stop the take; replies ``/riff/record/stopped <audio> <log>`` (file names)."""
         self._arity(address, args, 0, 0)
         audio, control = self._recorder().record_stop()
-        self.send(peer, "/riff/record/stopped", (str(audio.name), str(control.name)))
+        self.reply(peer, "/riff/record/stopped", (str(audio.name), str(control.name)))
 
-    def _peer_port(self, peer: Peer, address: str, args: tuple[Any, ...]) -> Peer:
+    def _subscription(self, peer: Peer, address: str, args: tuple[Any, ...]) -> Peer | None:
+        """The peer to (un)subscribe: the sender's own port for no argument or a button press
+        (1, T), ``None`` for a button release (0, F: ignored), else (host, port 2..65535)."""
         self._arity(address, args, 0, 1)
         if not args:
             return peer
         port = args[0]
-        if not _number(port) or not (1 <= port <= 65535 and port == int(port)):
-            raise InvalidRequest(f"{address} takes a port number 1..65535, got {port!r}")
+        if isinstance(port, bool):
+            return peer if port else None
+        if not _number(port) or not (0 <= port <= 65535 and port == int(port)):
+            raise InvalidRequest(f"{address} takes a port number 2..65535 (or a button's 1 or "
+                                 f"0), got {port!r}")
+        if port == 0:
+            return None
+        if port == 1:
+            return peer
         return peer[0], int(port)
 
     def _subscribe(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
-        target = self._peer_port(peer, address, args)
+        target = self._subscription(peer, address, args)
+        if target is None:
+            return
         assert self.feedback is not None
-        if not self.feedback.subscribe(target):
+        if not self.feedback.subscribe(target, sender=peer):
             raise InvalidRequest(f"too many subscribers (at most "
                                  f"{self.feedback.max_subscribers})")
         log.info("OSC feedback to %s:%d", *target)
@@ -395,7 +435,9 @@ class OscServer(asyncio.DatagramProtocol):
             self.send(target, f"/riff/status/{key}", (wire_value(value),))
 
     def _unsubscribe(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
-        target = self._peer_port(peer, address, args)
+        target = self._subscription(peer, address, args)
+        if target is None:
+            return
         assert self.feedback is not None
         if not self.feedback.unsubscribe(target):
             raise InvalidRequest(f"{target[0]}:{target[1]} is not subscribed")
