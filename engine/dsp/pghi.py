@@ -113,7 +113,7 @@ def pghi(
     magnitude: np.ndarray,
     *,
     win: int,
-    hop: int,
+    hop: float,
     n_fft: int,
     circular: bool = False,
     tolerance: float = 1e-4,

@@ -181,6 +181,11 @@ def _project_mel(
     return (amp + _linear_of(basis, residual @ basis.gram_inv, bins)).clamp_min_(0)
 
 
+#: Synthesis hops from half to twice the analysis hop keep the window overlap Griffin-Lim needs.
+MIN_TIME_SCALE = 0.5
+MAX_TIME_SCALE = 2.0
+
+
 def _validate(mel: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     m = np.asarray(mel, dtype=np.float32)
     if m.ndim == 2:
@@ -203,18 +208,28 @@ def mel_to_audio(
     device: str = "cpu",
     seed: int = 0,
     compiled: bool | None = None,
+    time_scale: float = 1.0,
 ) -> np.ndarray:
     """Audio float32 (channels, samples) for mel magnitudes (channels, mels, frames).
 
     Non-circular: ``(frames - 1) * hop`` samples. ``circular``: the frames are a loop and the
-    result has ``frames * hop`` samples whose end wraps to its start without a click. The
-    result is deterministic for a given ``seed``. ``compiled``: use the numba kernels (the
-    default on the CPU) or plain torch operations (what other devices run; False tests them).
+    result has ``round(frames * hop * time_scale)`` samples whose end wraps to its start
+    without a click. ``time_scale`` (loops only) synthesises with a hop of
+    ``hop * time_scale``: the loop is reconstructed that much longer, with every frame, and so
+    every onset, at its scaled position (to the sample), and the window, hence the pitch,
+    unchanged. The result is deterministic for a given ``seed``. ``compiled``: use the numba
+    kernels (the default on the CPU) or plain torch operations (what other devices run; False
+    tests them).
     """
     p = params or SpectrogramParams()
     m = _validate(mel, p)
     if method not in METHODS:
         raise InvalidRequest(f"unknown phase method {method!r} (use {', '.join(METHODS)})")
+    if not (math.isfinite(time_scale) and MIN_TIME_SCALE <= time_scale <= MAX_TIME_SCALE):
+        raise InvalidRequest(f"time scale must be between {MIN_TIME_SCALE} and "
+                             f"{MAX_TIME_SCALE}, not {time_scale!r}")
+    if time_scale != 1.0 and not circular:
+        raise InvalidRequest("a time scale needs a loop (circular=True)")
     dev = torch.device(device)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -223,9 +238,10 @@ def mel_to_audio(
         if method == "riffusion" and not circular and linear_len > p.n_fft // 2:
             audio = _riffusion(target, p, seed)
         elif method == "riffusion":  # loops, and clips too short for torch's reflect padding
-            audio = _griffin_lim_full_rate(target, p, circular, seed, compiled)
+            audio = _griffin_lim_full_rate(target, p, circular, seed, compiled, time_scale)
         else:
-            audio = _reconstruct(target, p, SETTINGS[method], circular, seed, compiled)
+            audio = _reconstruct(target, p, SETTINGS[method], circular, seed, compiled,
+                                 time_scale)
     out = np.ascontiguousarray(audio.cpu().numpy() / PCM_SCALE, dtype=np.float32)
     log.debug(
         "%s phase reconstruction of %d frames x %d channel(s)%s on %s: %.3f s",
@@ -270,11 +286,13 @@ def _riffusion(target: torch.Tensor, p: SpectrogramParams, seed: int) -> torch.T
 
 
 def _griffin_lim_full_rate(
-    target: torch.Tensor, p: SpectrogramParams, circular: bool, seed: int, compiled: bool | None
+    target: torch.Tensor, p: SpectrogramParams, circular: bool, seed: int,
+    compiled: bool | None, time_scale: float = 1.0,
 ) -> torch.Tensor:
     """Riffusion's algorithm with this module's transform (loops, very short clips)."""
     frames = target.shape[1]
-    stft = Stft(p.win_length, p.hop_length, p.n_fft, frames, circular, target.device, compiled)
+    stft = Stft(p.win_length, p.hop_length * time_scale, p.n_fft, frames, circular,
+                target.device, compiled)
     amp = inverse_mel(target, p, stft.bins, compiled)
     gen = torch.Generator().manual_seed(seed)
     angles = torch.rand(amp.shape, generator=gen).to(target.device) * (2 * math.pi)
@@ -321,14 +339,17 @@ def _reconstruct(
     circular: bool,
     seed: int,
     compiled: bool | None,
+    time_scale: float = 1.0,
 ) -> torch.Tensor:
-    """PGHI start, fast Griffin-Lim at the reduced rate, synthesis at the full rate."""
+    """PGHI start, fast Griffin-Lim at the reduced rate, synthesis at the full rate; every
+    grid's hop scaled by ``time_scale``."""
     dev = target.device
     frames = target.shape[1]
     basis = _mel_basis(p, str(dev))
-    hop, win, n_fft = reduced_grid(p)
+    int_hop, win, n_fft = reduced_grid(p)
+    hop = int_hop * time_scale
     fused = dev.type == "cpu" if compiled is None else compiled
-    full = Stft(p.win_length, p.hop_length, p.n_fft, frames, circular, dev, fused)
+    full = Stft(p.win_length, p.hop_length * time_scale, p.n_fft, frames, circular, dev, fused)
     small = Stft(win, hop, n_fft, frames, circular, dev, fused)
     bins = small.bins
     amp_full = inverse_mel(target, p, full.bins, fused)
@@ -355,7 +376,7 @@ def _reconstruct(
     ).to(dev)
     full_phase[..., : basis.bins] = torch.from_numpy(phase).to(dev)
     if settings.low_iterations:
-        _refine_low_band(amp, full_phase, p, settings, circular, fused)
+        _refine_low_band(amp, full_phase, p, settings, circular, fused, time_scale)
     spec = torch.polar(amp, full_phase)
     prev = spec.clone()
     goal = amp[..., : basis.bins].contiguous()
@@ -396,6 +417,7 @@ def _refine_low_band(
     settings: MethodSettings,
     circular: bool,
     fused: bool,
+    time_scale: float = 1.0,
 ) -> None:
     """In place: Griffin-Lim on the bins below ``low_cut_hz`` alone, at a low sample rate.
 
@@ -412,7 +434,7 @@ def _refine_low_band(
         return
     bin_hz = p.sample_rate / p.n_fft
     cut = min(int(settings.low_cut_hz / bin_hz), ln_fft // 2 + 1)
-    low = Stft(lwin, lhop, ln_fft, amp.shape[1], circular, amp.device, fused)
+    low = Stft(lwin, lhop * time_scale, ln_fft, amp.shape[1], circular, amp.device, fused)
     lamp = amp[..., : low.bins] * (lwin / win)
     spec = torch.polar(lamp, phase[..., : low.bins].contiguous())
     prev = spec.clone()

@@ -7,7 +7,9 @@ use the *centred* phase convention (phase origin at the frame's centre), which i
 phase-gradient formulas of PGHI assume; ``torch.stft``'s convention (origin at the start of
 the padded frame) differs by a factor ``(-1)**k`` since the centre is at ``n_fft / 2``.
 
-Frames are centred at ``m * hop``. Two boundary models:
+Frames are centred at ``m * hop``, rounded to the sample: the hop may be fractional, which is
+how a loop is reconstructed at another tempo without moving its onsets (the synthesis hop
+scales time, the window keeps the pitch). Two boundary models:
 
 - linear: a signal of ``(frames - 1) * hop`` samples, reflected at both ends as
   ``torch.stft(center=True, pad_mode="reflect")`` does, so the spectrum of a reconstruction
@@ -58,7 +60,7 @@ def irfft(x: torch.Tensor, n: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=6)
 def _layout(
-    win: int, hop: int, frames: int, circular: bool, device: str
+    win: int, hop: float, frames: int, circular: bool, device: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(window, index, inverse envelope) of a frame layout; cached, shared, never written.
 
@@ -68,13 +70,15 @@ def _layout(
     half = win // 2
     dev = torch.device(device)
     window = torch.hann_window(win, dtype=torch.float32, device=dev)
-    starts = np.arange(frames)[:, None] * hop
+    starts = np.round(np.arange(frames)[:, None] * hop).astype(np.int64)
     offsets = np.arange(win)[None, :] - half
     if circular:
-        length = frames * hop
+        length = round(frames * hop)
         index = (starts + offsets) % length
     else:
-        length = (frames - 1) * hop
+        if hop != int(hop):
+            raise ValueError("a linear signal needs a whole-sample hop")
+        length = (frames - 1) * int(hop)
         if length < 2:
             raise ValueError("a linear signal needs at least two samples")
         reflect = np.pad(np.arange(length), half, mode="reflect")
@@ -94,7 +98,7 @@ class Stft:
     """
 
     win: int
-    hop: int
+    hop: float
     n_fft: int
     frames: int
     circular: bool

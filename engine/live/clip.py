@@ -1,9 +1,10 @@
 """Clip conform: a generated spectrogram becomes a tempo-locked, seamless loop at the host rate.
 
-Why this order: the tempo lock is done on the mel spectrogram (resampling its frames in time)
-*before* phase reconstruction, so timing follows the host while pitch stays, and no extra pass
-over the audio is needed. Phase is reconstructed circularly, so the clip's end wraps to its
-start without a click. The last step is one FFT resampling of the whole loop to exactly
+Why this order: the tempo lock is done in phase reconstruction itself (the frames are
+synthesised at a scaled hop, see :func:`tempo_lock_grid`), so timing follows the host to the
+sample while pitch stays, and no extra pass over the audio is needed. Phase is reconstructed
+circularly, so the clip's end wraps to its start without a click. The last step is one FFT
+resampling of the whole loop to exactly
 ``spec.num_samples`` at the host rate: the FFT treats the signal as periodic, so it converts
 44.1 kHz to the JACK rate and absorbs the sub-hop rounding of the frame count without breaking
 the seam. Loudness is matched to a fixed RMS target with a soft peak limiter (pointwise, so the
@@ -99,6 +100,28 @@ def stretch_frames(mel: np.ndarray, frames: int) -> np.ndarray:
     return np.maximum(out, 0.0).astype(np.float32)
 
 
+def tempo_lock_grid(mel: np.ndarray, samples: float, hop: int) -> tuple[np.ndarray, float]:
+    """The frames and synthesis time scale that make ``mel`` a loop of ``samples`` samples.
+
+    Why a time scale and not resampled frames: interpolating magnitudes between 10 ms frames
+    blurs every onset across two frames (it moved by 3-4 ms at 70 and 140 BPM); synthesising
+    the frames as they are at a scaled hop puts each one, onsets included, at its exact new
+    position, and the window, hence the pitch, stays. Beyond the range of synthesis hops
+    that phase reconstruction handles well (:data:`~engine.dsp.phase.MIN_TIME_SCALE` ..
+    :data:`~engine.dsp.phase.MAX_TIME_SCALE`) the frames are first resampled towards it.
+    """
+    from engine.dsp.phase import MAX_TIME_SCALE, MIN_TIME_SCALE
+
+    frames = mel.shape[-1]
+    scale = samples / (frames * hop)
+    if not MIN_TIME_SCALE <= scale <= MAX_TIME_SCALE:
+        wanted = min(max(scale, MIN_TIME_SCALE * 1.25), MAX_TIME_SCALE / 1.25)
+        frames = max(2, round(samples / (hop * wanted)))
+        mel = stretch_frames(mel, frames)
+        scale = samples / (frames * hop)
+    return mel, scale
+
+
 def match_loudness(audio: np.ndarray, target: LoudnessTarget) -> np.ndarray:
     """Gain to the RMS target (bounded), then a pointwise soft limiter (keeps the loop
     seamless); a second pass makes up for what the limiter took off."""
@@ -144,10 +167,9 @@ def conform(mel: np.ndarray, spec: ClipSpec, *, params: SpectrogramParams | None
         raise InvalidRequest(f"mel must be (channels, bins, frames), not {mel.shape}")
     loop = loop_frames(mel, meta, spec) if meta is not None else mel
     samples_at_model_rate = spec.num_samples * p.sample_rate / spec.sample_rate
-    frames = max(2, round(samples_at_model_rate / p.hop_length))
-    stretched = stretch_frames(loop, frames)
-    audio = mel_to_audio(stretched, p, method=s.method, circular=True, device=s.device,
-                         seed=seed)
+    loop, scale = tempo_lock_grid(loop, samples_at_model_rate, p.hop_length)
+    audio = mel_to_audio(loop, p, method=s.method, circular=True, device=s.device,
+                         seed=seed, time_scale=scale)
     exact = scipy.signal.resample(audio.astype(np.float64), spec.num_samples, axis=-1)
     audio = match_loudness(np.asarray(exact, dtype=np.float32), s.loudness)
     if audio.shape[0] == 1 and s.channels > 1:
