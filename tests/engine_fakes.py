@@ -26,6 +26,15 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+def fake_audio(source: int, num_samples: int) -> np.ndarray:
+    """A fake clip: channel 0 is the id of the job that generated its request, channel 1 its
+    read position (``index / num_samples``), so a test can tell which sample plays where."""
+    audio = np.empty((num_samples, 2), np.float32)
+    audio[:, 0] = source
+    audio[:, 1] = np.arange(num_samples) / num_samples
+    return audio
+
+
 class FakeClock:
     """Seconds that pass only when the test calls :meth:`advance`."""
 
@@ -124,7 +133,7 @@ class FakeGenerator:
         if source is not None:
             await self.clock.sleep(self.conform_s)
             self.reconformed.append(job.job_id)
-            audio = np.full((job.spec.num_samples, 2), source, dtype=np.float32)
+            audio = fake_audio(source, job.spec.num_samples)
             self.finished[job.job_id] = self.clock.now()
             return Clip(job.job_id, audio, job.spec, job.request, self.clock.now() - started)
         try:
@@ -140,7 +149,7 @@ class FakeGenerator:
             raise
         if self.failures:
             raise self.failures.pop(0)
-        audio = np.full((job.spec.num_samples, 2), job.job_id, dtype=np.float32)
+        audio = fake_audio(job.job_id, job.spec.num_samples)
         self.kept[job.request] = job.job_id
         self.finished[job.job_id] = self.clock.now()
         return Clip(job.job_id, audio, job.spec, job.request, self.clock.now() - started)

@@ -104,7 +104,8 @@ class Engine:
         log.info("stop")
 
     def _changed(self, name: str, value: Value) -> None:
-        """State listener (asyncio loop): tempo/meter at the next bar line; re-plan.
+        """State listener (asyncio loop): tempo/meter at the next bar line (planned work is
+        kept and re-conformed); other relevant changes re-plan.
 
         A value equal to the last one (a controller resending its fader) changes nothing, so
         it never pre-empts work in flight.
@@ -120,7 +121,8 @@ class Engine:
                 self.transport.set_tempo(tempo=float(value))
             else:
                 self.transport.set_tempo(beats_per_bar=int(value))
-            self.scheduler.invalidate(f"{name} = {value}")
+            # No re-planning: the scheduler sees the new grid at its next tick and
+            # re-conforms what is planned and playing (the requests stay the same).
         elif name == "bars" or self.planner.relevant(name, self.state.snapshot()):
             self.scheduler.invalidate(f"{name} changed")
 

@@ -304,20 +304,40 @@ class Scheduler:
 
         Bar numbers stay continuous for a tempo change: planned clips keep their bars and are
         re-targeted to the new tempo. A relocation (the decided bar line moved by half a bar
-        or more, or the bar numbers jumped) renumbers the planned clips from the next bar line
-        and treats the playing clip as a repeat ending there. Either way no planned work is
-        discarded, and the playing clip is re-conformed when its tempo no longer fits.
+        or more, or the bar numbers jumped) renumbers the playing and planned clips by the
+        new number of the decided bar line (a DAW cycle loop jumps exactly onto a bar line);
+        when that line is no bar line on the new grid, the playing clip becomes a repeat
+        ending at the next bar line and the planned clips follow it. Either way no planned
+        work is discarded, and the playing clip is re-conformed when its tempo no longer fits.
         """
         self._grid_version = self.transport.version
         bar = self.transport.bar_at(now)
         moved = abs(self.transport.bar_start(self._decided_bar) - self._decided_line)
         half_bar = (self.transport.bar_start(bar + 1) - self.transport.bar_start(bar)) / 2
+        playing = self._playing
         if not bar - 1 <= self._decided_bar <= bar + 1 or moved >= half_bar:
-            log.info("transport relocated to bar %d: %d planned clip(s) renumbered", bar,
-                     len(self._slots))
-            self._set_decided(bar)
-            start = bar + 1
+            # Where did the bar line decided last go? On the master's grid it has a new number
+            # (a DAW cycle loop: the loop start); everything planned moves with it.
+            same = self.transport.bar_at(self._decided_line)
+            shift: int | None = None
+            if abs(self.transport.bar_start(same) - self._decided_line) <= max(
+                    self.transport.follow_tolerance, 1):
+                shift = self._decided_bar - same
+                if playing is not None:
+                    playing.start_bar -= shift
+                    playing.end_bar -= shift
+            else:  # the decided line is not a line any more: go on from the next one
+                same = bar
+                if playing is not None:
+                    playing = self._playing = _Playing(playing.clip, bar, bar + 1, True,
+                                                       playing.created)
+            log.info("transport relocated: bar %d is now bar %d; %d planned clip(s) renumbered",
+                     self._decided_bar, same, len(self._slots))
+            self._set_decided(same)
+            start = same + 1
             for slot in self._slots:
+                if shift is not None:
+                    start = max(start, slot.job.start_bar - shift)
                 self._retarget(slot, start)
                 self.counters.renumbered += 1
                 start += slot.job.spec.bars
@@ -325,7 +345,6 @@ class Scheduler:
             self._decided_line = self.transport.bar_start(self._decided_bar)
             for slot in self._slots:
                 self._retarget(slot, slot.job.start_bar)
-        playing = self._playing
         if playing is not None and not playing.start_bar <= bar < playing.end_bar:
             self._playing = _Playing(playing.clip, bar, bar + 1, True, playing.created)
         self._refit_playing()
