@@ -30,8 +30,8 @@ from engine.takes.recording import TakeController
 log = logging.getLogger(__name__)
 
 #: Status keys filled from the player's counters: status key -> counter name.
-SINK_STATUS = {"xruns": "xruns", "underruns": "underruns", "sink_late": "late",
-               "sink_repeats": "repeats"}
+SINK_STATUS = {"xruns": "xruns", "underruns": "underruns", "silent": "silent",
+               "sink_late": "late", "sink_repeats": "repeats"}
 
 #: Parameters that change the bar grid or the clip length.
 TRANSPORT_PARAMS = frozenset({"tempo", "meter"})
@@ -222,6 +222,7 @@ class Engine:
         }
 
     def _sink_status(self) -> dict[str, int]:
-        """The player's xruns, underruns, late starts and repeats (zeros without stats)."""
+        """The player's xruns, underruns, silent blocks (by design), late starts and repeats
+        (zeros without stats)."""
         stats = self.sink_stats() if self.sink_stats is not None else {}
         return {key: int(stats.get(name, 0)) for key, name in SINK_STATUS.items()}

@@ -36,9 +36,10 @@ diffusion, so the clip playing when the tempo changes can be re-conformed in tim
 bar line.
 
 Model ``test-tones`` is a stand-in for the GPU in end-to-end tests: it skips the model and
-returns a pure tone per generated request (frequency from the job id that generated it, a
-whole number of cycles per clip so it loops exactly), after ``num_inference_steps`` steps of
-``tone_step_s`` that report progress and honour cancellation.
+returns a pure tone per job (frequency from the job id, a whole number of cycles per clip so
+it loops exactly, so a recording tells which job's clip plays where), after
+``num_inference_steps`` steps of ``tone_step_s`` that report progress and honour
+cancellation; a job for a kept request skips the steps (a conform only).
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ class _Model:
         return result.image
 
     def _conform(self, job: GenerationJob, kept: Any) -> np.ndarray:
-        if self.generator is None:
-            return tone_clip_audio(int(kept), job.spec, self.config.channels)
+        if self.generator is None:  # the tone of the job producing the clip (see above)
+            return tone_clip_audio(job.job_id, job.spec, self.config.channels)
         from engine.live.clip import conform_image
 
         return conform_image(kept, job.spec, job.request,
