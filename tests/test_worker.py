@@ -176,3 +176,19 @@ def test_a_kept_request_is_reconformed_between_the_steps_of_a_running_job() -> N
             await client.close()
 
     asyncio.run(main())
+
+
+def test_the_worker_ignores_sigint() -> None:
+    """Ctrl-C reaches the whole process group; the daemon stops its worker itself."""
+
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model=TEST_TONES, nice=0))
+        try:
+            await client.start()
+            os.kill(client.pid, signal.SIGINT)
+            clip = await client.generate(make_job(1, steps=3))
+            assert clip.job_id == 1 and client.restarts == 0
+        finally:
+            await client.close()
+
+    asyncio.run(main())
