@@ -453,8 +453,8 @@ class Scheduler:
             return
         if not due:
             return
-        if head is not None and not head.late:
-            head.late = True
+        if head is not None and not head.late and bar >= playing.end_bar:
+            head.late = True  # it should have started here (not merely a restart on a new grid)
             self.counters.late += 1
         refit = self._refit_for(bar) if off_grid else None
         if refit is not None:
