@@ -555,3 +555,23 @@ def test_a_tempo_change_with_a_late_clip_restarts_the_reconformed_clip_on_the_ne
     assert refit[0].job_id in rig.gen.reconformed  # a conform of the kept image, no diffusion
     status = rig.engine.status()
     assert status["reconformed"] >= 1 and status["late"] == 1
+
+
+def test_a_single_knob_move_reaches_the_generator_at_once() -> None:
+    """Coalescing a sweep must not delay one change: the job for a single move is handed to
+    the generator in the same instant (fake time), and a still knob plans nothing new."""
+
+    async def body(rig: Rig) -> None:
+        await rig.clock.run_until(lambda: len(rig.sink.scheduled) >= 2, 30.0)
+        calls = len(rig.gen.calls)
+        await rig.clock.advance(3.0)
+        assert len(rig.gen.calls) == calls  # the still knob: the clip cache answers
+        rig.engine.state.set("alpha", 0.5)
+        await rig.clock.advance(0.0)
+        assert rig.gen.calls[-1].request.alpha == 0.5
+        assert rig.gen.calls[-1].created == rig.clock.t
+        await rig.clock.advance(4.0)
+
+    rig = run({"alpha_auto": False, "alpha": 0.2}, body)
+    assert rig.engine.status()["generated"] == 2  # alpha 0.2 once, alpha 0.5 once
+    assert_on_grid_without_gaps(rig)
