@@ -110,3 +110,20 @@ def test_a_generator_server_that_does_not_answer_is_a_clear_error(tmp_path: Path
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "is not answering" in r.stderr.strip().splitlines()[-1]
     assert not list(tmp_path.iterdir())
+
+
+def test_the_exit_summary_counts_late_as_the_status_lines_do(tmp_path: Path) -> None:
+    """Real time with a generator slower than the clips: clips miss their bar lines. The exit
+    summary's "late" is the status lines' (it used to be the player's own count, 0 here), and
+    the silence before the first clip is not counted as underruns."""
+    out = tmp_path / "late.wav"
+    r = riff("run", "--model", "test-tones", "--tempo", "240", "--bars", "1", "--steps", "80",
+             "--output", str(out), "--duration-bars", "7")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = re.findall(r"bar \d+ \| .*\| late (\d+) \|", r.stderr)
+    summary = re.search(r"stopped: \d+ clips started, (\d+) late, \d+ xruns, \d+ worker "
+                        r"restarts, (\d+) underruns, (\d+) silent blocks", r.stderr)
+    assert lines and summary, r.stderr[-3000:]
+    late, underruns, silent = (int(g) for g in summary.groups())
+    assert late >= 1 and late >= int(lines[-1])  # 1.6 s jobs for 1 s bars
+    assert underruns == 0 and silent >= 1

@@ -146,3 +146,26 @@ def test_take_controller_starts_and_stops_takes(tmp_path: Path) -> None:
     takes.write_channels([left, right])
     takes.stop()
     assert sf.info(tmp_path / "takes" / "set2.flac").frames == BLOCK
+
+
+def test_a_clip_from_the_cache_is_logged_with_its_generation_line(tmp_path: Path) -> None:
+    """The scheduler's clip cache answers a repeated request without the generator: the take
+    must still hold that job's request, or it could not be re-rendered."""
+    from engine.live.jobs import Clip
+
+    player = Player(PlayerConfig(sample_rate=RATE))
+    transport = Transport(player.position, RATE, 120.0, 4)
+    take = Recording.start(tmp_path / "take.wav", sample_rate=RATE, channels=2,
+                           state=EngineState().as_dict())
+    taps = RecordingTaps(transport, take)
+    sink = taps.sink(player)
+    j = job(7, 42, transport, 1)
+    clip = Clip(7, np.zeros((j.spec.num_samples, 2), np.float32), j.spec, j.request, 0.0)
+    sink.schedule(clip, transport.bar_start(1))  # never passed through the generator
+    sink.schedule(clip, transport.bar_start(2))  # a repeat: one generation line only
+    _, log_path = take.stop(sample=transport.bar_start(3), bar=3.0)
+    events = read_control_log(log_path).events
+    gens = [e for e in events if isinstance(e, GenerationEvent)]
+    starts = [e for e in events if isinstance(e, ClipStartEvent)]
+    assert [g.job for g in gens] == ["7"] and gens[0].request == j.request
+    assert [s.job for s in starts] == ["7", "7"]

@@ -10,12 +10,14 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidRequest, UnknownId
 from engine.live.control import Engine
+from engine.live.jobs import Clip, GenerationJob
 from engine.live.scheduler import SchedulerConfig
 from engine.live.state import EngineState
 from engine.live.transport import BBTObservation
@@ -354,10 +356,33 @@ def test_random_performances_keep_the_timeline_whole(events: list[tuple[str, Any
         await rig.clock.advance(6.0)
         assert rig.engine.scheduler.queue <= 2
 
-    rig = run({}, body)
+    planned: list[GenerationJob] = []
+
+    def record_jobs(rig: Rig) -> None:
+        """Note every job the scheduler made, generated or answered by the clip cache."""
+        sched = rig.engine.scheduler
+        make, from_cache = sched._make_job, sched._from_cache
+
+        def make_job(*args: Any) -> Any:
+            job, position = make(*args)
+            planned.append(job)
+            return job, position
+
+        def cached(slot: Any) -> bool:
+            planned.append(slot.job)
+            return from_cache(slot)
+
+        sched._make_job = make_job  # type: ignore[method-assign]
+        sched._from_cache = cached  # type: ignore[method-assign]
+
+    async def recorded(rig: Rig) -> None:
+        record_jobs(rig)
+        await body(rig)
+
+    rig = run({}, recorded)
     assert_on_grid_without_gaps(rig)
     t = rig.engine.transport
-    created = {job.job_id: job.created for job in rig.gen.calls}
+    created = {job.job_id: job.created for job in [*planned, *rig.gen.calls]}
     previous = None
     repeats = 0
     for s in rig.sink.scheduled:
@@ -373,7 +398,7 @@ def test_random_performances_keep_the_timeline_whole(events: list[tuple[str, Any
         previous = s
     status = rig.engine.status()
     assert status["repeated"] == repeats
-    assert status["generated"] >= len({s.job_id for s in rig.sink.scheduled})
+    assert status["generated"] + status["cached"] >= len({s.job_id for s in rig.sink.scheduled})
 
 
 def test_two_workers_keep_up_where_one_is_late() -> None:
@@ -424,3 +449,129 @@ def test_head_ready_and_the_players_counters_in_status() -> None:
     status = engine.status()
     assert (status["xruns"], status["underruns"], status["sink_late"],
             status["sink_repeats"]) == (3, 7, 1, 2)
+
+
+def test_a_daw_cycle_loop_renumbers_planned_clips_and_discards_nothing() -> None:
+    """A 2-bar cycle loop in a DAW (JACK transport relocates to bar 0 every 2 bars).
+
+    Before: each jump back was a relocation that dropped every planned clip, or went unseen
+    and skipped bar lines."""
+    loop_s = 4.0  # 2 bars at 120 BPM
+
+    async def body(rig: Rig) -> None:
+        t = rig.engine.transport
+        await rig.clock.advance(1.97)
+        t0 = rig.clock.t
+        starts = len(rig.sink.scheduled)
+        while rig.clock.t < t0 + 60.0:
+            elapsed = (rig.clock.t - t0) % loop_s
+            bar, beat = int(elapsed // 2.0), (elapsed % 2.0) / 0.5
+            t.follow(BBTObservation(rig.sink.position(), bar, min(beat, 3.999999), 120.0, 4))
+            # Every clip handed over starts on a bar line of the grid it was planned on.
+            for s in rig.sink.scheduled[starts:]:
+                assert s.start == t.bar_start(t.bar_at(s.start)), s
+            starts = len(rig.sink.scheduled)
+            await rig.clock.advance(0.05)
+        rig.status = rig.engine.status()  # type: ignore[attr-defined]
+
+    rig = run({}, body)
+    status = rig.status  # type: ignore[attr-defined]
+    assert status["preempted"] == 0  # no planned clip was discarded
+    assert status["renumbered"] >= 14  # planned clips moved at each of the 14 jumps
+    # A new clip on (nearly) every bar line: 1 s jobs for 2 s bars keep up.
+    new = {s.job_id for s in rig.sink.scheduled if s.at / SR >= 2.0}
+    assert len(new) >= 27, len(new)
+    assert status["late"] == 0 and status["repeated"] == 0
+
+
+class RenderingSink:
+    """The real player as the sink; it renders (hard cuts, no crossfade) up to the fake
+    clock whenever its position is asked, keeping the output."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        from engine.live.player import Player, PlayerConfig
+
+        self.clock = clock
+        self.player = Player(PlayerConfig(sample_rate=SR, crossfade_samples=0))
+        self.out: list[np.ndarray] = []
+        self.scheduled: list[Scheduled] = []
+
+    def position(self) -> int:
+        target = round(self.clock.t * SR)
+        while self.player.position() < target:
+            n = min(4096, target - self.player.position())
+            block = np.zeros((2, n), np.float32)
+            self.player.render(block)
+            self.out.append(block)
+            self.player.poll()
+        return self.player.position()
+
+    def schedule(self, clip: Clip, start_sample: int) -> None:
+        self.scheduled.append(Scheduled(clip.job_id, start_sample, self.position(), clip))
+        self.player.schedule(clip, start_sample)
+
+    def stop(self) -> None:
+        self.player.stop()
+
+    def output(self) -> np.ndarray:
+        return np.concatenate(self.out, axis=1)
+
+
+def test_a_tempo_change_with_a_late_clip_restarts_the_reconformed_clip_on_the_new_grid() -> None:
+    """Before: the playing clip kept looping at its old length, off the new grid."""
+    rig = Rig({"bars": 1})
+    sink = RenderingSink(rig.clock)
+    rig.engine = Engine(rig.gen, sink, sample_rate=SR, clock=rig.clock,
+                        state=EngineState({"tempo": 120.0, "bars": 1, "steps": 10}),
+                        config=SchedulerConfig(lookahead=2, margin_s=MARGIN_S, max_tick_s=0.1))
+    rig.gen.extra = {job_id: 30.0 for job_id in range(2, 50)}  # from job 2 on: very late
+
+    async def main() -> None:
+        task = asyncio.ensure_future(rig.engine.run())
+        rig.engine.play()
+        await rig.clock.advance(6.5)  # clip 1 plays from bar 2 and repeats at bar 3
+        rig.engine.state.set("tempo", 90.0)  # from bar 4 (8 s)
+        await rig.clock.advance(8.0)
+        sink.position()
+        await rig.engine.close()
+        await task
+
+    asyncio.run(main())
+    t = rig.engine.transport
+    new_bar = 4 * 60 * SR // 90
+    assert [t.bar_start(b) for b in (4, 5, 6)] == [4 * BAR, 4 * BAR + new_bar,
+                                                    4 * BAR + 2 * new_bar]
+    out = sink.output()
+    for bar in (4, 5, 6):
+        line = t.bar_start(bar)
+        # Clip 1's content (channel 0: the job that generated it), at its sample 0 on the line,
+        # at the new length (channel 1: read position / length).
+        assert out[0, line] == 1.0
+        assert out[1, line] == 0.0, f"bar {bar}: not sample 0 ({out[1, line] * new_bar:.0f})"
+        np.testing.assert_allclose(out[1, line + 1000], 1000 / new_bar, rtol=1e-6)
+    refit = [s for s in sink.scheduled if s.clip.spec.tempo == 90.0]
+    assert refit and refit[0].start == 4 * BAR
+    assert refit[0].clip.request == sink.scheduled[1].clip.request
+    assert refit[0].job_id in rig.gen.reconformed  # a conform of the kept image, no diffusion
+    status = rig.engine.status()
+    assert status["reconformed"] >= 1 and status["late"] == 1
+
+
+def test_a_single_knob_move_reaches_the_generator_at_once() -> None:
+    """Coalescing a sweep must not delay one change: the job for a single move is handed to
+    the generator in the same instant (fake time), and a still knob plans nothing new."""
+
+    async def body(rig: Rig) -> None:
+        await rig.clock.run_until(lambda: len(rig.sink.scheduled) >= 2, 30.0)
+        calls = len(rig.gen.calls)
+        await rig.clock.advance(3.0)
+        assert len(rig.gen.calls) == calls  # the still knob: the clip cache answers
+        rig.engine.state.set("alpha", 0.5)
+        await rig.clock.advance(0.0)
+        assert rig.gen.calls[-1].request.alpha == 0.5
+        assert rig.gen.calls[-1].created == rig.clock.t
+        await rig.clock.advance(4.0)
+
+    rig = run({"alpha_auto": False, "alpha": 0.2}, body)
+    assert rig.engine.status()["generated"] == 2  # alpha 0.2 once, alpha 0.5 once
+    assert_on_grid_without_gaps(rig)

@@ -140,3 +140,55 @@ def test_tiny_model_job_returns_the_renderers_clip_of_exact_length() -> None:
             await client.close()
 
     asyncio.run(main())
+
+
+def test_a_kept_request_is_reconformed_between_the_steps_of_a_running_job() -> None:
+    """A tempo change: the playing clip's request again at a new tempo is a conform only,
+    served while another job is diffusing; a cancelled waiting job never starts."""
+
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model=TEST_TONES, nice=0))
+        try:
+            await client.start()
+            first = await client.generate(make_job(1, steps=3, tempo=240.0))
+            other = make_job(2, steps=150)
+            other = GenerationJob(2, other.request.replace(alpha=0.75), other.spec, 2, 0.0)
+            steps: list[int] = []
+            long = asyncio.ensure_future(client.generate(other, lambda s, t: steps.append(s)))
+            await _wait_for(lambda: len(steps) >= 1)
+            stale_job = GenerationJob(3, other.request.replace(alpha=0.5), other.spec, 3, 0.0)
+            stale = asyncio.ensure_future(client.generate(stale_job))
+            await asyncio.sleep(0)
+            stale.cancel()  # waiting behind the long job: it must never start
+            again = await client.generate(make_job(4, steps=3, tempo=180.0))
+            assert not long.done() and max(steps) < 150  # served between its steps
+            assert client.generated == 1 and client.reconformed == 1
+            np.testing.assert_array_equal(again.audio, tone_clip_audio(4, again.spec))
+            assert again.spec.num_samples != first.spec.num_samples
+            long.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await long
+            with pytest.raises(asyncio.CancelledError):
+                await stale
+            await client.generate(make_job(5, steps=3, tempo=120.0))  # the pipe is in order
+            assert (client.generated, client.reconformed) == (1, 2)
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+def test_the_worker_ignores_sigint() -> None:
+    """Ctrl-C reaches the whole process group; the daemon stops its worker itself."""
+
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model=TEST_TONES, nice=0))
+        try:
+            await client.start()
+            os.kill(client.pid, signal.SIGINT)
+            clip = await client.generate(make_job(1, steps=3))
+            assert clip.job_id == 1 and client.restarts == 0
+        finally:
+            await client.close()
+
+    asyncio.run(main())

@@ -30,8 +30,8 @@ from engine.takes.recording import TakeController
 log = logging.getLogger(__name__)
 
 #: Status keys filled from the player's counters: status key -> counter name.
-SINK_STATUS = {"xruns": "xruns", "underruns": "underruns", "sink_late": "late",
-               "sink_repeats": "repeats"}
+SINK_STATUS = {"xruns": "xruns", "underruns": "underruns", "silent": "silent",
+               "sink_late": "late", "sink_repeats": "repeats"}
 
 #: Parameters that change the bar grid or the clip length.
 TRANSPORT_PARAMS = frozenset({"tempo", "meter"})
@@ -104,7 +104,8 @@ class Engine:
         log.info("stop")
 
     def _changed(self, name: str, value: Value) -> None:
-        """State listener (asyncio loop): tempo/meter at the next bar line; re-plan.
+        """State listener (asyncio loop): tempo/meter at the next bar line (planned work is
+        kept and re-conformed); other relevant changes re-plan.
 
         A value equal to the last one (a controller resending its fader) changes nothing, so
         it never pre-empts work in flight.
@@ -120,7 +121,8 @@ class Engine:
                 self.transport.set_tempo(tempo=float(value))
             else:
                 self.transport.set_tempo(beats_per_bar=int(value))
-            self.scheduler.invalidate(f"{name} = {value}")
+            # No re-planning: the scheduler sees the new grid at its next tick and
+            # re-conforms what is planned and playing (the requests stay the same).
         elif name == "bars" or self.planner.relevant(name, self.state.snapshot()):
             self.scheduler.invalidate(f"{name} changed")
 
@@ -207,6 +209,9 @@ class Engine:
             "clip": self.scheduler.playing_job,
             "late": c.late,
             "generated": c.generated,
+            "cached": c.cached,
+            "reconformed": c.reconformed,
+            "renumbered": c.renumbered,
             "repeated": c.repeated,
             "preempted": c.preempted,
             "failed": c.failed,
@@ -217,6 +222,7 @@ class Engine:
         }
 
     def _sink_status(self) -> dict[str, int]:
-        """The player's xruns, underruns, late starts and repeats (zeros without stats)."""
+        """The player's xruns, underruns, silent blocks (by design), late starts and repeats
+        (zeros without stats)."""
         stats = self.sink_stats() if self.sink_stats is not None else {}
         return {key: int(stats.get(name, 0)) for key, name in SINK_STATUS.items()}

@@ -162,7 +162,12 @@ class ClipGenerator(Protocol):
     worker maps the cancellation to a flag polled between steps) and lets ``CancelledError``
     propagate promptly; it must not wait for the worker to finish before raising. A later
     ``generate`` call on the same generator is accepted at once and may queue behind the
-    cancelled job's last step internally; a cancelled job never yields a clip.
+    cancelled job's last step internally; a cancelled job never yields a clip, and one
+    cancelled before the generator started it never starts.
+
+    Calls may overlap: the scheduler keeps one planned job in flight per generator, and may
+    ask for a re-conform of the playing clip (the same request at a new tempo) beside it,
+    which a generator that kept the request's image answers without diffusion.
 
     ``progress(step, total)``, when given, is called on the loop thread after each denoising
     step; it must not block.

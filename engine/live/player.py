@@ -50,9 +50,9 @@ log = logging.getLogger(__name__)
 FREE, READY, PLAYING, DONE = 0, 1, 2, 3
 
 #: Indices into the counters array.
-UNDERRUNS, LATE_CLIPS, LOOPS, STARTED, XRUNS, BLOCKS, SUPERSEDED, DROPPED = range(8)
+UNDERRUNS, LATE_CLIPS, LOOPS, STARTED, XRUNS, BLOCKS, SUPERSEDED, DROPPED, SILENT = range(9)
 COUNTER_NAMES = ("underruns", "late", "loops", "started", "xruns", "blocks", "superseded",
-                 "dropped")
+                 "dropped", "silent")
 
 
 class HasAudio(Protocol):
@@ -138,6 +138,7 @@ class Player:
         self._pos = 0
         self._event_time = 0
         self._stop_seen = 0
+        self._live = False  # a clip has started and no stop came since
         self._cur = -1
         self._cur_origin = 0
         self._fading = False
@@ -271,8 +272,12 @@ class Player:
                       if self._state[s] == READY and self._seq[s] >= self._stop_seq)
 
     def counters(self) -> dict[str, int]:
-        """Counter snapshot: underruns (silent blocks), late, loops (wraps of a clip),
-        repeats (explicit repeats), started, xruns, blocks, superseded, dropped, refused."""
+        """Counter snapshot: underruns (blocks with silence while a clip should have been
+        playing: after the first clip started and before a stop; the loop design keeps it at
+        0), silent (blocks silent by design: before the first clip, after stop), late (clips
+        the audio thread saw after their start sample; not the scheduler's ``late``), loops
+        (wraps of a clip), repeats (explicit repeats), started, xruns, blocks, superseded,
+        dropped, refused."""
         out = {name: int(v) for name, v in zip(COUNTER_NAMES, self._counters, strict=True)}
         out["repeats"] = self._repeats
         out["refused"] = self._refused
@@ -303,7 +308,7 @@ class Player:
         end = t + n
         if self._stop_seen != self._stop_seq:
             self._apply_stop(t)
-        silent = False
+        silent = underrun = False
         while t < end:
             nxt = self._next_event(t, end)
             if nxt >= 0 and self._event_time == t:
@@ -316,7 +321,9 @@ class Player:
             mix = self._mix[:, o:o + k]
             if self._cur < 0:
                 mix[:] = 0.0
-                silent = not self._fading or self._fade < 0
+                if not self._fading or self._fade < 0:
+                    silent = True
+                    underrun = underrun or self._live
             else:
                 self._copy_loop(mix, self._cur, t - self._cur_origin, k)
                 self._count_loops(t, seg_end)
@@ -332,12 +339,15 @@ class Player:
                     self._end_fade()
             t = seg_end
         self._pos = end
-        if silent:
+        if underrun:
             self._counters[UNDERRUNS] += 1
+        elif silent:
+            self._counters[SILENT] += 1
 
     def _apply_stop(self, t: int) -> None:
         """Drop clips queued before the stop and fade the current one out."""
         self._stop_seen = stop = self._stop_seq
+        self._live = False
         state, seq = self._state, self._seq
         for s in range(len(state)):
             if state[s] == READY and seq[s] < stop:
@@ -380,6 +390,7 @@ class Player:
         if origin < t:
             self._counters[LATE_CLIPS] += 1
         self._state[new] = PLAYING
+        self._live = True
         self._counters[STARTED] += 1
         self._begin_fade(t, new, origin)
 

@@ -1,23 +1,43 @@
-"""The scheduler: look-ahead, latest wins, pre-emption, a deadline per bar line, retries.
+"""The scheduler: look-ahead, latest wins, pre-emption, a deadline per bar line, retries,
+a clip cache, and grid changes that keep work.
 
 It keeps up to ``lookahead`` planned clips (slots) ahead of the one playing. One worker task
-per generator takes the oldest slot without work and awaits ``generate`` on it. At each bar
-line's deadline (the line minus a safety margin) the scheduler decides what the sink plays from
-that line:
+per generator takes the oldest slot without work and awaits ``generate`` on it, so each
+generator has at most one job in flight; pre-empting it cancels that job by id and the next
+one is sent at once (the worker drops a cancelled job that has not started: see
+:mod:`engine.live.worker`). At each bar line's deadline (the line minus a safety margin) the
+scheduler decides what the sink plays from that line:
 
 - the next ready clip, when the playing clip has ended there, or when the playing clip is a
   repeat or stale (a state change since it was planned): so a new prompt is heard at the first
   bar line after its first clip is ready;
 - otherwise, when the playing clip ends there, the playing clip again (``repeated``; the clip
-  that should have started is counted ``late`` once), never silence.
+  that should have started is counted ``late`` once: the one definition of late used by the
+  status lines, OSC and the exit summary), never silence.
 
 A relevant state change (:meth:`Scheduler.invalidate`) drops every planned slot: work in
 flight is cancelled (the generator stops between denoising steps), ready clips are discarded
 (both counted ``preempted``), and new slots are planned from the jam position of the last clip
-actually scheduled. A failed generation is retried with exponential backoff up to
-``max_retries`` times (``failed`` counts attempts that raised, ``retried`` the retries); a bad
-request (InvalidRequest, UnknownId, InvalidImage) is not retried: the slot is abandoned and
-planning waits for the next state change. Nothing here ever stops the audio.
+actually scheduled. A knob swept at 60 Hz thus keeps one job in flight (cancelled at its next
+step) and one wanted (replaced by each move): the final value is ready about one job time
+after the last move, and the first move is planned at once, never delayed.
+
+Clip cache (:mod:`engine.live.cache`): a planned clip whose request and spec were generated
+before is ready at once (``cached``), so manual mode with a still knob generates nothing.
+
+Grid changes keep work. A tempo or meter change re-targets every planned clip to the new
+grid: the same request with a new spec (a new job id), which the worker answers from its
+kept image with phase reconstruction only (``reconformed``); work in flight finishes and is
+conformed again. The clip playing when the tempo changes is re-conformed too and restarts,
+at its sample 0, on the first bar line of the new tempo; until that re-conform is ready the
+playing clip restarts at each bar line (on the grid, if not filling the bar). A relocation
+(the master jumped, such as a DAW's cycle loop) renumbers the planned clips from the next
+bar line instead of discarding them (``renumbered``).
+
+A failed generation is retried with exponential backoff up to ``max_retries`` times
+(``failed`` counts attempts that raised, ``retried`` the retries); a bad request
+(InvalidRequest, UnknownId, InvalidImage) is not retried: the slot is abandoned and planning
+waits for the next state change. Nothing here ever stops the audio.
 
 Thread: everything runs on the control plane's asyncio loop: :meth:`tick` from the engine's
 loop task, :meth:`run_worker` as one task per generator, :meth:`invalidate` from state
@@ -33,6 +53,7 @@ import time
 from typing import Protocol
 
 from engine.errors import InvalidImage, InvalidRequest, RiffError, UnknownId
+from engine.live.cache import DEFAULT_CLIPS, ClipCache
 from engine.live.jobs import Clip, ClipGenerator, ClipSink, ClipSpec, GenerationJob
 from engine.live.planner import JamPlanner, JamPosition
 from engine.live.state import EngineState
@@ -83,10 +104,13 @@ class SchedulerConfig:
     backoff_max_s: float = 4.0
     cooldown_s: float = 2.0
     max_tick_s: float = 0.02
+    cache_clips: int = DEFAULT_CLIPS
 
     def __post_init__(self) -> None:
         if not 1 <= self.lookahead <= 8:
             raise InvalidRequest(f"lookahead must be 1..8 clips, not {self.lookahead}")
+        if not 0 <= self.cache_clips <= 4096:
+            raise InvalidRequest(f"cache_clips must be 0..4096, not {self.cache_clips}")
         if self.max_retries < 0:
             raise InvalidRequest("max_retries must not be negative")
         for name in ("margin_s", "backoff_s", "backoff_max_s", "cooldown_s", "max_tick_s"):
@@ -99,7 +123,15 @@ class SchedulerConfig:
 
 @dataclasses.dataclass
 class Counters:
-    """What the scheduler did since the engine started."""
+    """What the scheduler did since the engine started.
+
+    ``generated``: clips the generators returned for planned slots; ``cached``: planned clips
+    answered by the clip cache; ``reconformed``: jobs re-targeted to a new grid (same request,
+    new spec: a conform, no diffusion, where the worker kept the image) and re-conforms of the
+    playing clip; ``renumbered``: planned clips moved to new bar numbers by a relocation;
+    ``late``: clips that missed their bar line (each counted once); ``repeated``: bar lines
+    where the playing clip played again.
+    """
 
     generated: int = 0
     late: int = 0
@@ -108,6 +140,9 @@ class Counters:
     failed: int = 0
     retried: int = 0
     abandoned: int = 0
+    cached: int = 0
+    reconformed: int = 0
+    renumbered: int = 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -127,12 +162,23 @@ class _Slot:
 
 @dataclasses.dataclass
 class _Playing:
-    """The clip the sink plays from bar ``start_bar`` until ``end_bar``."""
+    """The clip the sink plays from bar ``start_bar`` until ``end_bar``; ``created``: when its
+    request was planned."""
 
     clip: Clip
     start_bar: int
     end_bar: int
     repeating: bool = False
+    created: float = 0.0
+
+
+@dataclasses.dataclass(eq=False)
+class _Refit:
+    """A re-conform of the playing clip for a new grid, running beside the planned work."""
+
+    job: GenerationJob
+    task: asyncio.Future[None] | None = None
+    clip: Clip | None = None
 
 
 class Scheduler:
@@ -161,11 +207,15 @@ class Scheduler:
         self._playing_stale = False
         self._committed: JamPosition | None = None
         self._decided_bar = 0
+        self._decided_line = 0
         self._grid_version = transport.version
         self._next_job_id = 0
         self._blocked = False
         self._blocked_until = 0.0
         self._work = asyncio.Event()
+        self.cache = ClipCache(self.config.cache_clips)
+        self._generators: list[ClipGenerator] = []
+        self._refit: _Refit | None = None
 
     # -- control (asyncio loop) ------------------------------------------------------------
 
@@ -173,7 +223,7 @@ class Scheduler:
         """Begin playing from the transport's current bar (the transport is started first)."""
         self.stop()
         self.running = True
-        self._decided_bar = self.transport.bar()
+        self._set_decided(self.transport.bar())
         self._grid_version = self.transport.version
         self._fill(self.transport.now())
 
@@ -181,6 +231,7 @@ class Scheduler:
         """Drop all planned work and forget the playing clip; the jam restarts on ``start``."""
         self.running = False
         self._drop_all(count=False)
+        self._drop_refit()
         self._playing = None
         self._playing_stale = False
         self._committed = None
@@ -193,6 +244,7 @@ class Scheduler:
             return
         log.debug("re-planning: %s", reason)
         self._drop_all()
+        self._drop_refit()
         if self._playing is not None:
             self._playing_stale = True
         self._fill(self.transport.now())
@@ -215,79 +267,226 @@ class Scheduler:
             head = self._slots[0] if self._slots else None
             if head is not None and head.clip is not None:
                 bar, line = self.transport.next_bar_line(now + margin)
-                self._play(head, bar, line)
-                self._decided_bar = bar
+                if self._fits(head.job.spec, bar):
+                    self._play(head, bar, line)
+                    self._set_decided(bar)
+                else:
+                    self._retarget(head, bar)
         else:
             if self.transport.bar_start(self._decided_bar + 1) - margin < now - 4 * margin:
                 # The loop stalled past whole bar lines: decide from the current bar on.
-                self._decided_bar = max(self._decided_bar, self.transport.bar_at(now) - 1)
+                self._set_decided(max(self._decided_bar, self.transport.bar_at(now) - 1))
             while self.transport.bar_start(self._decided_bar + 1) - margin <= now:
                 bar = self._decided_bar + 1
                 self._decide(bar, self.transport.bar_start(bar))
-                self._decided_bar = bar
+                self._set_decided(bar)
         self._fill(now)
         wait = self.transport.bar_start(self._decided_bar + 1) - margin - now
         return min(cfg.max_tick_s, max(wait / self.transport.sample_rate, 0.001))
 
+    def _set_decided(self, bar: int) -> None:
+        """Bar ``bar``'s line has been decided; remember where it was (to tell a relocation
+        from a tempo change when the grid changes)."""
+        self._decided_bar = bar
+        self._decided_line = self.transport.bar_start(bar)
+
+    def _spec(self, start_bar: int, bars: int) -> ClipSpec:
+        tempo, meter = self.transport.tempo_at_bar(start_bar)
+        return ClipSpec(tempo, bars, meter, self.transport.sample_rate,
+                        self.transport.clip_samples(start_bar, bars))
+
+    def _fits(self, spec: ClipSpec, bar: int) -> bool:
+        """Whether a clip of ``spec`` is on the grid from bar line ``bar``."""
+        return (spec.tempo, spec.beats_per_bar) == self.transport.tempo_at_bar(bar)
+
     def _regrid(self, now: int) -> None:
         """The grid changed (tempo or meter change, external master re-anchored or relocated).
 
-        Bar numbers stay continuous for a tempo change; after a relocation the playing clip
-        is treated as a repeat ending at the next bar line, so the next clip (or a repeat)
-        starts on the master's next bar line. Planned clips made for another tempo or meter
-        are re-planned.
+        Bar numbers stay continuous for a tempo change: planned clips keep their bars and are
+        re-targeted to the new tempo. A relocation (the decided bar line moved by half a bar
+        or more, or the bar numbers jumped) renumbers the playing and planned clips by the
+        new number of the decided bar line (a DAW cycle loop jumps exactly onto a bar line);
+        when that line is no bar line on the new grid, the playing clip becomes a repeat
+        ending at the next bar line and the planned clips follow it. Either way no planned
+        work is discarded, and the playing clip is re-conformed when its tempo no longer fits.
         """
         self._grid_version = self.transport.version
         bar = self.transport.bar_at(now)
-        if not bar - 1 <= self._decided_bar <= bar + 1:
-            log.info("transport relocated to bar %d", bar)
-            self._decided_bar = bar
-            if self._slots:  # planned in the old bar numbers
-                self.invalidate("the transport relocated")
+        moved = abs(self.transport.bar_start(self._decided_bar) - self._decided_line)
+        half_bar = (self.transport.bar_start(bar + 1) - self.transport.bar_start(bar)) / 2
         playing = self._playing
+        if not bar - 1 <= self._decided_bar <= bar + 1 or moved >= half_bar:
+            # Where did the bar line decided last go? On the master's grid it has a new number
+            # (a DAW cycle loop: the loop start); everything planned moves with it.
+            same = self.transport.bar_at(self._decided_line)
+            shift: int | None = None
+            if abs(self.transport.bar_start(same) - self._decided_line) <= max(
+                    self.transport.follow_tolerance, 1):
+                shift = self._decided_bar - same
+                if playing is not None:
+                    playing.start_bar -= shift
+                    playing.end_bar -= shift
+            else:  # the decided line is not a line any more: go on from the next one
+                same = bar
+                if playing is not None:
+                    playing = self._playing = _Playing(playing.clip, bar, bar + 1, True,
+                                                       playing.created)
+            log.info("transport relocated: bar %d is now bar %d; %d planned clip(s) renumbered",
+                     self._decided_bar, same, len(self._slots))
+            self._set_decided(same)
+            start = same + 1
+            for slot in self._slots:
+                if shift is not None:
+                    start = max(start, slot.job.start_bar - shift)
+                self._retarget(slot, start)
+                self.counters.renumbered += 1
+                start += slot.job.spec.bars
+        else:
+            self._decided_line = self.transport.bar_start(self._decided_bar)
+            for slot in self._slots:
+                self._retarget(slot, slot.job.start_bar)
         if playing is not None and not playing.start_bar <= bar < playing.end_bar:
-            self._playing = _Playing(playing.clip, bar, bar + 1, repeating=True)
-        if any(
-            (slot.job.spec.tempo, slot.job.spec.beats_per_bar)
-            != self.transport.tempo_at_bar(slot.job.start_bar)
-            for slot in self._slots
-        ):
-            self.invalidate("the transport's tempo or meter changed")
+            self._playing = _Playing(playing.clip, bar, bar + 1, True, playing.created)
+        self._refit_playing()
+
+    def _retarget(self, slot: _Slot, start_bar: int) -> None:
+        """Move a planned clip to ``start_bar`` on the current grid, keeping its request.
+
+        The same spec keeps the job (and its clip or work in flight). Another spec makes a
+        new job for the same request (created when the request was planned); a ready clip
+        is replaced by the cache's or by a re-conform, work in flight finishes and is
+        conformed again (see :meth:`_generate`).
+        """
+        job = slot.job
+        spec = self._spec(start_bar, job.spec.bars)
+        if spec == job.spec:
+            if start_bar != job.start_bar:
+                slot.job = dataclasses.replace(job, start_bar=start_bar)
+            return
+        slot.job = GenerationJob(self._new_job_id(), job.request, spec, start_bar, job.created)
+        self.counters.reconformed += 1
+        slot.clip = None
+        slot.late = False
+        slot.progress = 0.0
+        if not self._from_cache(slot) and not slot.busy:
+            self._work.set()
+
+    def _from_cache(self, slot: _Slot) -> bool:
+        """Make ``slot`` ready from the clip cache when it holds its clip."""
+        cached = self.cache.get(slot.job.request, slot.job.spec)
+        if cached is None:
+            return False
+        slot.clip = Clip(slot.job.job_id, cached.audio, slot.job.spec, slot.job.request, 0.0)
+        slot.progress = 1.0
+        self.counters.cached += 1
+        return True
+
+    # -- the playing clip on a new grid ------------------------------------------------------
+
+    def _refit_playing(self) -> None:
+        """Re-conform the playing clip when the tempo or meter of the next bar line no longer
+        fits it (beside the planned work: the worker serves it from its kept image)."""
+        playing = self._playing
+        bar = self._decided_bar + 1
+        if playing is None or self._playing_stale or self._fits(playing.clip.spec, bar):
+            self._drop_refit()
+            return
+        spec = self._spec(bar, playing.clip.spec.bars)
+        refit = self._refit
+        if refit is not None and (refit.job.request, refit.job.spec) == (
+                playing.clip.request, spec):
+            return
+        self._drop_refit()
+        job = GenerationJob(self._new_job_id(), playing.clip.request, spec, bar,
+                            playing.created)
+        refit = self._refit = _Refit(job)
+        self.counters.reconformed += 1
+        cached = self.cache.get(job.request, spec)
+        if cached is not None:
+            refit.clip = Clip(job.job_id, cached.audio, spec, job.request, 0.0)
+            self.counters.cached += 1
+        elif self._generators:
+            refit.task = asyncio.ensure_future(self._run_refit(self._generators[0], refit))
+        log.info("re-conforming clip %d for %.2f BPM, %d/bar (job %d)", playing.clip.job_id,
+                 spec.tempo, spec.beats_per_bar, job.job_id)
+
+    async def _run_refit(self, generator: ClipGenerator, refit: _Refit) -> None:
+        """Generate a re-conform (its own task; failures are logged: the playing clip then
+        restarts at each bar line until the next clip)."""
+        try:
+            clip = await generator.generate(refit.job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # reported; the audio goes on with the playing clip
+            self.counters.failed += 1
+            log.warning("re-conform job %d failed: %r", refit.job.job_id, exc)
+            return
+        if clip.job_id == refit.job.job_id and clip.spec == refit.job.spec:
+            refit.clip = clip
+            self.cache.put(clip)
+
+    def _drop_refit(self) -> None:
+        refit, self._refit = self._refit, None
+        if refit is not None and refit.task is not None and not refit.task.done():
+            refit.task.cancel()
+
+    def _refit_for(self, bar: int) -> Clip | None:
+        """The ready re-conform of the playing clip that fits bar line ``bar``, if any."""
+        refit = self._refit
+        if (refit is None or refit.clip is None or self._playing_stale
+                or not self._fits(refit.clip.spec, bar)):
+            return None
+        return refit.clip
 
     def _decide(self, bar: int, line: int) -> None:
         playing = self._playing
         assert playing is not None
-        due = bar >= playing.end_bar
+        off_grid = not self._fits(playing.clip.spec, bar)
+        due = bar >= playing.end_bar or off_grid
         head = self._slots[0] if self._slots else None
+        if head is not None and head.clip is not None and not self._fits(head.job.spec, bar):
+            self._retarget(head, bar)  # made for another tempo: conform it again
         if head is not None and head.clip is not None and (
             due or playing.repeating or self._playing_stale
         ):
-            if (head.clip.spec.tempo, head.clip.spec.beats_per_bar) == self.transport.tempo_at_bar(
-                bar
-            ):
-                self._play(head, bar, line)
-                return
-            log.info("clip %d was made for another tempo; dropped", head.job.job_id)
-            self._drop(head)
-            self._fill(self.transport.now())
-            head = self._slots[0] if self._slots else None
-        if due:
-            self.sink.schedule(playing.clip, line)
-            self.counters.repeated += 1
-            if head is not None and not head.late:
-                head.late = True
-                self.counters.late += 1
-            self._playing = _Playing(playing.clip, bar, bar + playing.clip.spec.bars, True)
-            log.info("bar %d: clip %d not ready, repeating clip %d",
-                     bar, head.job.job_id if head else -1, playing.clip.job_id)
+            self._play(head, bar, line)
+            return
+        if not due:
+            return
+        if head is not None and not head.late and bar >= playing.end_bar:
+            head.late = True  # it should have started here (not merely a restart on a new grid)
+            self.counters.late += 1
+        refit = self._refit_for(bar) if off_grid else None
+        if refit is not None:
+            self.sink.schedule(refit, line)
+            self._playing = _Playing(refit, bar, bar + refit.spec.bars, True, playing.created)
+            self._refit = None
+            log.info("bar %d: clip %d re-conformed to %.2f BPM (job %d) restarts on the grid",
+                     bar, playing.clip.job_id, refit.spec.tempo, refit.job_id)
+            return
+        clip = playing.clip
+        end = bar + clip.spec.bars
+        if off_grid:
+            # Not re-conformed yet: restart it at its sample 0 on this bar line (a new clip
+            # object, so the sink does not take it for a plain repeat) and decide again at
+            # the next one.
+            clip = Clip(clip.job_id, clip.audio, clip.spec, clip.request, clip.seconds)
+            end = bar + 1
+        self.sink.schedule(clip, line)
+        self.counters.repeated += 1
+        self._playing = _Playing(clip, bar, end, True, playing.created)
+        log.info("bar %d: clip %d not ready, repeating clip %d%s",
+                 bar, head.job.job_id if head else -1, clip.job_id,
+                 " (restarted on the new grid)" if off_grid else "")
 
     def _play(self, slot: _Slot, bar: int, line: int) -> None:
         clip = slot.clip
         assert clip is not None
         self.sink.schedule(clip, line)
         self._slots.remove(slot)
-        self._playing = _Playing(clip, bar, bar + clip.spec.bars)
+        self._playing = _Playing(clip, bar, bar + clip.spec.bars, created=slot.job.created)
         self._playing_stale = False
+        self._drop_refit()
         self._committed = slot.position
         log.info("bar %d: clip %d (alpha %.2f, %s -> %s)", bar, clip.job_id,
                  clip.request.alpha, clip.request.start.prompt, clip.request.end_or_start.prompt)
@@ -314,20 +513,22 @@ class Scheduler:
                 self._report(f"cannot plan the next clip: {exc}")
                 self._blocked = True
                 return
-            self._slots.append(_Slot(job, position))
-            self._work.set()
+            slot = _Slot(job, position)
+            self._slots.append(slot)
+            if not self._from_cache(slot):
+                self._work.set()
 
     def _make_job(self, prev: JamPosition | None, start_bar: int) -> tuple[GenerationJob,
                                                                            JamPosition]:
         snapshot = self.state.snapshot()
         request, position = self.planner.plan(snapshot, prev)
-        tempo, meter = self.transport.tempo_at_bar(start_bar)
-        bars = int(snapshot["bars"])
-        spec = ClipSpec(tempo, bars, meter, self.transport.sample_rate,
-                        self.transport.clip_samples(start_bar, bars))
-        job = GenerationJob(self._next_job_id, request, spec, start_bar, self.clock.now())
-        self._next_job_id += 1
+        spec = self._spec(start_bar, int(snapshot["bars"]))
+        job = GenerationJob(self._new_job_id(), request, spec, start_bar, self.clock.now())
         return job, position
+
+    def _new_job_id(self) -> int:
+        self._next_job_id += 1
+        return self._next_job_id - 1
 
     def _drop(self, slot: _Slot, *, count: bool = True) -> None:
         """Remove a slot; cancel its work in flight or discard its clip (``count``: a
@@ -353,6 +554,13 @@ class Scheduler:
 
     async def run_worker(self, generator: ClipGenerator) -> None:
         """Generate planned clips with ``generator`` until cancelled (one task per generator)."""
+        self._generators.append(generator)
+        try:
+            await self._serve(generator)
+        finally:
+            self._generators.remove(generator)
+
+    async def _serve(self, generator: ClipGenerator) -> None:
         while True:
             slot = await self._take()
             try:
@@ -377,7 +585,10 @@ class Scheduler:
             slot.progress = step / total if total else 0.0
 
         while not slot.dropped:
-            task = asyncio.ensure_future(generator.generate(slot.job, progress))
+            job = slot.job
+            if self._from_cache(slot):
+                return
+            task = asyncio.ensure_future(generator.generate(job, progress))
             slot.task = task
             try:
                 await asyncio.wait((task,))
@@ -389,7 +600,7 @@ class Scheduler:
             if slot.dropped:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     self.counters.failed += 1
-                    log.warning("pre-empted job %d had failed: %r", slot.job.job_id,
+                    log.warning("pre-empted job %d had failed: %r", job.job_id,
                                 task.exception())
                 return
             error: BaseException | None = None
@@ -399,15 +610,20 @@ class Scheduler:
                 error = task.exception()
             if error is None:
                 clip = task.result()
-                if clip.job_id == slot.job.job_id and clip.spec == slot.job.spec:
+                if clip.job_id == job.job_id and clip.spec == job.spec:
+                    self.cache.put(clip)
+                    self.counters.generated += 1
+                    if slot.job is not job:
+                        # Re-targeted to a new grid while in flight: the same request again,
+                        # a conform only where the worker kept the image.
+                        continue
                     slot.clip = clip
                     slot.progress = 1.0
-                    self.counters.generated += 1
                     return
                 error = RuntimeError(f"the generator returned clip {clip.job_id} "
-                                     f"({clip.spec}) for job {slot.job.job_id}")
+                                     f"({clip.spec}) for job {job.job_id}")
             self.counters.failed += 1
-            log.warning("job %d failed (attempt %d): %r", slot.job.job_id, slot.attempts + 1,
+            log.warning("job %d failed (attempt %d): %r", job.job_id, slot.attempts + 1,
                         error)
             if isinstance(error, PERMANENT_ERRORS) or slot.attempts >= cfg.max_retries:
                 self._abandon(slot, error)

@@ -6,35 +6,53 @@ keep the audio going and never imports torch); a crash or out-of-memory error in
 costs one job, not the performance. The client restarts a dead worker, says so in the log, and
 fails the job it was doing (the scheduler retries it).
 
-Protocol (plain data, so it can run over a network later), one duplex pipe per worker:
+Protocol (plain data, so it can run over a network later), one duplex pipe per worker; jobs
+use the one JSON wire format of :mod:`engine.live.wire`:
 
-    daemon -> worker  {"op": "job", "job": {job_id, request, spec, start_bar, created}}
+    daemon -> worker  {"op": "job", "job": wire.job_to_json(job)}
+                      {"op": "cancel", "job_id"}
                       {"op": "stop"}
     worker -> daemon  {"op": "ready", "model": str, "device": str, "pid": int}
                       {"op": "fatal", "error": str, "message": str}   (model failed to load)
                       {"op": "progress", "job_id", "step", "total"}
-                      {"op": "clip", "job_id", "audio": bytes, "shape": [n, ch], "seconds"}
+                      {"op": "clip", "job_id", "audio": bytes, "shape": [n, ch], "seconds",
+                       "reused": bool}
                       {"op": "error", "job_id", "error": class name, "message": str}
+                      {"op": "cancelled", "job_id"}
 
-Audio travels over the pipe as raw float32 bytes (a few MB per clip; one copy). Cancellation
-is a shared 64-bit integer: the daemon writes the id of the job to cancel and the worker polls
-it between denoising steps (no message needs to overtake the job).
+Job flow. The worker runs one job at a time and reads the pipe between denoising steps, so a
+``cancel`` for the running job stops it at the next step boundary, and a ``cancel`` for a job
+still waiting removes it: a job that is stale when the worker reaches it never starts.
+Cancellation is per job id (a message, never a shared register that the next cancel
+overwrites). The scheduler gives each worker one job at a time and cancels before it sends the
+next, so the pipe holds at most the running job plus the one latest wanted.
+
+Kept spectrograms. The worker keeps the last ``keep`` generated images (the model's output,
+before conform) by request. A job whose request is kept skips diffusion and only conforms the
+image to the job's clip spec (phase reconstruction at the new tempo): an identical request is
+never diffused twice while kept, and a tempo change costs a conform, not a generation. Such a
+conform-only job is served as soon as the worker reads it, even between the steps of a running
+diffusion, so the clip playing when the tempo changes can be re-conformed in time for the new
+bar line.
 
 Model ``test-tones`` is a stand-in for the GPU in end-to-end tests: it skips the model and
-returns a pure tone per job (frequency from the job id, a whole number of cycles per clip so it
-loops exactly), after ``num_inference_steps`` short steps that report progress and honour
-cancellation.
+returns a pure tone per job (frequency from the job id, a whole number of cycles per clip so
+it loops exactly, so a recording tells which job's clip plays where), after
+``num_inference_steps`` steps of ``tone_step_s`` that report progress and honour
+cancellation; a job for a kept request skips the steps (a conform only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,14 +60,16 @@ from typing import Any
 import numpy as np
 
 from engine import errors
-from engine.errors import ModelUnavailable, RiffError
+from engine.errors import InvalidRequest, ModelUnavailable, RiffError
 from engine.live.jobs import Clip, ClipSpec, GenerationJob, ProgressCallback
+from engine.live.wire import job_to_json, parse_job
 from engine.model.request import InferenceRequest
 
 log = logging.getLogger(__name__)
 
 TEST_TONES = "test-tones"
-#: Seconds a test-tones "denoising step" takes (so cancellation and kills can land mid-job).
+#: Seconds a test-tones "denoising step" takes by default (so cancellation and kills can land
+#: mid-job).
 TONE_STEP_S = 0.02
 
 
@@ -59,7 +79,11 @@ class WorkerCrashed(RiffError):
 
 @dataclasses.dataclass(frozen=True)
 class WorkerConfig:
-    """What the worker process loads: model, device, phase method, seed image folders."""
+    """What the worker process loads: model, device, phase method, seed image folders.
+
+    ``keep``: generated images kept by request for re-conforming (0 turns keeping off).
+    ``tone_step_s``: seconds per step of the test-tones model.
+    """
 
     model: str = "riffusion/riffusion-model-v1"
     device: str = "auto"
@@ -70,6 +94,14 @@ class WorkerConfig:
     #: Niceness added to the worker process, so a CPU-bound generator (the tiny model, phase
     #: reconstruction on the CPU) never starves the daemon's audio thread.
     nice: int = 10
+    keep: int = 16
+    tone_step_s: float = TONE_STEP_S
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.keep <= 1024:
+            raise InvalidRequest(f"keep must be 0..1024 images, not {self.keep}")
+        if not 0.0 <= self.tone_step_s <= 10.0:
+            raise InvalidRequest(f"tone_step_s must be 0..10 s, not {self.tone_step_s}")
 
 
 def tone_frequency(job_id: int, num_samples: int, sample_rate: int) -> float:
@@ -91,27 +123,16 @@ def tone_clip_audio(job_id: int, spec: ClipSpec, channels: int = 2) -> np.ndarra
 # ---- the worker process ---------------------------------------------------------------------
 
 
-def job_to_wire(job: GenerationJob) -> dict[str, Any]:
-    """A job as plain data for the pipe."""
-    return {"job_id": job.job_id, "request": job.request.to_dict(),
-            "spec": dataclasses.asdict(job.spec), "start_bar": job.start_bar,
-            "created": job.created}
-
-
-def job_from_wire(data: dict[str, Any]) -> GenerationJob:
-    """Validate and rebuild a job from plain data."""
-    return GenerationJob(job_id=data["job_id"], request=InferenceRequest.from_dict(data["request"]),
-                         spec=ClipSpec(**data["spec"]), start_bar=data["start_bar"],
-                         created=data["created"])
-
-
 class _Model:
-    """What runs inside the worker: the pipeline plus conform, or the test-tones stand-in."""
+    """What runs inside the worker: the pipeline plus conform, or the test-tones stand-in,
+    and the images kept by request (worker main thread only)."""
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.generator: Any = None
         self.device = "cpu"
+        #: request -> what conform needs: the generated PIL image (test-tones: the job id).
+        self.kept: collections.OrderedDict[InferenceRequest, Any] = collections.OrderedDict()
         if config.model != TEST_TONES:
             from engine.model.pipeline import RiffusionGenerator
 
@@ -119,31 +140,167 @@ class _Model:
                                                      seed_images=list(config.seed_folders))
             self.device = str(self.generator.device)
 
+    def has(self, request: InferenceRequest) -> bool:
+        """Whether ``request``'s image is kept (a job for it is a conform only)."""
+        return request in self.kept
+
     def make(self, job: GenerationJob, progress: Callable[[int, int], None],
-             cancel: Callable[[], bool]) -> np.ndarray:
+             cancel: Callable[[], bool]) -> tuple[np.ndarray, bool]:
+        """The job's clip audio and whether a kept image was reused (no diffusion)."""
+        kept = self.kept.get(job.request)
+        reused = kept is not None
+        if kept is None:
+            kept = self._diffuse(job, progress, cancel)
+            if self.config.keep:
+                self.kept[job.request] = kept
+                while len(self.kept) > self.config.keep:
+                    self.kept.popitem(last=False)
+        else:
+            self.kept.move_to_end(job.request)
+        return self._conform(job, kept), reused
+
+    def _diffuse(self, job: GenerationJob, progress: Callable[[int, int], None],
+                 cancel: Callable[[], bool]) -> Any:
         if self.generator is None:
             total = job.request.num_inference_steps
             for step in range(total):
                 if cancel():
                     raise errors.Cancelled(f"job {job.job_id} cancelled")
-                time.sleep(TONE_STEP_S)
+                time.sleep(self.config.tone_step_s)
                 progress(step + 1, total)
+            if cancel():
+                raise errors.Cancelled(f"job {job.job_id} cancelled")
+            return job.job_id
+        result = self.generator.generate(job.request, progress=progress, cancel=cancel)
+        return result.image
+
+    def _conform(self, job: GenerationJob, kept: Any) -> np.ndarray:
+        if self.generator is None:  # the tone of the job producing the clip (see above)
             return tone_clip_audio(job.job_id, job.spec, self.config.channels)
         from engine.live.clip import conform_image
 
-        result = self.generator.generate(job.request, progress=progress, cancel=cancel)
-        return conform_image(result.image, job.spec, job.request,
+        return conform_image(kept, job.spec, job.request,
                              seed_images=self.generator.seed_images,
                              method=self.config.phase_method, device=self.device,
                              channels=self.config.channels)
 
 
-def worker_main(conn: multiprocessing.connection.Connection, cancel: Any,
-                config: WorkerConfig) -> None:
+class _WorkerLoop:
+    """The worker process's job loop: one job running, the others waiting in arrival order,
+    the pipe read between denoising steps (see the module docstring). Thread: the worker
+    process's main thread only."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection, model: _Model) -> None:
+        self.conn = conn
+        self.model = model
+        self.waiting: collections.deque[dict[str, Any]] = collections.deque()
+        self.running = -1
+        self.running_cancelled = False
+        self.stopping = False
+        self._serving_kept = False
+
+    def read(self, block: bool) -> None:
+        """Read every message waiting on the pipe (the first one blocking when ``block``)."""
+        timeout: float | None = None if block else 0.0
+        while not self.stopping:
+            try:
+                if not self.conn.poll(timeout):
+                    return
+                msg = self.conn.recv()
+            except (EOFError, OSError):  # the daemon went away
+                self.stopping = True
+                return
+            timeout = 0.0
+            op = msg.get("op")
+            if op == "job":
+                self.waiting.append(msg)
+            elif op == "cancel":
+                self._cancel(int(msg.get("job_id", -1)))
+            elif op == "stop":
+                self.stopping = True
+            else:
+                log.error("unknown message %r", op)
+
+    def _cancel(self, job_id: int) -> None:
+        if job_id == self.running:
+            self.running_cancelled = True
+            return
+        for msg in self.waiting:
+            if int(msg["job"].get("job_id", -1)) == job_id:
+                self.waiting.remove(msg)  # stale before it started: it never starts
+                self.conn.send({"op": "cancelled", "job_id": job_id})
+                return
+        # Otherwise the job already ended (its result is on the way): nothing to do.
+
+    def between_steps(self) -> bool:
+        """The diffusion's cancel callback: read the pipe, serve conform-only jobs, and say
+        whether the running job was cancelled (or the worker is stopping)."""
+        self.read(block=False)
+        if not self._serving_kept:
+            self._serving_kept = True
+            try:
+                for msg in [m for m in self.waiting if self._kept_job(m)]:
+                    self.waiting.remove(msg)
+                    self._serve(msg, nested=True)
+            finally:
+                self._serving_kept = False
+        return self.running_cancelled or self.stopping
+
+    def _kept_job(self, msg: dict[str, Any]) -> bool:
+        try:
+            return self.model.has(parse_job(msg["job"]).request)
+        except RiffError:
+            return False  # served (and reported) in order
+
+    def run(self) -> None:
+        """Serve jobs until told to stop or the daemon goes away."""
+        while not self.stopping:
+            if not self.waiting:
+                self.read(block=True)
+                continue
+            self._serve(self.waiting.popleft(), nested=False)
+
+    def _serve(self, msg: dict[str, Any], nested: bool) -> None:
+        data = msg.get("job")
+        job_id = int(data.get("job_id", -1)) if isinstance(data, dict) else -1
+        if not nested:
+            self.running, self.running_cancelled = job_id, False
+        t0 = time.monotonic()
+        try:
+            job = parse_job(data)
+
+            def progress(step: int, total: int) -> None:
+                self.conn.send({"op": "progress", "job_id": job_id, "step": step,
+                                "total": total})
+
+            audio, reused = self.model.make(job, progress, self.between_steps)
+        except errors.Cancelled:
+            self.conn.send({"op": "cancelled", "job_id": job_id})
+            return
+        except Exception as exc:  # every failure goes back to the daemon as the job's result
+            if not isinstance(exc, RiffError):
+                log.exception("job %d failed", job_id)
+            self.conn.send({"op": "error", "job_id": job_id, "error": type(exc).__name__,
+                            "message": str(exc)})
+            return
+        finally:
+            if not nested:
+                self.running, self.running_cancelled = -1, False
+        self.conn.send({"op": "clip", "job_id": job_id, "audio": audio.tobytes(),
+                        "shape": list(audio.shape), "seconds": time.monotonic() - t0,
+                        "reused": reused})
+
+
+def worker_main(conn: multiprocessing.connection.Connection, config: WorkerConfig) -> None:
     """Entry point of the worker process: load, then serve jobs until told to stop.
+
+    SIGINT is ignored: Ctrl-C in a terminal reaches the whole process group, and the daemon
+    stops its worker itself (a ``stop`` message, then a kill), so the worker prints no
+    KeyboardInterrupt traceback.
 
     Thread: the worker process's main thread (the only one that touches the model).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
     if config.nice:
@@ -155,37 +312,7 @@ def worker_main(conn: multiprocessing.connection.Connection, cancel: Any,
         return
     conn.send({"op": "ready", "model": config.model, "device": model.device,
                "pid": os.getpid()})
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:  # the daemon went away
-            return
-        if msg.get("op") == "stop":
-            return
-        if msg.get("op") != "job":
-            log.error("unknown message %r", msg.get("op"))
-            continue
-        job_id = int(msg["job"].get("job_id", -1))
-        t0 = time.monotonic()
-        try:
-            job = job_from_wire(msg["job"])
-
-            def progress(step: int, total: int, job_id: int = job_id) -> None:
-                conn.send({"op": "progress", "job_id": job_id, "step": step, "total": total})
-
-            def cancelled(job_id: int = job_id) -> bool:
-                return bool(cancel.value == job_id)
-
-            audio = model.make(job, progress, cancelled)
-        except Exception as exc:  # every failure goes back to the daemon as the job's result
-            if not isinstance(exc, RiffError):
-                log.exception("job %d failed", job_id)
-            conn.send({"op": "error", "job_id": job_id, "error": type(exc).__name__,
-                       "message": str(exc)})
-            continue
-        conn.send({"op": "clip", "job_id": job_id, "audio": audio.tobytes(),
-                   "shape": list(audio.shape), "seconds": time.monotonic() - t0})
-
+    _WorkerLoop(conn, model).run()
 
 # ---- the daemon side --------------------------------------------------------------------------
 
@@ -200,6 +327,10 @@ def _error_from_wire(name: str, message: str) -> Exception:
 class WorkerClient:
     """The control plane's handle on one worker process; a :class:`ClipGenerator`.
 
+    ``generate`` sends the job at once; cancelling it sends ``cancel`` for that job id (the
+    worker stops it between steps, or drops it unstarted). ``generated`` counts jobs the worker
+    diffused, ``reconformed`` jobs it served from a kept image (see the module docstring).
+
     Thread: every method runs on the daemon's asyncio loop. The process is started with the
     ``spawn`` method (no inherited threads or JACK state), watched through its sentinel, and
     restarted when it dies.
@@ -209,10 +340,11 @@ class WorkerClient:
         self.config = config
         self.name = name
         self.restarts = 0
+        self.generated = 0
+        self.reconformed = 0
         self.pid = -1
         self.device = ""
         self._ctx = multiprocessing.get_context("spawn")
-        self._cancel = self._ctx.Value("q", -1, lock=False)
         self._proc: Any = None
         self._conn: multiprocessing.connection.Connection | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -229,7 +361,7 @@ class WorkerClient:
         the worker's own error when it cannot load)."""
         loop = asyncio.get_running_loop()
         parent, child = self._ctx.Pipe(duplex=True)
-        self._proc = self._ctx.Process(target=worker_main, args=(child, self._cancel, self.config),
+        self._proc = self._ctx.Process(target=worker_main, args=(child, self.config),
                                        name=f"riff-{self.name}", daemon=True)
         self._proc.start()
         child.close()
@@ -248,31 +380,42 @@ class WorkerClient:
     async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
                        ) -> Clip:
         """Generate ``job`` in the worker (see :class:`~engine.live.jobs.ClipGenerator`)."""
-        async with self._lock:  # one job in the pipe at a time; a cancelled one drains there
-            if self._fatal is not None:
-                raise self._fatal
-            if self._ready is None:
-                await self.start()
-            assert self._ready is not None
-            await asyncio.shield(self._ready)
-            future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-            self._pending[job.job_id] = future
-            if progress is not None:
-                self._progress[job.job_id] = progress
-            assert self._conn is not None
-            try:
-                self._conn.send({"op": "job", "job": job_to_wire(job)})
-            except OSError as exc:
-                self._forget(job.job_id)
-                raise WorkerCrashed(f"{self.name}: cannot send job {job.job_id}: {exc}") from exc
+        if self._fatal is not None:
+            raise self._fatal
+        if self._ready is None:
+            async with self._lock:  # one start at a time (a restart may be under way)
+                if self._ready is None:
+                    await self.start()
+        assert self._ready is not None
+        await asyncio.shield(self._ready)
+        if self._conn is None:
+            raise WorkerCrashed(f"{self.name}: the worker exited before job {job.job_id}")
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending[job.job_id] = future
+        if progress is not None:
+            self._progress[job.job_id] = progress
+        try:
+            self._conn.send({"op": "job", "job": job_to_json(job)})
+        except OSError as exc:
+            self._forget(job.job_id)
+            raise WorkerCrashed(f"{self.name}: cannot send job {job.job_id}: {exc}") from exc
         try:
             audio = await future
         except asyncio.CancelledError:
-            self._cancel.value = job.job_id  # the worker stops at its next step boundary
+            self._send_cancel(job.job_id)
             raise
         finally:
             self._forget(job.job_id)
         return Clip(job.job_id, audio, job.spec, job.request, self._seconds.pop(job.job_id, 0.0))
+
+    def _send_cancel(self, job_id: int) -> None:
+        """Tell the worker to stop (or never start) ``job_id`` (loop thread)."""
+        if self._conn is None:
+            return
+        try:
+            self._conn.send({"op": "cancel", "job_id": job_id})
+        except OSError as exc:  # the worker is gone: its sentinel reports it
+            log.warning("%s: cannot cancel job %d: %s", self.name, job_id, exc)
 
     def _forget(self, job_id: int) -> None:
         self._pending.pop(job_id, None)
@@ -311,15 +454,22 @@ class WorkerClient:
             if cb is not None:
                 cb(int(msg["step"]), int(msg["total"]))
             return
+        if op == "clip":  # counted whether or not anybody still waits for it
+            if msg.get("reused"):
+                self.reconformed += 1
+            else:
+                self.generated += 1
         future = self._pending.get(job_id)
         if future is None or future.done():
-            return  # a cancelled job finishing; nobody waits for it
+            return  # a cancelled job finishing or dropped; nobody waits for it
         if op == "clip":
             audio = np.frombuffer(msg["audio"], np.float32).reshape(msg["shape"]).copy()
             self._seconds[job_id] = float(msg["seconds"])
             future.set_result(audio)
         elif op == "error":
             future.set_exception(_error_from_wire(msg["error"], msg["message"]))
+        elif op == "cancelled":
+            future.set_exception(errors.Cancelled(f"job {job_id} was cancelled"))
 
     def _on_exit(self, proc: Any) -> None:
         """The worker process ended (loop thread): fail its job and start a new one."""

@@ -20,8 +20,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from engine.errors import InvalidRequest
-from engine.live.jobs import Clip, ClipGenerator, ClipSink, GenerationJob, ProgressCallback
-from engine.model.request import check_plain_id
+from engine.live.jobs import (
+    Clip,
+    ClipGenerator,
+    ClipSink,
+    ClipSpec,
+    GenerationJob,
+    ProgressCallback,
+)
+from engine.model.request import InferenceRequest, check_plain_id
 from engine.takes.control_log import ControlLogWriter, LogHeader
 from engine.takes.recorder import FORMATS, Recorder, RecorderConfig
 
@@ -136,6 +143,23 @@ class RecordingTaps:
         #: take started mid-clip can log what is playing (:meth:`log_playing`).
         self.recent: collections.deque[tuple[Clip, int]] = collections.deque(maxlen=4)
         self.stopped_at: int | None = None
+        self._logged: set[int] = set()  # job ids with a generation line in ``_logged_in``
+        self._logged_in: Recording | None = None
+
+    def log_generation(self, job_id: int, request: InferenceRequest, spec: ClipSpec, *,
+                       sample: int, bar: float) -> None:
+        """Log a generation line for ``job_id`` once per take (control plane). Clips from
+        the scheduler's clip cache are never generated: their line is logged when they are
+        scheduled, so the take can always be re-rendered."""
+        recording = self.recording
+        if recording is None:
+            return
+        if self._logged_in is not recording:
+            self._logged_in, self._logged = recording, set()
+        if job_id in self._logged:
+            return
+        self._logged.add(job_id)
+        recording.log.generation(job_id, request, spec, sample=sample, bar=bar)
 
     def log_playing(self) -> None:
         """Log the clip playing now and any scheduled after it (generation + clip start), so
@@ -148,13 +172,9 @@ class RecordingTaps:
         first = current[-1] if current else 0
         if self.stopped_at is not None and (not recent or self.stopped_at >= recent[-1][1]):
             return  # stopped after the last schedule: nothing plays
-        logged: set[int] = set()
         for clip, start in recent[first:]:
             sample, bar = self._at(start)
-            if clip.job_id not in logged:
-                logged.add(clip.job_id)
-                self.recording.log.generation(clip.job_id, clip.request, clip.spec,
-                                              sample=sample, bar=bar)
+            self.log_generation(clip.job_id, clip.request, clip.spec, sample=sample, bar=bar)
             self.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
 
     def _at(self, sample: int | None = None) -> tuple[int, float]:
@@ -192,8 +212,7 @@ class _LoggedGenerator:
         """Log ``job``, then generate it with the wrapped generator (control plane)."""
         if self.taps.recording is not None:
             sample, bar = self.taps._at()
-            self.taps.recording.log.generation(job.job_id, job.request, job.spec,
-                                               sample=sample, bar=bar)
+            self.taps.log_generation(job.job_id, job.request, job.spec, sample=sample, bar=bar)
         return await self.inner.generate(job, progress)
 
 
@@ -209,6 +228,8 @@ class _LoggedSink:
         self.taps.stopped_at = None
         if self.taps.recording is not None:
             sample, bar = self.taps._at(start_sample)
+            self.taps.log_generation(clip.job_id, clip.request, clip.spec, sample=sample,
+                                     bar=bar)
             self.taps.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
 
     def position(self) -> int:

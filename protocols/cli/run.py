@@ -363,9 +363,14 @@ def _log_summary(d: _Daemon) -> None:
                      "finished within the cycle by at most %.0f us of a %.0f us period",
                      t["callbacks"], t["duration_p50_us"], t["duration_p99_us"],
                      t["duration_max_us"], t["finish_max_us"], t["period_us"])
+    # "late" is the scheduler's (clips that missed their bar line), as in the per-bar status
+    # lines and /riff/status/late; silence by design is counted apart from underruns.
+    s = d.engine.scheduler.counters
     log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts, "
-             "%d silent blocks (before the first clip or after stop)",
-             c["started"], c["late"], c["xruns"], d.client.restarts, c["underruns"])
+             "%d underruns, %d silent blocks (before the first clip or after stop), "
+             "%d repeated bar lines, %d generated, %d from the clip cache, %d re-conformed",
+             c["started"], s.late, c["xruns"], d.client.restarts, c["underruns"], c["silent"],
+             s.repeated, s.generated, s.cached, s.reconformed)
     if d.args.generator is not None:
         log.info("remote generator: %d requests, %d failed, %d retried", d.client.attempts,
                  d.client.failures, d.client.retried)
