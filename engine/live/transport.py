@@ -326,7 +326,14 @@ class Transport:
             if self._strikes < cfg.confirm:
                 return False
         self._strikes = 0
-        seg = Segment(obs.bar, line, obs.tempo, obs.beats_per_bar, self.sample_rate)
+        tempo = obs.tempo
+        if locked and not jump and abs(Fraction(60 * self.sample_rate * obs.beats_per_bar)
+                                       / Fraction(tempo) - current.samples_per_bar) < 1:
+            # A tempo that changes a bar by less than a sample is no tempo change: a phase
+            # correction keeps the grid's tempo (and clips planned at it stay valid).
+            tempo = current.tempo
+            line = obs.sample - _round(Fraction(obs.beat) * current.samples_per_beat)
+        seg = Segment(obs.bar, line, tempo, obs.beats_per_bar, self.sample_rate)
         if abs(current.bar_start(obs.bar) - line) < current.samples_per_bar:
             # A tempo change or phase correction: bars before it keep their lines.
             self._segments = [s for s in self._segments if s.bar < obs.bar] + [seg]
@@ -336,9 +343,8 @@ class Transport:
         self._lines.clear()
         self.version += 1
         self.reanchors += 1
-        log.info("following external clock: bar %d at sample %d, %.3f BPM, %d/bar "
-                 "(%+d samples off the grid)", obs.bar, line, obs.tempo, obs.beats_per_bar,
-                 phase)
+        log.info("following external clock: bar %d at sample %d, %.4f BPM, %d/bar "
+                 "(%+d samples off the grid)", obs.bar, line, tempo, obs.beats_per_bar, phase)
         return True
 
     def use_internal(self) -> None:

@@ -43,6 +43,7 @@ from engine.live.transport import BBTObservation
 log = logging.getLogger(__name__)
 
 TICKS_PER_BEAT = 24
+SOURCE = "MIDI clock"
 CLOCK, START, CONTINUE, STOP, SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
 
 ObservationKind = Literal["tick", "tempo", "start", "continue", "stop", "position", "beat"]
@@ -59,7 +60,8 @@ class ClockConfig:
     smoothed over ``change_window_ticks`` exceeds ``change_jitter_ratio`` times the measured
     jitter (RMS tick error) and at least ``change_floor_s``.
     ``min_change_bpm``: a ``tempo`` observation is reported when the filtered tempo moved this
-    much since the last one (for :class:`StateFollower`). ``observe_ticks``: a ``beat``
+    much since the last one, or 0.005 BPM after 4 beats (the estimate refined; for
+    :class:`StateFollower`, which rounds to 0.01 BPM). ``observe_ticks``: a ``beat``
     observation (a position for the transport) every this many ticks (6: each sixteenth), so a
     tempo change on the master is confirmed within a fraction of a beat.
     """
@@ -213,6 +215,7 @@ class MidiClock:
         self.running = False
         self.ticks = 0  # song position (in ticks) of the next clock
         self._reported_bpm = 0.0
+        self._since_report = 0
 
     @property
     def bpm(self) -> float:
@@ -253,8 +256,14 @@ class MidiClock:
         self._emit("tick", filtered, position)
         if not self.filter.locked:
             return
-        if abs(self.filter.bpm - self._reported_bpm) >= self.config.min_change_bpm:
+        self._since_report += 1
+        moved = abs(self.filter.bpm - self._reported_bpm)
+        if moved >= self.config.min_change_bpm or (
+                moved >= 0.005 and self._since_report >= 4 * TICKS_PER_BEAT):
+            # A real change at once; a refinement of the estimate (worth 0.01 BPM) at most
+            # once every 4 beats.
             self._reported_bpm = self.filter.bpm
+            self._since_report = 0
             self._emit("tempo", filtered, position)
         if self.running and position % self.config.observe_ticks == 0:
             self._emit("beat", filtered, position)
@@ -284,19 +293,42 @@ class FrameTimebase:
         return round(t * self.sample_rate) - int(self.frame_offset())
 
 
-@dataclasses.dataclass(frozen=True)
 class AgeTimebase:
     """Any input whose clock can be read now (rtmidi: ``time.monotonic``; JACK MIDI without
     JACK audio: the MIDI client's frame time): the event happened ``input_now() - t`` seconds
-    before the audio clock's ``audio_now()``. Good to about one audio period."""
+    before now on the audio clock.
 
-    sample_rate: float
-    audio_now: Callable[[], int]
-    input_now: Callable[[], float] = time.monotonic
+    Why not simply ``audio_now()``: the audio clock (the player's position) moves in whole
+    periods, so "now" on it is late by anything from 0 to a period (a sawtooth of up to 5 ms
+    at 256 frames), which would shake the grid. The offset between the two clocks is taken at
+    the top of that sawtooth (the largest recent value, let down by ``leak_per_s`` samples a
+    second so clock drift and xruns are followed; a drop of more than ``reset_s`` starts
+    afresh). Not sample-exact (within a few samples of a fixed latency), but steady.
+    Thread: the asyncio loop.
+    """
+
+    def __init__(self, sample_rate: float, audio_now: Callable[[], int],
+                 input_now: Callable[[], float] = time.monotonic, *,
+                 leak_per_s: float = 20.0, reset_s: float = 0.05) -> None:
+        self.sample_rate = float(sample_rate)
+        self.audio_now = audio_now
+        self.input_now = input_now
+        self.leak_per_s = leak_per_s
+        self.reset_s = reset_s
+        self._offset: float | None = None
+        self._at = 0.0
 
     def to_sample(self, t: float) -> int:
         """The audio-clock sample of the event stamped ``t``."""
-        return int(self.audio_now()) - round((self.input_now() - t) * self.sample_rate)
+        now = self.input_now()
+        offset = self.audio_now() - now * self.sample_rate  # audio sample at input time 0
+        if self._offset is not None:
+            self._offset -= self.leak_per_s * max(now - self._at, 0.0)
+        if self._offset is None or offset > self._offset \
+                or offset < self._offset - self.reset_s * self.sample_rate:
+            self._offset = offset
+        self._at = now
+        return round(self._offset + t * self.sample_rate)
 
 
 # ---- followers --------------------------------------------------------------------------------
@@ -344,7 +376,7 @@ class FollowsMaster(Protocol):
 
     def heartbeat(self) -> None: ...
 
-    def position(self, obs: BBTObservation) -> bool: ...
+    def position(self, obs: BBTObservation, source: str = ...) -> bool: ...
 
     def started(self) -> None: ...
 
@@ -404,4 +436,4 @@ class TransportFollower:
         bar = int(beats // meter)
         self.sync.position(BBTObservation(
             sample=self.timebase.to_sample(observation.time), bar=bar,
-            beat=beats - bar * meter, tempo=observation.bpm, beats_per_bar=meter))
+            beat=beats - bar * meter, tempo=observation.bpm, beats_per_bar=meter), SOURCE)
