@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -370,3 +372,126 @@ def test_state_guard_refuses_before_anything_is_applied() -> None:
         state.update({"alpha": 0.5, "tempo": 90.0})
     assert changes == [] and state.get("alpha") == 0.0 and state.get("tempo") == 120.0
     assert state.set("alpha", 0.5) == 0.5
+
+
+class ClockSender:
+    """A JACK client in the test: Start, then clocks at exact frames (120 BPM at 48 kHz: one
+    every 1000 frames). ``first`` is the frame of the first clock after Start."""
+
+    def __init__(self, server: str, tick_frames: int) -> None:
+        import jack
+
+        self.client = jack.Client(f"riff-test-clock-{uuid.uuid4().hex[:6]}",
+                                  no_start_server=True, servername=server)
+        self.port = self.client.midi_outports.register("out")
+        self.tick_frames = tick_frames
+        self.start = False
+        self.first: int | None = None
+        self.next_tick: int | None = None
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        self.port.clear_buffer()
+        base = self.client.last_frame_time
+        if self.next_tick is None:
+            self.next_tick = base  # clocks before Start: the tempo is known at Start
+        if self.start:
+            self.start = False
+            self.port.write_midi_event(0, bytes([START]))
+            self.first = self.next_tick = base + 10
+        while self.next_tick < base + frames:
+            if self.next_tick >= base:  # a clock in a period this client missed is lost
+                self.port.write_midi_event(self.next_tick - base, bytes([CLOCK]))
+            self.next_tick += self.tick_frames
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+@pytest.mark.jack
+def test_jack_midi_clock_puts_bar_lines_on_the_exact_sample(jack_server: str) -> None:
+    """Real JACK: a sample-exact MIDI clock into the engine's JACK MIDI port, the engine's
+    audio through JACK: the grid's bar lines are the master's, to the sample (the JACK MIDI
+    event's frame on the player's clock), however late the loop handles the events."""
+    from engine.live.player import Player, PlayerConfig
+    from protocols.audio.jack_output import JackOutput
+    from protocols.surfaces import ControlConfig, start_control_surfaces
+
+    lt = LoopThread()
+    out = JackOutput(f"riff-test-{uuid.uuid4().hex[:6]}", server=jack_server)
+    player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
+    out.start(player, connect=False)
+    clock = FakeClock()
+    engine = Engine(FakeGenerator(clock), player, sample_rate=out.sample_rate, clock=clock,
+                    sink_stats=player.counters)
+    config = ControlConfig(osc=None, midi_in=("jack",), midi_clock=True,
+                           client_name=f"riff-test-{uuid.uuid4().hex[:6]}",
+                           jack_server=jack_server)
+    surfaces = lt.run(start_control_surfaces(engine, config,
+                                             frame_offset=lambda: out.frame_offset))
+    sender = ClockSender(jack_server, out.sample_rate * 60 // 120 // 24)
+    try:
+        (midi_in,) = surfaces.inputs
+        sender.client.connect(sender.port, midi_in.port_name)
+        bar = out.sample_rate * 2  # 4/4 at 120 BPM
+        for _attempt in range(5):  # Start is resent if a missed JACK period lost it
+            first = sender.first
+            time.sleep(2.5)  # the tempo locks on the clocks before Start
+            sender.start = True
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not (
+                    sender.first != first and lt.call(lambda: engine.transport.external)):
+                time.sleep(0.05)
+            time.sleep(0.5)
+            if lt.call(lambda: engine.transport.external) and sender.first != first:
+                break
+        assert sender.first is not None and lt.call(lambda: engine.transport.external)
+        lines = lt.call(lambda: [engine.transport.bar_start(b) for b in range(4)])
+        offset = out.frame_offset
+        expected = [sender.first - offset + b * bar for b in range(4)]
+        if player.counters()["xruns"] == 0 and midi_in.xruns == 0:
+            assert lines == expected
+        else:  # an xrun moves the audio clock against JACK frames by whole periods
+            assert all(abs(a - b) <= 2 * out.blocksize for a, b in zip(lines, expected,
+                                                                         strict=True))
+    finally:
+        sender.close()
+        lt.run(surfaces.close())
+        lt.close()
+        out.close()
+
+
+def _bare_follower(now: list[int]) -> tuple[Any, MidiClock]:
+    from engine.live.sync import MasterSync
+    from engine.live.transport import Transport
+
+    transport = Transport(lambda: now[0], SR, 100.0, 4)
+    sync = MasterSync(transport, play=lambda: None, stop=lambda: None, playing=lambda: True,
+                      adopt=lambda tempo, meter: None)
+    return transport, MidiClock(TransportFollower(sync, FrameTimebase(SR, lambda: 0)))
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3, 0.7])
+def test_a_pulse_restarted_at_start_and_lost_ticks_keep_the_position(shift: float) -> None:
+    """Some masters restart their pulse at Start (a new phase, same period); ticks lost on
+    the way (a missed JACK period) are counted, so the song position stays right."""
+    now = [0]
+    transport, midi = _bare_follower(now)
+    tick = 60 / 120 / 24
+    t = 1.0
+    for _ in range(100):  # clocks before Start
+        t += tick
+        midi.handle(bytes([CLOCK]), t)
+    first = t + shift * tick + tick  # the master restarts its pulse here
+    midi.handle(bytes([START]), first - 0.001)
+    for k in range(24 * 16):
+        if k in (130, 131, 250):  # lost on the way
+            continue
+        now[0] = round((first + k * tick) * SR)
+        midi.handle(bytes([CLOCK]), first + k * tick)
+    assert midi.filter.lost == 3
+    assert transport.reanchors == 1 and abs(transport.tempo - 120.0) < 1e-6
+    assert [transport.bar_start(b) for b in range(4)] == [
+        round(first * SR) + b * 96000 for b in range(4)]

@@ -97,7 +97,8 @@ class TickFilter:
     """
 
     #: A tick more than this many periods late, or earlier than half a period, restarts the
-    #: filter (the clock stopped and resumed, or the time base jumped).
+    #: filter (the clock stopped and resumed, or the time base jumped); one 0.75 to this many
+    #: periods late comes after lost ticks, which are counted.
     GAP_PERIODS = 4.0
 
     def __init__(self, config: ClockConfig) -> None:
@@ -107,6 +108,8 @@ class TickFilter:
         self.period = 0.0
         self.time = 0.0  # filtered time of the latest tick
         self.changes = 0
+        self.lost = 0
+        self._rephase = False
         self._predicted = 0.0
         self._smoothed = 0.0
         self._jitter2 = 0.0
@@ -126,20 +129,44 @@ class TickFilter:
         """RMS tick error (seconds) measured while locked."""
         return math.sqrt(self._jitter2)
 
+    def rephase(self) -> None:
+        """Start/Continue: the next tick may start a new pulse (some masters restart it).
+        A tick off the predicted one by more than a quarter period takes the phase afresh
+        and keeps the period; one on time is filtered as usual."""
+        self._rephase = True
+
     def reset(self) -> None:
         """Forget everything (a stop of the tick stream)."""
         self.n = self.k = 0
         self.period = self._smoothed = self._jitter2 = 0.0
 
-    def update(self, t: float) -> float:
-        """Absorb the tick stamped ``t`` (seconds); returns its filtered time."""
-        cfg = self.config
+    def update(self, t: float) -> tuple[float, int]:
+        """Absorb the tick stamped ``t`` (seconds); returns its filtered time and how many
+        ticks were lost just before it (a tick 1-3 periods late: lost on the way, e.g. in a
+        JACK period the input missed; counting them keeps the song position right)."""
+        lost = 0
+        if self.n >= 2 and self._rephase:
+            self._rephase = False
+            error = t - self._predicted
+            if abs(error) > 0.25 * self.period:
+                # The master restarted its pulse at Start/Continue: a new phase, same period.
+                self.time, self._predicted, self._smoothed = t, t + self.period, 0.0
+                self.n += 1
+                return t, 0
         if self.n >= 2:
             error = t - self._predicted
             if not -0.5 * self.period < error < self.GAP_PERIODS * self.period:
                 log.debug("MIDI clock: tick %.6f s off the prediction; restarting the filter",
                           error)
                 self.reset()
+            elif error > 0.75 * self.period:
+                lost = round(error / self.period)
+                self._predicted += lost * self.period
+                self.lost += lost
+        return self._update(t), lost
+
+    def _update(self, t: float) -> float:
+        cfg = self.config
         if self.n == 0:
             self.time = self._predicted = t
             self.n = self.k = 1
@@ -148,7 +175,7 @@ class TickFilter:
             self.period = t - self.time
             if self.period <= 0:
                 self.reset()
-                return self.update(t)
+                return self._update(t)
             self.time = t
             self._predicted = t + self.period
             self.n = self.k = 2
@@ -234,9 +261,11 @@ class MidiClock:
             self._tick(t)
         elif status == START:
             self.running, self.ticks = True, 0
+            self.filter.rephase()
             self._emit("start", t)
         elif status == CONTINUE:
             self.running = True
+            self.filter.rephase()
             self._emit("continue", t)
         elif status == STOP:
             self.running = False
@@ -249,7 +278,9 @@ class MidiClock:
         return True
 
     def _tick(self, t: float) -> None:
-        filtered = self.filter.update(t)
+        filtered, lost = self.filter.update(t)
+        if self.running:
+            self.ticks += lost
         position = self.ticks  # this clock's song position
         if self.running:
             self.ticks += 1
