@@ -142,7 +142,7 @@ class TickFilter:
 
     def update(self, t: float) -> tuple[float, int]:
         """Absorb the tick stamped ``t`` (seconds); returns its filtered time and how many
-        ticks were lost just before it (a tick 1-3 periods late: lost on the way, e.g. in a
+        ticks were lost just before it (a tick 0.75 to 4 periods late: lost on the way, e.g. in a
         JACK period the input missed; counting them keeps the song position right)."""
         lost = 0
         if self.n >= 2 and self._rephase:
