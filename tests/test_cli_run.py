@@ -48,6 +48,22 @@ def test_bad_config_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_on_master_stop_option_and_config(tmp_path: Path) -> None:
+    from protocols.cli.main import build_parser
+    from protocols.cli.run import _options
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "--on-master-stop", "play", "--output", "x.wav"])
+    assert _options(args)[1]["on_master_stop"] == "play"
+    assert _options(parser.parse_args(["run", "--output", "x.wav"]))[1]["on_master_stop"] \
+        == "stop"
+    config = tmp_path / "c.toml"
+    config.write_text('[run]\non_master_stop = "pause"\n')
+    r = riff("run", "--config", str(config), "--output", str(tmp_path / "x.wav"))
+    assert r.returncode == 1 and "on_stop" in r.stderr and "pause" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_no_jack_server_says_how_to_start_one() -> None:
     r = riff("run", "--model", "test-tones", "--jack-server", f"absent-{uuid.uuid4().hex[:8]}")
     assert r.returncode == 1
