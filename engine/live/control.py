@@ -44,6 +44,9 @@ class Engine:
     ``generators``: one :class:`~engine.live.jobs.ClipGenerator` per worker (a single one is
     fine). ``sink``: the player; its ``position()`` is the audio clock the transport counts.
     ``sink_stats``: the player's counters (``Player.counters``), for :meth:`status`.
+    ``sync``/``follow``: how an external master is followed (``engine.live.sync``: stop
+    behaviour, master lost; ``engine.live.transport.FollowConfig``: hysteresis); the
+    protocols drive ``self.sync``. While a master rules, the state refuses tempo and meter.
     """
 
     def __init__(

@@ -188,9 +188,10 @@ class JackOutput:
         self._calls += 1
 
     def _publish_bbt(self, sample: int) -> None:
-        """Publish the transport's bar/beat/tempo at this cycle's first sample, when a
-        timebase master provides them and the transport rolls. Thread: JACK's process
-        thread; reads a preallocated position struct and writes a preallocated array."""
+        """Publish the transport's state (no timebase master, stopped, rolling) and, when a
+        timebase master provides them and the transport rolls, its bar/beat/tempo at this
+        cycle's first sample. Thread: JACK's process thread; reads a preallocated position
+        struct and writes preallocated arrays."""
         state, pos = self.client.transport_query_struct()
         if not pos.valid & self._bbt_flag or pos.ticks_per_beat <= 0:
             self._transport_state[0] = TRANSPORT_NONE
