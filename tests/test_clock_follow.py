@@ -10,6 +10,7 @@ their time stamps, handed to the clock in batches a quarter of a second after th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
@@ -495,3 +496,71 @@ def test_a_pulse_restarted_at_start_and_lost_ticks_keep_the_position(shift: floa
     assert transport.reanchors == 1 and abs(transport.tempo - 120.0) < 1e-6
     assert [transport.bar_start(b) for b in range(4)] == [
         round(first * SR) + b * 96000 for b in range(4)]
+
+
+@pytest.mark.jack
+def test_real_jack_transport_start_stop_and_a_master_that_leaves(jack_server: str) -> None:
+    """A real JACK timebase master (150 BPM, 4/4) and the engine's JACK output: rolling locks
+    the grid, stopping stops the engine (the default), rolling again plays it, and when the
+    master's client closes the engine plays on at 150 BPM on its own clock, on the same grid."""
+    import jack
+
+    from engine.live.player import Player, PlayerConfig
+    from protocols.audio.jack_output import JackOutput
+
+    master = jack.Client(f"master-{uuid.uuid4().hex[:6]}", no_start_server=True,
+                         servername=jack_server)
+    spb = 60.0 / 150.0 * master.samplerate
+
+    def timebase(state: int, blocksize: int, pos: Any, new_pos: bool) -> None:
+        beats = pos.frame / spb
+        pos.valid = jack._lib.JackPositionBBT
+        pos.bar, pos.beat = int(beats // 4) + 1, int(beats % 4) + 1
+        pos.ticks_per_beat, pos.tick = 1920.0, int((beats % 1) * 1920)
+        pos.beats_per_bar, pos.beat_type, pos.beats_per_minute = 4.0, 4.0, 150.0
+
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, follow_transport=True)
+    player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
+    out.start(player, connect=False)
+    clock = FakeClock()
+    engine = Engine(FakeGenerator(clock), player, sample_rate=out.sample_rate, clock=clock)
+    follower = JackTransportFollower(engine.sync)
+    engine.play()  # as `riff run` does
+
+    def poll_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, "condition not met in time"
+            follower.poll(out.transport_state(), out.transport_bbt())
+            time.sleep(0.02)
+
+    master.activate()
+    try:
+        master.set_timebase_callback(timebase)
+        master.transport_frame = 0
+        master.transport_start()
+        poll_until(lambda: engine.transport.external and engine.transport.tempo == 150.0)
+        bbt = out.transport_bbt()
+        assert bbt is not None
+        sample, bar, beat, _, _ = bbt
+        # On the master's grid, to a BBT tick (JACK's tick is a whole 1/1920 beat).
+        assert abs(engine.transport.bar_start(bar) - (sample - beat * spb)) <= spb / 1920 + 1
+        master.transport_stop()
+        poll_until(lambda: not engine.scheduler.running)
+        assert engine.transport.external  # stopped, but the master still rules
+        with pytest.raises(InvalidRequest):
+            engine.state.set("tempo", 90.0)
+        master.transport_start()
+        poll_until(lambda: engine.scheduler.running)
+        lines = [engine.transport.bar_start(b) for b in range(40, 44)]
+        master.deactivate()
+        master.close()
+        poll_until(lambda: not engine.transport.external)
+        assert engine.scheduler.running and engine.transport.tempo == 150.0
+        assert [engine.transport.bar_start(b) for b in range(40, 44)] == lines
+        assert engine.state.get("tempo") == 150.0 and engine.sync.lost_count == 1
+    finally:
+        engine.stop()
+        out.close()
+        with contextlib.suppress(jack.JackError):
+            master.close()
