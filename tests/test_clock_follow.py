@@ -564,3 +564,36 @@ def test_real_jack_transport_start_stop_and_a_master_that_leaves(jack_server: st
         out.close()
         with contextlib.suppress(jack.JackError):
             master.close()
+
+
+def test_age_timebase_rides_the_top_of_the_audio_clocks_steps() -> None:
+    """rtmidi stamps (monotonic) against an audio clock that moves in 256-sample periods:
+    the conversion is steady (not a 5 ms sawtooth) and follows a jump of the audio clock."""
+    from protocols.midi.clock import AgeTimebase
+
+    now = [100.0]
+    period = 256
+
+    def audio() -> int:  # the player's position: whole periods since 100 s
+        return int((now[0] - 100.0) * SR) // period * period
+
+    base = AgeTimebase(SR, audio, lambda: now[0])
+    rng = random.Random(1)
+    got = []
+    for k in range(2000):
+        now[0] = 100.0 + k * 0.0104 + rng.uniform(0, 0.002)  # a message now and then
+        event = now[0] - 0.0005  # stamped half a millisecond ago
+        got.append(base.to_sample(event) - round((event - 100.0) * SR))
+    steady = got[200:]
+    assert max(steady) - min(steady) <= 16  # a third of a millisecond, not a period (256)
+    assert -16 <= min(steady) <= 0
+    # An xrun: the audio clock falls two periods behind for good; followed, not stuck.
+    def behind() -> int:
+        return audio() - 2 * period
+
+    base.audio_now = behind
+    for k in range(2000, 3000):
+        now[0] = 100.0 + k * 0.0104 + rng.uniform(0, 0.002)
+        event = now[0] - 0.0005
+        last = base.to_sample(event) - round((event - 100.0) * SR)
+    assert -2 * period - 16 <= last <= -2 * period

@@ -29,6 +29,7 @@ Thread: :meth:`MidiClock.handle` and every observer run on the asyncio loop.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -332,34 +333,32 @@ class AgeTimebase:
     Why not simply ``audio_now()``: the audio clock (the player's position) moves in whole
     periods, so "now" on it is late by anything from 0 to a period (a sawtooth of up to 5 ms
     at 256 frames), which would shake the grid. The offset between the two clocks is taken at
-    the top of that sawtooth (the largest recent value, let down by ``leak_per_s`` samples a
-    second so clock drift and xruns are followed; a drop of more than ``reset_s`` starts
-    afresh). Not sample-exact (within a few samples of a fixed latency), but steady.
+    the top of that sawtooth: the largest value seen in the last ``window_s`` seconds (so
+    clock drift and xruns are followed within that window). Not sample-exact (within a few
+    samples of a fixed latency while clock ticks come), but steady.
     Thread: the asyncio loop.
     """
 
     def __init__(self, sample_rate: float, audio_now: Callable[[], int],
                  input_now: Callable[[], float] = time.monotonic, *,
-                 leak_per_s: float = 20.0, reset_s: float = 0.05) -> None:
+                 window_s: float = 1.0) -> None:
         self.sample_rate = float(sample_rate)
         self.audio_now = audio_now
         self.input_now = input_now
-        self.leak_per_s = leak_per_s
-        self.reset_s = reset_s
-        self._offset: float | None = None
-        self._at = 0.0
+        self.window_s = window_s
+        self._tops: collections.deque[tuple[float, float]] = collections.deque()
 
     def to_sample(self, t: float) -> int:
         """The audio-clock sample of the event stamped ``t``."""
         now = self.input_now()
         offset = self.audio_now() - now * self.sample_rate  # audio sample at input time 0
-        if self._offset is not None:
-            self._offset -= self.leak_per_s * max(now - self._at, 0.0)
-        if self._offset is None or offset > self._offset \
-                or offset < self._offset - self.reset_s * self.sample_rate:
-            self._offset = offset
-        self._at = now
-        return round(self._offset + t * self.sample_rate)
+        tops = self._tops  # (time, offset), offsets decreasing: a sliding-window maximum
+        while tops and tops[-1][1] <= offset:
+            tops.pop()
+        tops.append((now, offset))
+        while tops[0][0] < now - self.window_s:
+            tops.popleft()
+        return round(tops[0][1] + t * self.sample_rate)
 
 
 # ---- followers --------------------------------------------------------------------------------
