@@ -561,6 +561,8 @@ def test_real_jack_transport_start_stop_and_a_master_that_leaves(jack_server: st
         assert engine.state.get("tempo") == 150.0 and engine.sync.lost_count == 1
     finally:
         engine.stop()
+        out.client.transport_stop()  # the server's transport is shared: leave it stopped
+        out.client.transport_frame = 0
         out.close()
         with contextlib.suppress(jack.JackError):
             master.close()
