@@ -300,8 +300,9 @@ class Transport:
         The first observation (after the internal clock) locks the grid at once. After that,
         hysteresis (:class:`FollowConfig`): an observation within tolerance changes nothing;
         the grid is re-anchored at the observed bar's line, with the observed tempo, after
-        ``confirm`` consecutive observations out of tolerance, or at once for a relocation or
-        a meter change. Bars before a tempo or phase correction keep their lines.
+        ``confirm`` consecutive observations out of tolerance, or at once for a relocation, a
+        meter change or a large tempo step. Bars before a tempo or phase correction keep their
+        lines; a tempo that changes a bar by less than a sample keeps the grid's tempo.
         """
         cfg = self.follow_config
         beat_samples = _round(Fraction(obs.beat) * Fraction(60 * self.sample_rate)
