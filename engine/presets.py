@@ -17,6 +17,7 @@ Thread: the control plane (asyncio loop) or the CLI; file I/O is small and synch
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,8 @@ from engine.errors import InvalidRequest, UnknownId
 from engine.live.state import PARAMETERS, EngineState, Value
 from engine.model.request import MAX_PROMPT_CHARS, check_plain_id
 from engine.resources import shipped_folder
+
+log = logging.getLogger(__name__)
 
 try:
     import tomllib
@@ -114,8 +117,17 @@ class Preset:
         return toml_writer.dumps(data, header="riffusion-engine preset")
 
     def apply(self, state: EngineState) -> dict[str, Value]:
-        """Apply every value at once (validated again by the state; all or nothing)."""
-        return state.update(self.parameters)
+        """Apply every value at once (validated again by the state; all or nothing).
+
+        Parameters the state refuses now (tempo and meter while an external master rules)
+        are left out and logged, so a preset still loads under a DAW's clock."""
+        values = dict(self.parameters)
+        for name in tuple(values):
+            reason = state.refusal(name)
+            if reason is not None:
+                del values[name]
+                log.info("preset: %s left out: %s", name, reason)
+        return state.update(values)
 
 
 @dataclasses.dataclass(frozen=True)

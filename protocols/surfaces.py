@@ -9,9 +9,12 @@
 
 ``engine`` is anything with the :class:`~protocols.control_target.ControlTarget` shape
 (``engine.live.control.Engine``). Pass ``clock_observer`` (an object with
-``observe(ClockObservation)``, e.g. the transport) to let MIDI clock drive the transport;
-without it, ``--midi-clock`` locks ``engine.live.transport`` to the master (tempo and bar phase)
-when the engine has one, else sets the tempo parameter; start/stop play and stop the engine.
+``observe(ClockObservation)``) to let MIDI clock drive something else; without it,
+``--midi-clock`` locks the engine's transport to the master through its ``sync``
+(``engine.live.sync.MasterSync``: tempo and bar phase, stop behaviour, master lost) when the
+engine has one, else sets the tempo parameter and plays/stops the engine. ``frame_offset``
+(``riff run`` passes ``JackOutput.frame_offset`` when it plays into JACK) makes JACK MIDI clock
+phase sample-exact: an event's frame time minus the offset is its sample on the audio clock.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,15 @@ from engine.errors import InvalidRequest, RiffError
 from engine.model.seed_images import SeedImageLibrary
 from engine.presets import PresetLibrary
 from protocols.control_target import Commands, ControlTarget, library_id_check
-from protocols.midi.clock import ClockObserver, MidiClock, StateFollower, TransportFollower
+from protocols.midi.clock import (
+    AgeTimebase,
+    ClockObserver,
+    FrameTimebase,
+    MidiClock,
+    StateFollower,
+    Timebase,
+    TransportFollower,
+)
 from protocols.midi.feedback import MidiFeedback
 from protocols.midi.map import MidiMap
 from protocols.midi.router import MidiRouter
@@ -158,7 +170,8 @@ class ControlSurfaces:
 
 
 async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *,
-                                 clock_observer: ClockObserver | None = None
+                                 clock_observer: ClockObserver | None = None,
+                                 frame_offset: Callable[[], int] | None = None
                                  ) -> ControlSurfaces:
     """Start OSC and MIDI per ``config`` on the running loop; see the module docstring."""
     library = PresetLibrary(config.preset_dirs)
@@ -171,7 +184,8 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
             midi_map = load_midi_map(library, config.midi_map)
             clock = None
             if config.midi_clock:
-                observer = clock_observer or _default_clock_observer(engine, commands)
+                observer = clock_observer or _default_clock_observer(
+                    engine, commands, _clock_timebase(engine, config, surfaces, frame_offset))
                 clock = MidiClock(observer)
             router = MidiRouter(commands, midi_map, clock=clock,
                                 learn_path=_learn_path(library, midi_map, config.midi_map))
@@ -201,14 +215,36 @@ def _learn_path(library: PresetLibrary, midi_map: MidiMap, ident: str | None) ->
     return library.save_folder / "maps" / name
 
 
-def _default_clock_observer(engine: ControlTarget, commands: Commands) -> ClockObserver:
-    """The engine's transport when it has one that follows, else the tempo parameter."""
+def _default_clock_observer(engine: ControlTarget, commands: Commands,
+                            timebase: Timebase | None) -> ClockObserver:
+    """The engine's master sync when it has one, else the tempo parameter."""
     state_follower = StateFollower(lambda bpm: commands.set_address("/riff/tempo", bpm),
                                    commands.play, commands.stop)
-    transport = getattr(engine, "transport", None)
-    if transport is not None and callable(getattr(transport, "follow", None)):
-        return TransportFollower(transport, commands.play, commands.stop, state_follower)
+    sync = getattr(engine, "sync", None)
+    if sync is not None and timebase is not None:
+        return TransportFollower(sync, timebase, state_follower)
     return state_follower
+
+
+def _clock_timebase(engine: ControlTarget, config: ControlConfig, surfaces: ControlSurfaces,
+                    frame_offset: Callable[[], int] | None) -> Timebase | None:
+    """How MIDI clock stamps become audio-clock samples (see the module docstring): exact for
+    JACK MIDI into JACK audio; otherwise from the stamp's age on the input's own clock."""
+    transport = getattr(engine, "transport", None)
+    if transport is None:
+        return None
+    rate = float(transport.sample_rate)
+    if config.midi_in and config.midi_in[0].split(":", 1)[0] == "jack":
+        if frame_offset is not None:
+            return FrameTimebase(rate, frame_offset)
+
+        def jack_now() -> float:
+            """The first JACK MIDI input's current frame time, in seconds."""
+            midi_input = surfaces.inputs[0]
+            return float(midi_input.client.frame_time) / float(midi_input.samplerate)
+
+        return AgeTimebase(rate, transport.now, jack_now)
+    return AgeTimebase(rate, transport.now)
 
 
 def _open_input(spec: str, n: int, router: MidiRouter, config: ControlConfig) -> Any:

@@ -47,6 +47,22 @@ def test_bad_config_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_on_master_stop_option_and_config(tmp_path: Path) -> None:
+    from protocols.cli.main import build_parser
+    from protocols.cli.run import _options
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "--on-master-stop", "play", "--output", "x.wav"])
+    assert _options(args)[1]["on_master_stop"] == "play"
+    assert _options(parser.parse_args(["run", "--output", "x.wav"]))[1]["on_master_stop"] \
+        == "stop"
+    config = tmp_path / "c.toml"
+    config.write_text('[run]\non_master_stop = "pause"\n')
+    r = riff("run", "--config", str(config), "--output", str(tmp_path / "x.wav"))
+    assert r.returncode == 1 and "on_stop" in r.stderr and "pause" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_no_jack_server_says_how_to_start_one() -> None:
     r = riff("run", "--model", "test-tones", "--jack-server", f"absent-{uuid.uuid4().hex[:8]}")
     assert r.returncode == 1
@@ -87,18 +103,19 @@ def test_the_daemon_side_never_imports_torch() -> None:
 
 
 def test_jack_transport_positions_drive_the_engines_transport() -> None:
-    from types import SimpleNamespace
-
+    from engine.live.sync import MasterSync
     from engine.live.transport import Transport
-    from protocols.cli.run import _follow
+    from protocols.audio.jack_transport import JackTransportFollower
 
     transport = Transport(lambda: 0, 48000, 120.0, 4)
-    engine = SimpleNamespace(transport=transport)
-    _follow(engine, (96000, 2, 1.0, 150.0, 3))  # bar 2, beat 1 at 150 BPM in 3/4
+    sync = MasterSync(transport, play=lambda: None, stop=lambda: None, playing=lambda: True,
+                      adopt=lambda tempo, meter: None)
+    follower = JackTransportFollower(sync)
+    follower.poll("rolling", (96000, 2, 1.0, 150.0, 3))  # bar 2, beat 1 at 150 BPM in 3/4
     assert transport.external and transport.tempo == 150.0 and transport.beats_per_bar == 3
     assert transport.bar_start(2) == 96000 - 19200  # one beat (19200 samples) earlier
-    _follow(engine, (0, 0, 9.0, 150.0, 3))  # a beat outside the bar: ignored, logged
-    assert transport.tempo == 150.0
+    follower.poll("rolling", (0, 0, 9.0, 150.0, 3))  # a beat outside the bar: ignored, logged
+    assert transport.tempo == 150.0 and follower.errors == 1
 
 
 def test_a_generator_server_that_does_not_answer_is_a_clear_error(tmp_path: Path) -> None:

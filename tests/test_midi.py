@@ -268,7 +268,10 @@ def test_clock_tempo_start_stop_position(rig: Rig) -> None:
         t += interval
         rig.router.handle(bytes([0xF8]), t)
     assert rig.get("tempo") == 128.0
-    assert [o.beats for o in rig.observations if o.kind == "beat"] == [1.0, 2.0, 3.0, 4.0]
+    # The first clock after Start is position 0; once locked (2 beats of ticks), a position
+    # every sixteenth.
+    assert [o.beats for o in rig.observations if o.kind == "beat"] == [
+        2.0 + 0.25 * i for i in range(8)]
     # Jitter of +-2 ms per tick (rtmidi) keeps the estimate within 0.5 BPM.
     jitter = [0.002, -0.002]
     for i in range(24 * 8):
@@ -457,26 +460,31 @@ def test_feedback_messages_invert_the_binding(curve: str, lsb: int | None) -> No
 
 
 def test_transport_follower_locks_the_real_transport() -> None:
+    from engine.live.sync import MasterSync
     from engine.live.transport import Transport
-    from protocols.midi.clock import TransportFollower
+    from protocols.midi.clock import FrameTimebase, TransportFollower
 
     now = [0]
     transport = Transport(lambda: now[0], 48000, 120.0, 4)
     plays: list[int] = []
     tempos: list[float] = []
-    follower = TransportFollower(transport, lambda: plays.append(1), lambda: None,
+    sync = MasterSync(transport, play=lambda: plays.append(1), stop=lambda: None,
+                      playing=lambda: bool(plays), adopt=lambda tempo, meter: None)
+    follower = TransportFollower(sync, FrameTimebase(48000, lambda: 0),
                                  StateFollower(tempos.append, lambda: None, lambda: None))
     clock = MidiClock(follower)
     t = 10.0
-    for _ in range(30):  # pulses before start: tempo only (there is no phase yet)
+    for _ in range(60):  # pulses before start: tempo only (there is no phase yet)
         t += 60 / 100 / 24
         clock.handle(bytes([0xF8]), t)
     assert tempos and tempos[-1] == 100.0 and not transport.external
     clock.handle(bytes([0xFA]), t)
-    assert plays == [1]
+    assert plays == []  # the engine starts once the grid is locked to the master
     for _ in range(24 * 8):
         t += 60 / 128 / 24
         now[0] = round(t * 48000)
         clock.handle(bytes([0xF8]), t)
-    assert transport.external and transport.tempo == 128.0
-    assert transport.bar_at(now[0]) == 2  # 8 beats of 4/4 since start: bar 2 begins now
+    assert plays == [1]
+    assert transport.external and abs(transport.tempo - 128.0) < 1e-6
+    # 8 beats of 4/4 since the first clock after start: bar 2 begins at the next clock.
+    assert transport.bar_start(2) == round((t + 60 / 128 / 24) * 48000)

@@ -299,7 +299,9 @@ def test_following_an_external_master_relocation_and_tempo() -> None:
         assert t.follow(BBTObservation(rig.sink.position(), 104, 0.0, 100.0, 4))
         with pytest.raises(InvalidRequest):
             t.set_tempo(90.0)  # the master owns the tempo
-        rig.engine.state.set("tempo", 90.0)  # logged and ignored, never fatal
+        with pytest.raises(InvalidRequest, match="external"):
+            rig.engine.state.set("tempo", 90.0)  # refused, not applied
+        assert rig.engine.state.get("tempo") == 120.0
         await rig.clock.advance(12.0)
 
     rig = run({}, body)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from engine.errors import InvalidRequest
 from engine.live.jobs import ClipSpec
-from engine.live.transport import BBTObservation, Transport
+from engine.live.transport import BBTObservation, FollowConfig, Transport
 
 TEN_HOURS = 10 * 3600
 
@@ -130,7 +130,8 @@ def test_bad_values_change_nothing() -> None:
 
 def test_follow_external_bbt() -> None:
     clock = FakeClock()
-    t = Transport(clock, 48000, 120.0, 4, follow_tolerance=32)
+    t = Transport(clock, 48000, 120.0, 4,
+                  follow=FollowConfig(phase_tolerance=32, tempo_tolerance=0.01, confirm=1))
     # The master is 1.5 beats into bar 7 at sample 1_000_000, at 100 BPM in 3/4.
     assert t.follow(BBTObservation(1_000_000, 7, 1.5, 100.0, 3))
     assert t.external

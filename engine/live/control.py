@@ -23,8 +23,9 @@ from engine.errors import InvalidRequest, RiffError
 from engine.live.jobs import ClipGenerator, ClipSink
 from engine.live.planner import JamPlanner
 from engine.live.scheduler import Clock, Scheduler, SchedulerConfig, SystemClock
-from engine.live.state import EngineState, Value
-from engine.live.transport import Transport
+from engine.live.state import PARAMETERS, EngineState, Value
+from engine.live.sync import MasterSync, SyncConfig
+from engine.live.transport import FollowConfig, Transport
 from engine.takes.recording import TakeController
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class Engine:
     ``generators``: one :class:`~engine.live.jobs.ClipGenerator` per worker (a single one is
     fine). ``sink``: the player; its ``position()`` is the audio clock the transport counts.
     ``sink_stats``: the player's counters (``Player.counters``), for :meth:`status`.
+    ``sync``/``follow``: how an external master is followed (``engine.live.sync``: stop
+    behaviour, master lost; ``engine.live.transport.FollowConfig``: hysteresis); the
+    protocols drive ``self.sync``. While a master rules, the state refuses tempo and meter.
     """
 
     def __init__(
@@ -56,6 +60,8 @@ class Engine:
         config: SchedulerConfig | None = None,
         walk_clips: int = 4,
         sink_stats: Callable[[], Mapping[str, int]] | None = None,
+        sync: SyncConfig | None = None,
+        follow: FollowConfig | None = None,
     ) -> None:
         self.generators: tuple[ClipGenerator, ...] = (
             tuple(generators) if isinstance(generators, Sequence) else (generators,)
@@ -69,13 +75,18 @@ class Engine:
         self.state = state or EngineState()
         self.transport = Transport(
             sink.position, sample_rate, float(self.state.get("tempo")),
-            int(self.state.get("meter")),
+            int(self.state.get("meter")), follow=follow,
         )
+        #: The external master (JACK transport, MIDI clock), when one rules the transport.
+        self.sync = MasterSync(self.transport, play=self.play, stop=self.stop,
+                               playing=lambda: self.scheduler.running,
+                               adopt=self._adopt_transport, config=sync)
         self.planner = JamPlanner(walk_clips)
         self.scheduler = Scheduler(self.state, self.transport, self.planner, sink, self.clock,
                                    config)
         self._seen = self.state.snapshot()  # last values acted on: repeats change nothing
         self.state.add_listener(self._changed)
+        self.state.add_guard(self._refuse)
         self._run_task: asyncio.Task[None] | None = None
         self._closing = False
         #: Takes (``/riff/record/start``, ``/riff/record/stop``); set by the daemon when it
@@ -114,9 +125,6 @@ class Engine:
             return
         self._seen[name] = value
         if name in TRANSPORT_PARAMS:
-            if self.transport.external:
-                log.warning("%s ignored: the transport follows an external clock", name)
-                return
             if name == "tempo":
                 self.transport.set_tempo(tempo=float(value))
             else:
@@ -125,6 +133,30 @@ class Engine:
             # re-conforms what is planned and playing (the requests stay the same).
         elif name == "bars" or self.planner.relevant(name, self.state.snapshot()):
             self.scheduler.invalidate(f"{name} changed")
+
+    def _refuse(self, name: str) -> str | None:
+        """State guard: tempo and meter belong to the master while one rules (so a surface
+        gets an error and nothing is applied or echoed)."""
+        if name in TRANSPORT_PARAMS and self.transport.external:
+            return (f"{name} follows the {self.sync.source or 'external clock'}; change it "
+                    "there (refused while an external master rules)")
+        return None
+
+    def _adopt_transport(self, tempo: float, meter: int) -> None:
+        """Back on the internal clock (from :class:`MasterSync`): the tempo and meter
+        parameters take the master's last values without moving the grid, and listeners
+        (OSC/MIDI feedback) see them."""
+        changes: dict[str, Value] = {}
+        for name, value in (("tempo", tempo), ("meter", meter)):
+            spec = PARAMETERS[name]
+            lo, hi = float(spec.lo or 0), float(spec.hi or 1000)
+            clamped = min(max(value, lo), hi)
+            coerced = spec.coerce(round(clamped, 3) if name == "tempo" else int(clamped))
+            if coerced != self.state.get(name):
+                changes[name] = coerced
+        if changes:
+            self._seen.update(changes)  # the grid already runs at (about) these: no regrid
+            self.state.update(changes)
 
     # -- recording -------------------------------------------------------------------------
 
@@ -164,6 +196,7 @@ class Engine:
         try:
             while True:
                 await self.clock.sleep(self.scheduler.tick())
+                self.sync.check()
                 for worker in workers:
                     if worker.done():  # a worker must never end; say why and restart it
                         index = workers.index(worker)
@@ -187,6 +220,7 @@ class Engine:
         self._closing = True
         self.stop()
         self.state.remove_listener(self._changed)
+        self.state.remove_guard(self._refuse)
         task = self._run_task
         if task is not None and not task.done():
             task.cancel()

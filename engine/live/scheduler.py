@@ -321,7 +321,7 @@ class Scheduler:
             same = self.transport.bar_at(self._decided_line)
             shift: int | None = None
             if abs(self.transport.bar_start(same) - self._decided_line) <= max(
-                    self.transport.follow_tolerance, 1):
+                    self.transport.follow_config.phase_tolerance, 1):
                 shift = self._decided_bar - same
                 if playing is not None:
                     playing.start_bar -= shift
@@ -668,8 +668,3 @@ class Scheduler:
     def playing_job(self) -> int:
         """Job id of the clip playing (or repeating), -1 before the first."""
         return self._playing.clip.job_id if self._playing is not None else -1
-
-    @property
-    def playing_clip(self) -> Clip | None:
-        """The clip playing (or repeating)."""
-        return self._playing.clip if self._playing is not None else None

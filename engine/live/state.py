@@ -112,6 +112,8 @@ PARAMETERS: Mapping[str, ParamSpec] = {
 ADDRESSES: Mapping[str, str] = {spec.address: name for name, spec in PARAMETERS.items()}
 
 Listener = Callable[[str, Value], None]
+#: Returns why parameter ``name`` may not be changed now, or None when it may.
+Guard = Callable[[str], str | None]
 
 
 def defaults() -> dict[str, Value]:
@@ -129,6 +131,7 @@ class EngineState:
     def __init__(self, initial: Mapping[str, object] | None = None) -> None:
         self._values: dict[str, Value] = defaults()
         self._listeners: list[Listener] = []
+        self._guards: list[Guard] = []
         if initial:
             self.update(initial)
 
@@ -148,19 +151,42 @@ class EngineState:
         return self.update({name: value})[name]
 
     def update(self, changes: Mapping[str, object]) -> dict[str, Value]:
-        """Validate every change first, then apply them all; returns the stored values."""
+        """Validate every change first (values, then guards), then apply them all; returns
+        the stored values. Raises InvalidRequest and changes nothing when any is bad."""
         coerced: dict[str, Value] = {}
         for name, value in changes.items():
             spec = PARAMETERS.get(name)
             if spec is None:
                 raise InvalidRequest(f"unknown parameter {name!r}")
             coerced[name] = spec.coerce(value)
+        for name in coerced:
+            reason = self.refusal(name)
+            if reason is not None:
+                raise InvalidRequest(reason)
         for name, value in coerced.items():
             self._values[name] = value
         for name, value in coerced.items():
             for listener in tuple(self._listeners):
                 listener(name, value)
         return coerced
+
+    def add_guard(self, guard: Guard) -> None:
+        """Refuse changes while ``guard(name)`` gives a reason (the engine refuses tempo and
+        meter while an external master rules). Checked before anything is applied."""
+        self._guards.append(guard)
+
+    def remove_guard(self, guard: Guard) -> None:
+        """Stop asking ``guard``; unknown guards are ignored."""
+        if guard in self._guards:
+            self._guards.remove(guard)
+
+    def refusal(self, name: str) -> str | None:
+        """Why ``name`` may not be changed now (None: it may)."""
+        for guard in self._guards:
+            reason = guard(name)
+            if reason is not None:
+                return reason
+        return None
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(name, value)`` after every applied change."""

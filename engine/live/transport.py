@@ -36,11 +36,6 @@ log = logging.getLogger(__name__)
 MIN_TEMPO, MAX_TEMPO = limits.TEMPO_BPM
 #: Segments kept for looking up past bars; older ones are forgotten.
 MAX_SEGMENTS = 64
-#: An external observation within this many samples of the predicted grid is not a change.
-DEFAULT_FOLLOW_TOLERANCE = 64
-#: ... nor is a tempo within this many BPM (measured tempos jitter; the phase check above
-#: re-anchors once a small tempo error has added up).
-DEFAULT_TEMPO_TOLERANCE = 0.01
 
 
 def _check_tempo(tempo: float) -> float:
@@ -91,6 +86,36 @@ class Segment:
 
 
 @dataclasses.dataclass(frozen=True)
+class FollowConfig:
+    """Hysteresis for following an external master (:meth:`Transport.follow`).
+
+    Why: every re-anchor moves the grid, and planned work made for the old grid may have to
+    be redone; a master's measured tempo and phase jitter. An observation is out of tolerance
+    when its beat is more than ``phase_tolerance`` samples off the same beat on the current
+    grid or its tempo more than ``tempo_tolerance`` BPM off the grid's tempo; the grid is
+    re-anchored only after ``confirm`` consecutive observations out of tolerance (one outlier
+    changes nothing). A relocation (the beat more than a beat off), a meter change or a tempo
+    step of more than four tolerances re-anchors at once. A small tempo error is caught by the
+    phase check once it has added up, and the re-anchor then takes the master's latest
+    (better) tempo.
+    """
+
+    phase_tolerance: int = 96
+    tempo_tolerance: float = 0.5
+    confirm: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.phase_tolerance, bool) or not isinstance(self.phase_tolerance, int) \
+                or not 0 <= self.phase_tolerance <= 48_000:
+            raise InvalidRequest("phase_tolerance must be 0..48000 samples")
+        if not math.isfinite(self.tempo_tolerance) or not 0 <= self.tempo_tolerance <= 10:
+            raise InvalidRequest("tempo_tolerance must be 0..10 BPM")
+        if isinstance(self.confirm, bool) or not isinstance(self.confirm, int) \
+                or not 1 <= self.confirm <= 16:
+            raise InvalidRequest("confirm must be 1..16 observations")
+
+
+@dataclasses.dataclass(frozen=True)
 class BBTObservation:
     """An external master's position: at audio-clock ``sample`` it is ``beat`` beats into
     ``bar`` (0-based bar; ``beat`` fractional, ``0 <= beat < beats_per_bar``) at ``tempo``.
@@ -125,17 +150,18 @@ class Transport:
         tempo: float = 120.0,
         beats_per_bar: int = 4,
         *,
-        follow_tolerance: int = DEFAULT_FOLLOW_TOLERANCE,
-        tempo_tolerance: float = DEFAULT_TEMPO_TOLERANCE,
+        follow: FollowConfig | None = None,
     ) -> None:
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1000:
             raise InvalidRequest(f"sample rate must be an integer >= 1000, not {sample_rate!r}")
         self._clock = clock
         self.sample_rate = sample_rate
-        self.follow_tolerance = follow_tolerance
-        self.tempo_tolerance = tempo_tolerance
+        self.follow_config = follow or FollowConfig()
         #: Incremented whenever the grid changes (start, tempo/meter change, re-anchor).
         self.version = 0
+        #: Grid changes made by :meth:`follow` (the first lock to a master included).
+        self.reanchors = 0
+        self._strikes = 0  # consecutive observations out of tolerance
         self.external = False
         self.running = False
         self._segments: list[Segment] = [
@@ -262,24 +288,44 @@ class Transport:
     def follow(self, obs: BBTObservation) -> bool:
         """Follow an external master; returns True when the grid changed.
 
-        An observation within ``follow_tolerance`` samples of the current grid, at the same
-        meter and within ``tempo_tolerance`` BPM, changes nothing (jitter is ignored).
-        Otherwise the grid is re-anchored at the observed bar's line (a relocation or tempo
-        change on the master).
+        The first observation (after the internal clock) locks the grid at once. After that,
+        hysteresis (:class:`FollowConfig`): an observation within tolerance changes nothing;
+        the grid is re-anchored at the observed bar's line, with the observed tempo, after
+        ``confirm`` consecutive observations out of tolerance, or at once for a relocation, a
+        meter change or a large tempo step. Bars before a tempo or phase correction keep their
+        lines; a tempo that changes a bar by less than a sample keeps the grid's tempo.
         """
-        self.external = True
-        self.running = True
+        cfg = self.follow_config
         beat_samples = _round(Fraction(obs.beat) * Fraction(60 * self.sample_rate)
                               / Fraction(obs.tempo))
         line = obs.sample - beat_samples
         current = self.segment_for_bar(obs.bar)
-        if (
-            abs(current.tempo - obs.tempo) <= self.tempo_tolerance
-            and current.beats_per_bar == obs.beats_per_bar
-            and abs(self.bar_start(obs.bar) - line) <= self.follow_tolerance
-        ):
-            return False
-        seg = Segment(obs.bar, line, obs.tempo, obs.beats_per_bar, self.sample_rate)
+        # How far the observed beat is from the same beat on the current grid.
+        phase = obs.sample - self.bar_start(obs.bar) - _round(Fraction(obs.beat)
+                                                              * current.samples_per_beat)
+        locked = self.external and self.running
+        self.external = True
+        self.running = True
+        jump = (abs(phase) > current.samples_per_beat
+                or current.beats_per_bar != obs.beats_per_bar
+                or abs(current.tempo - obs.tempo) > 4 * cfg.tempo_tolerance)
+        if locked and not jump:
+            if (abs(current.tempo - obs.tempo) <= cfg.tempo_tolerance
+                    and abs(phase) <= cfg.phase_tolerance):
+                self._strikes = 0
+                return False
+            self._strikes += 1
+            if self._strikes < cfg.confirm:
+                return False
+        self._strikes = 0
+        tempo = obs.tempo
+        if locked and not jump and abs(Fraction(60 * self.sample_rate * obs.beats_per_bar)
+                                       / Fraction(tempo) - current.samples_per_bar) < 1:
+            # A tempo that changes a bar by less than a sample is no tempo change: a phase
+            # correction keeps the grid's tempo (and clips planned at it stay valid).
+            tempo = current.tempo
+            line = obs.sample - _round(Fraction(obs.beat) * current.samples_per_beat)
+        seg = Segment(obs.bar, line, tempo, obs.beats_per_bar, self.sample_rate)
         if abs(current.bar_start(obs.bar) - line) < current.samples_per_bar:
             # A tempo change or phase correction: bars before it keep their lines.
             self._segments = [s for s in self._segments if s.bar < obs.bar] + [seg]
@@ -288,10 +334,13 @@ class Transport:
             self._segments = [seg]
         self._lines.clear()
         self.version += 1
-        log.info("following external clock: bar %d at sample %d, %.3f BPM, %d/bar",
-                 obs.bar, line, obs.tempo, obs.beats_per_bar)
+        self.reanchors += 1
+        log.info("following external clock: bar %d at sample %d, %.4f BPM, %d/bar "
+                 "(%+d samples off the grid)", obs.bar, line, tempo, obs.beats_per_bar, phase)
         return True
 
     def use_internal(self) -> None:
-        """Go back to the internal clock, keeping the current grid."""
+        """Go back to the internal clock, keeping the current grid (no jump): the tempo of
+        the latest segment goes on."""
         self.external = False
+        self._strikes = 0

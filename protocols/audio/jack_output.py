@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 #: How many callback durations are kept for :meth:`JackOutput.callback_durations`.
 TIMING_RING = 1 << 16
 
+TRANSPORT_NONE, TRANSPORT_STOPPED, TRANSPORT_ROLLING = 0, 1, 2
+TRANSPORT_NAMES = {TRANSPORT_NONE: "none", TRANSPORT_STOPPED: "stopped",
+                   TRANSPORT_ROLLING: "rolling"}
+
 START_HINT = (
     "start one first, e.g. `jackd -d alsa` (a sound card), `jackd -d dummy -r 48000 -p 256` "
     "(no sound card), or with qjackctl; or render to a file with --output FILE.wav"
@@ -82,6 +86,10 @@ class JackOutput:
         self._bbt = np.zeros(6, np.float64)
         self._rolling = jack.ROLLING
         self._bbt_flag = jack._lib.JackPositionBBT
+        #: JACK transport as seen in the last cycle: TRANSPORT_NONE (no timebase master gives
+        #: BBT), TRANSPORT_STOPPED or TRANSPORT_ROLLING (a one-element array the process
+        #: thread writes; -1 before the first cycle).
+        self._transport_state = np.full(1, -1, np.int64)
 
     # ---- control thread ---------------------------------------------------------------------
 
@@ -180,12 +188,18 @@ class JackOutput:
         self._calls += 1
 
     def _publish_bbt(self, sample: int) -> None:
-        """Publish the transport's bar/beat/tempo at this cycle's first sample, when a
-        timebase master provides them and the transport rolls. Thread: JACK's process
-        thread; reads a preallocated position struct and writes a preallocated array."""
+        """Publish the transport's state (no timebase master, stopped, rolling) and, when a
+        timebase master provides them and the transport rolls, its bar/beat/tempo at this
+        cycle's first sample. Thread: JACK's process thread; reads a preallocated position
+        struct and writes preallocated arrays."""
         state, pos = self.client.transport_query_struct()
-        if state != self._rolling or not pos.valid & self._bbt_flag or pos.ticks_per_beat <= 0:
+        if not pos.valid & self._bbt_flag or pos.ticks_per_beat <= 0:
+            self._transport_state[0] = TRANSPORT_NONE
             return
+        if state != self._rolling:
+            self._transport_state[0] = TRANSPORT_STOPPED
+            return
+        self._transport_state[0] = TRANSPORT_ROLLING
         bbt = self._bbt
         bbt[0] += 1  # odd: writing
         bbt[1] = sample
@@ -206,6 +220,12 @@ class JackOutput:
                 return (int(values[0]), int(values[1]), float(values[2]), float(values[3]),
                         round(values[4]))
         return None
+
+    def transport_state(self) -> str:
+        """``"rolling"``, ``"stopped"`` (a timebase master gives BBT, the transport is
+        stopped), ``"none"`` (no timebase master) or ``""`` (no cycle yet).
+        Thread: the control thread."""
+        return TRANSPORT_NAMES.get(int(self._transport_state[0]), "")
 
     def _xrun(self, delay_usecs: float) -> None:
         """Count an xrun. Thread: JACK's notification thread; must not block."""

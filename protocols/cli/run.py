@@ -42,6 +42,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "no_connect": False,
     "crossfade_ms": 10.0,
     "sample_rate": 48000,
+    "on_master_stop": "stop",
 }
 
 
@@ -105,6 +106,10 @@ def register(subparsers: Any) -> None:
     out.add_argument("--jack-transport", action="store_true",
                      help="follow JACK transport (tempo, bars, beats) when a timebase master "
                           "such as a DAW provides it")
+    out.add_argument("--on-master-stop", choices=("stop", "play"),
+                     help="when the external master (JACK transport with --jack-transport, MIDI "
+                          "clock with --midi-clock) stops: stop too (default), or play on at "
+                          "its last tempo on the internal clock")
     out.add_argument("--crossfade-ms", type=float, help="crossfade at clip changes (default 10)")
     out.add_argument("--output", type=Path, metavar="FILE.wav",
                      help="render into this audio file instead of JACK")
@@ -172,6 +177,9 @@ def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         from protocols.remote import RemoteConfig
 
         RemoteConfig(args.generator)  # a bad URL is refused before anything starts
+    from engine.live.sync import SyncConfig
+
+    SyncConfig(on_stop=opts["on_master_stop"])  # a bad config value is refused here too
     if args.offline and args.output is None:
         raise InvalidRequest("--offline needs --output FILE")
     if args.duration_bars is not None and (args.output is None or args.duration_bars < 1):
@@ -273,7 +281,7 @@ async def _run_daemon(d: _Daemon, state: Any) -> bool:
     gc.freeze()
     _start_playing(d)
     d.engine_task = asyncio.ensure_future(d.engine.run())
-    d.closers.extend(await _start_surfaces(args, d.engine, opts))
+    d.closers.extend(await _start_surfaces(args, d.engine, opts, d.jack_out))
     # Everything long-lived exists now: freeze it too (no collection: JACK is running).
     gc.freeze()
     if args.stdin:
@@ -286,12 +294,14 @@ def _build_engine(d: _Daemon, state: Any) -> None:
     """The engine facade, with recording taps between it and the generator and player, and
     the take controller (``--record`` / ``--takes-dir``). Loop thread."""
     from engine.live.control import Engine
+    from engine.live.sync import SyncConfig
     from engine.takes.recording import RecordingTaps, TakeController
 
     args, opts = d.args, d.opts
     taps = RecordingTaps()
     d.engine = engine = Engine(taps.generator(d.client), taps.sink(d.player), sample_rate=d.rate,
-                               state=state, sink_stats=d.player.counters)
+                               state=state, sink_stats=d.player.counters,
+                               sync=SyncConfig(on_stop=d.opts["on_master_stop"]))
     taps.transport = engine.transport
     state.add_listener(taps.on_state_change)
     d.takes = TakeController(
@@ -406,10 +416,11 @@ async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
     return True
 
 
-async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str, Any]
-                          ) -> list[Callable[[], Awaitable[None]]]:
+async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str, Any],
+                          jack_out: Any = None) -> list[Callable[[], Awaitable[None]]]:
     """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present;
-    JACK MIDI uses the same server and client name as the audio."""
+    JACK MIDI uses the same server and client name as the audio, and with JACK audio its
+    clock events land on the audio clock by frame time (sample-exact phase)."""
     surfaces = _surfaces_module()
     if surfaces is None:
         return []
@@ -421,22 +432,23 @@ async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str,
         # A remote generator has its own seed image library: it checks the ids itself.
         config = dataclasses.replace(cast(Any, config),
                                      check_image_ids=args.generator is None)
-    started = await surfaces.start_control_surfaces(engine, config)
+    frame_offset = (lambda: jack_out.frame_offset) if jack_out is not None else None
+    started = await surfaces.start_control_surfaces(engine, config, frame_offset=frame_offset)
     return [started.close]
 
 
 async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, file_out: Any,
                        stop: asyncio.Event) -> None:
     """Log clip starts and one status line per bar until ``stop`` (or the output ends)."""
+    from protocols.audio.jack_transport import JackTransportFollower
+
     last_bar = -1
-    last_bbt = None
+    follower = JackTransportFollower(engine.sync) if jack_out is not None and \
+        jack_out.follow_transport else None
     while not stop.is_set():
         events = player.poll()
-        bbt = jack_out.transport_bbt() if jack_out is not None and jack_out.follow_transport \
-            else None
-        if bbt is not None and bbt != last_bbt:
-            last_bbt = bbt
-            _follow(engine, bbt)
+        if follower is not None:
+            follower.poll(jack_out.transport_state(), jack_out.transport_bbt())
         for clip, start in events.started:
             frame = (f", JACK frame {start + jack_out.frame_offset}"
                      if jack_out is not None and jack_out.first_frame_time >= 0 else "")
@@ -458,18 +470,6 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
-
-
-def _follow(engine: Any, bbt: tuple[int, int, float, float, int]) -> None:
-    """Hand a JACK transport position to the engine's transport (loop thread)."""
-    from engine.live.transport import BBTObservation
-
-    sample, bar, beat, tempo, beats_per_bar = bbt
-    try:
-        engine.transport.follow(BBTObservation(sample=sample, bar=bar, beat=beat, tempo=tempo,
-                                               beats_per_bar=beats_per_bar))
-    except RiffError as exc:
-        log.warning("JACK transport position ignored: %s", exc)
 
 
 def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
