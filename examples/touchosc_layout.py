@@ -91,7 +91,7 @@ def _props(name: str, frame: tuple[int, int, int, int], rgb: tuple[float, float,
         _prop("i", "shape", "1"), _prop("b", "visible", "1"),
     ]
     # TouchOSC writes properties sorted by key.
-    ordered = sorted([*common, *extra], key=lambda p: p.split("CDATA[", 1)[1])
+    ordered = sorted([*common, *extra], key=lambda p: p.split("CDATA[", 1)[1].split("]]>", 1)[0])
     return "<properties>" + "".join(ordered) + "</properties>"
 
 
@@ -161,14 +161,15 @@ def controls() -> list[str]:
     out.append(_button("auto", (right, 70, 140, 80), (0.6, 0.35, 0.9), "/riff/alpha/auto",
                        [_partial("VALUE", "INTEGER", "x")], toggle=True))
     out.append(_label("auto alpha", (right + 150, 90, 200, 40)))
+    step = (WIDTH - 20 - right + 10) // (len(BUTTONS) + 1)  # the buttons and sync in a row
     for i, (address, label, rgb) in enumerate(BUTTONS):
-        frame = (right + i * 150, 180, 140, 100)
+        frame = (right + i * step, 180, step - 10, 100)
         out.append(_button(label, frame, rgb, address, []))
-        out.append(_label(label, (frame[0], 290, 140, 30)))
-    sync = (right + len(BUTTONS) * 150, 180, 140, 100)
+        out.append(_label(label, (frame[0], 290, step - 10, 30)))
+    sync = (right + len(BUTTONS) * step, 180, step - 10, 100)
     out.append(_button("sync", sync, (0.5, 0.5, 0.5), "/riff/subscribe",
                        [_partial("CONSTANT", "INTEGER", str(SUBSCRIBE_PORT))]))
-    out.append(_label("sync", (sync[0], 290, 140, 30)))
+    out.append(_label("sync", (sync[0], 290, step - 10, 30)))
     for i, prompt in enumerate(PROMPTS):
         frame = (right, 340 + i * 95, WIDTH - right - 20, 85)
         out.append(_button(f"prompt {i + 1}", frame, (0.25, 0.45, 0.45), "/riff/prompt",
