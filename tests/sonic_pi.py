@@ -8,6 +8,7 @@ server tells the GUI (errors included) arrives on a socket of ours and is kept.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -121,6 +122,15 @@ class SonicPi:
         except OSError:
             pass
         time.sleep(2.0)
+        # The server logs each helper it starts (scsynth, erlang, MIDI bridges) with its pid;
+        # some leave the server's session, so they are stopped one by one.
+        for line in self.log:
+            m = re.match(r"Started \[(\d+)\]", line)
+            if m:
+                try:
+                    os.kill(int(m.group(1)), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         for proc in reversed(self._procs):
             if proc.poll() is None:
                 try:
