@@ -88,6 +88,15 @@ class Relay:
             assert time.monotonic() < deadline, f"no {mark} from the tool"
             time.sleep(0.05)
 
+    def settle(self, quiet: float = 0.5, timeout: float = 30) -> None:
+        """Wait until nothing has arrived for ``quiet`` seconds (all forwarded)."""
+        deadline = time.monotonic() + timeout
+        count = -1
+        while count != len(self.packets) + len(self.marks):
+            assert time.monotonic() < deadline, "the tool keeps sending"
+            count = len(self.packets) + len(self.marks)
+            time.sleep(quiet)
+
     def reply(self, address: str) -> None:
         """Send a bare message to the tool's socket."""
         self.sock.sendto(build_message(address, ()), self._peer)
@@ -255,6 +264,7 @@ def _pd(engine: Engine, tmp: Path, clicks: list[str]) -> None:
                 60)
     assert done.returncode == 0, done.stderr
     assert "error" not in done.stderr.lower(), done.stderr
+    engine.relay.settle()
 
 
 def test_pd_patch(engine: Engine, tmp_path: Path) -> None:
@@ -276,8 +286,12 @@ def test_pd_patch(engine: Engine, tmp_path: Path) -> None:
     assert state["/riff/alpha"] == pytest.approx(0.6, abs=0.01)
     _alpha_followed(engine, "lo-fi hip hop beat", "dub techno chords")
     # The knob again (no second A/B), then auto alpha back on.
-    _pd(engine, tmp_path, [_pd_click(text, r"empty empty alpha ", 0.35)])
-    assert [a for a, _ in engine.relay.messages()].count("/riff/prompt/a") == 1
+    # A fresh patch: its first alpha move sets A/B and manual mode, the next only alpha.
+    before = len(engine.relay.messages())
+    _pd(engine, tmp_path, [_pd_click(text, r"empty empty alpha ", 0.45),
+                           _pd_click(text, r"empty empty alpha ", 0.35)])
+    second = [a for a, _ in engine.relay.messages()[before:]]
+    assert second.count("/riff/prompt/a") == 1 and second.count("/riff/alpha") == 2, second
     engine.wait_for_clip(engine.state()["/riff/alpha"], "lo-fi hip hop beat",
                          "dub techno chords")
     _pd(engine, tmp_path, [_pd_click(text, r"auto\\ alpha")])
@@ -335,6 +349,7 @@ def test_supercollider_file(engine: Engine, tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
     done = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    engine.relay.settle()
     assert "RIFF CHECK: stopping" in done.stdout, done.stdout[-3000:]
     assert "riff error" not in done.stdout and "ERROR" not in done.stdout, done.stdout[-3000:]
     # Feedback reached sclang's own port (OSCdef on /riff/status/bar).
@@ -373,6 +388,7 @@ def test_tidal_file(engine: Engine, tmp_path: Path) -> None:
               + "\nthreadDelay 14000000\n:quit\n")
     done = _run(["ghci", "-v0"], 180, input=script, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    engine.relay.settle()
     assert "error" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
     # Pre BundleStamp: every datagram is a timestamped bundle.
     assert engine.relay.packets and all(p.startswith(b"#bundle") for p in engine.relay.packets)
