@@ -4,8 +4,10 @@
     python examples/osc_client.py /riff/alpha 0.5 --host 127.0.0.1 --port 9000
     python examples/osc_client.py /riff/state            # prints every parameter
     python examples/osc_client.py --watch                # subscribe and print feedback
+    python examples/osc_client.py /riff/ping             # prints /riff/pong
 
-Arguments that look like integers or floats are sent as such, everything else as strings.
+Arguments that look like integers or floats are sent as such, everything else as strings;
+``-s``/``--string`` sends every argument as a string (``-s /riff/prompt 808``).
 Replies (``/riff/error``, ``/riff/pong``, state) come back to this client's own port.
 """
 
@@ -41,6 +43,8 @@ def main() -> int:
     parser.add_argument("args", nargs="*", help="arguments")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("-s", "--string", action="store_true",
+                        help="send every argument as a string, even one that looks like a number")
     parser.add_argument("--watch", action="store_true", help="subscribe and print feedback")
     parser.add_argument("--timeout", type=float, default=2.0)
     opts = parser.parse_args()
@@ -50,11 +54,14 @@ def main() -> int:
     sock.bind(("0.0.0.0", 0))
     sock.settimeout(None if opts.watch else opts.timeout)
     server = (opts.host, opts.port)
+    args: list[int | float | str] = (list(opts.args) if opts.string
+                                     else [parse_arg(a) for a in opts.args])
+    is_ping = opts.address == "/riff/ping" and not args
     if opts.address:
-        sock.sendto(build(opts.address, [parse_arg(a) for a in opts.args]), server)
+        sock.sendto(build(opts.address, args), server)
     if opts.watch:
         sock.sendto(build("/riff/subscribe", []), server)
-    else:
+    elif not is_ping:
         sock.sendto(build("/riff/ping", []), server)  # the pong marks the end of the replies
     status = 0
     try:
@@ -63,6 +70,8 @@ def main() -> int:
             for timed in OscPacket(data).messages:
                 msg = timed.message
                 if msg.address == "/riff/pong" and not opts.watch:
+                    if is_ping:
+                        print(msg.address)
                     return status
                 if msg.address == "/riff/error":
                     status = 1

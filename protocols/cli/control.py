@@ -38,11 +38,18 @@ def register(subparsers: Any) -> None:
 
     osc = subparsers.add_parser(
         "osc", help="send one OSC message to a running engine and print the replies",
-        description="Send ADDRESS with ARGs (numbers are sent as int/float, the rest as "
-                    "strings) and print what comes back up to the engine's /riff/pong. "
+        description="Send ADDRESS with ARGs and print every reply up to the engine's "
+                    "/riff/pong (for /riff/ping, the pong itself). ARGs that read as integers "
+                    "or floats are sent as int/float, the rest as strings; with -s/--string "
+                    "every ARG is sent as a string (`riff osc -s /riff/prompt 808`). "
                     "Exit status 1 when the engine answers /riff/error.")
-    osc.add_argument("address", help="e.g. /riff/alpha, /riff/state")
+    osc.add_argument("address", help="e.g. /riff/alpha, /riff/state, /riff/ping")
     osc.add_argument("args", nargs="*", help="arguments")
+    osc.add_argument("-s", "--string", action="store_true",
+                     help="send every ARG as a string, even one that looks like a number")
+    osc.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                     help="after the pong, keep printing what arrives for this long "
+                          "(feedback after /riff/subscribe, for example); default 0")
     _target(osc)
     osc.set_defaults(func=_osc)
 
@@ -80,7 +87,8 @@ def _remote(args: argparse.Namespace) -> int:
 
 
 def _osc(args: argparse.Namespace) -> int:
-    return _send(args, args.address, [_parse(a) for a in args.args], quiet=False)
+    values: list[Any] = list(args.args) if args.string else [_parse(a) for a in args.args]
+    return _send(args, args.address, values, quiet=False, linger=max(0.0, args.wait))
 
 
 def _parse(text: str) -> int | float | str:
@@ -92,7 +100,11 @@ def _parse(text: str) -> int | float | str:
     return text
 
 
-def _send(args: argparse.Namespace, address: str, values: list[Any], *, quiet: bool) -> int:
+def _send(args: argparse.Namespace, address: str, values: list[Any], *, quiet: bool,
+          linger: float = 0.0) -> int:
+    """Send one message, then a /riff/ping (unless the message is the ping itself), and print
+    the replies up to the pong (printed too when the ping was what was asked for); then keep
+    printing for ``linger`` seconds."""
     from pythonosc.osc_packet import OscPacket
 
     from protocols.osc.server import build_message
@@ -107,7 +119,9 @@ def _send(args: argparse.Namespace, address: str, values: list[Any], *, quiet: b
     with sock:
         target = (args.osc_host, args.osc_port)
         sock.sendto(message, target)
-        sock.sendto(build_message("/riff/ping", ()), target)
+        is_ping = address == "/riff/ping" and not values
+        if not is_ping:
+            sock.sendto(build_message("/riff/ping", ()), target)
         status = 0
         while True:
             try:
@@ -121,9 +135,34 @@ def _send(args: argparse.Namespace, address: str, values: list[Any], *, quiet: b
             for timed in OscPacket(data).messages:
                 msg = timed.message
                 if msg.address == "/riff/pong":
+                    if is_ping and not quiet:
+                        print(msg.address, *msg.params)
+                    if linger > 0:
+                        _print_for(sock, linger)
                     return status
                 if msg.address == "/riff/error":
                     print(f"riff: error: {msg.params[-1]}", file=sys.stderr)
                     status = 1
                 elif not quiet:
                     print(msg.address, *msg.params)
+
+
+def _print_for(sock: socket.socket, seconds: float) -> None:
+    """Print every message that arrives on ``sock`` within ``seconds``."""
+    import time
+
+    from pythonosc.osc_packet import OscPacket
+
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data, _ = sock.recvfrom(65536)
+        except (TimeoutError, ConnectionRefusedError):
+            return
+        try:
+            messages = OscPacket(data).messages
+        except Exception:
+            continue
+        for timed in messages:
+            print(timed.message.address, *timed.message.params, flush=True)
