@@ -51,7 +51,6 @@ def _seam_ratio(image: Image.Image) -> float:
 
 @pytest.mark.slow
 def test_seamless_generation_closes_the_seam_of_the_tiny_model() -> None:
-    torch.set_num_threads(1)
     gen = RiffusionGenerator.load("tiny")
     ratios: dict[bool, list[float]] = {False: [], True: []}
     for seed in range(6):
