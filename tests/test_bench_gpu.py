@@ -1,0 +1,29 @@
+"""bench/bench_gpu.py --small runs (so the GPU benchmark cannot rot between GPU sessions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_small_gpu_benchmark_runs_and_reports_every_timing() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--small",
+                        "--steps", "2", "--repeat", "1"], capture_output=True, text=True,
+                       timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert result["device"] == "cpu" and result["model"] == "tiny"
+    row = result["project"]["2"]
+    for key in ("generate_s", "generate_and_audio_s", "batched_per_clip_s"):
+        assert 0 < row[key] < 600, (key, row)
+    assert row["generate_and_audio_s"] > row["generate_s"]  # the audio is extra work
+    assert result["baseline"]["2"]["diffusers_img2img_s"] > 0
+    assert set(result["phase_s"]) == {"fast", "quality", "riffusion"}
+    assert "| 2 |" in r.stderr  # the table
