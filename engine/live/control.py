@@ -62,6 +62,7 @@ class Engine:
         sink_stats: Callable[[], Mapping[str, int]] | None = None,
         sync: SyncConfig | None = None,
         follow: FollowConfig | None = None,
+        scheduler: str | None = None,
     ) -> None:
         self.generators: tuple[ClipGenerator, ...] = (
             tuple(generators) if isinstance(generators, Sequence) else (generators,)
@@ -81,7 +82,7 @@ class Engine:
         self.sync = MasterSync(self.transport, play=self.play, stop=self.stop,
                                playing=lambda: self.scheduler.running,
                                adopt=self._adopt_transport, config=sync)
-        self.planner = JamPlanner(walk_clips)
+        self.planner = JamPlanner(walk_clips, scheduler)
         self.scheduler = Scheduler(self.state, self.transport, self.planner, sink, self.clock,
                                    config)
         self._seen = self.state.snapshot()  # last values acted on: repeats change nothing

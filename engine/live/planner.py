@@ -99,10 +99,13 @@ def _next_seed(seed: int) -> int:
 class JamPlanner:
     """Plans the infinite jam (see the module docstring); ``walk_clips`` clips per seed step."""
 
-    def __init__(self, walk_clips: int = 4) -> None:
+    def __init__(self, walk_clips: int = 4, scheduler: str | None = None) -> None:
         if not isinstance(walk_clips, int) or not 1 <= walk_clips <= 64:
             raise InvalidRequest(f"walk_clips must be an integer 1..64, not {walk_clips!r}")
         self.walk_clips = walk_clips
+        #: The diffusion scheduler every request names (``None``: the model's own); in the
+        #: request, so a take's log re-renders with the same one.
+        self.scheduler = scheduler
 
     @staticmethod
     def relevant(name: str, state: Mapping[str, Value]) -> bool:
@@ -125,7 +128,7 @@ class JamPlanner:
             )
         else:
             pos = self._auto(state, prev)
-        return self._request(state, pos), pos
+        return self._request(state, pos, self.scheduler), pos
 
     def _auto(self, state: Mapping[str, Value], prev: JamPosition | None) -> JamPosition:
         prompt = str(state["prompt"])
@@ -155,7 +158,8 @@ class JamPlanner:
         return JamPosition(origin, end, 1, self.walk_clips, seed_seen)
 
     @staticmethod
-    def _request(state: Mapping[str, Value], pos: JamPosition) -> InferenceRequest:
+    def _request(state: Mapping[str, Value], pos: JamPosition,
+                 scheduler: str | None = None) -> InferenceRequest:
         negative = str(state["negative"]) or None
         denoising = float(state["denoising"])
         guidance = float(state["guidance"])
@@ -171,4 +175,5 @@ class JamPlanner:
             seed_image_id=str(state["seed_image"]),
             mask_image_id=str(state["mask"]) or None,
             seamless=bool(state["seamless"]),
+            scheduler=scheduler,
         )

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from engine.errors import InvalidRequest, RiffError
+from engine.live.quality import QUALITY_PRESETS, quality_preset
 
 log = logging.getLogger("riff.run")
 
@@ -43,6 +44,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "crossfade_ms": 10.0,
     "sample_rate": 48000,
     "on_master_stop": "stop",
+    "quality": None,
 }
 
 
@@ -86,6 +88,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", help="cuda, cuda:N, cpu or auto (default auto)")
     p.add_argument("--phase-method", choices=("riffusion", "fast", "quality"),
                    help="phase reconstruction (default fast)")
+    p.add_argument("--quality", choices=tuple(QUALITY_PRESETS), help=_quality_help())
     p.add_argument("--tempo", type=float, help="beats per minute (default 120)")
     p.add_argument("--bars", type=int, help="clip length in bars (default 2)")
     p.add_argument("--meter", type=int, help="beats per bar (default 4)")
@@ -157,6 +160,15 @@ def _load_config(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     return data, run_opts
 
 
+def _quality_help() -> str:
+    """``--quality``'s help: each preset's steps, scheduler, phase method and cost."""
+    own = "the model's scheduler"
+    presets = "; ".join(f"{q.name}: {q.steps} steps, {q.scheduler or own}, {q.phase_method} "
+                        f"phase ({q.cost})" for q in QUALITY_PRESETS.values())
+    return (f"speed preset. {presets}. Default: 50 steps, {own}, fast phase. --steps and "
+            "--phase-method win over it")
+
+
 def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     params, run_opts = _load_config(args.config)
     opts = {**RUN_DEFAULTS, **run_opts}
@@ -170,6 +182,14 @@ def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
         value = getattr(args, arg)
         if value is not None:
             params[name] = value
+    if opts["quality"] is not None:
+        preset = quality_preset(str(opts["quality"]))
+        params.setdefault("steps", preset.steps)
+        if args.phase_method is None and "phase_method" not in run_opts:
+            opts["phase_method"] = preset.phase_method
+        opts["scheduler"] = preset.scheduler
+    else:
+        opts["scheduler"] = None
     if "prompt" in params:  # manual mode endpoints follow the prompt unless set
         params.setdefault("prompt_a", params["prompt"])
         params.setdefault("prompt_b", params["prompt"])
@@ -301,7 +321,8 @@ def _build_engine(d: _Daemon, state: Any) -> None:
     taps = RecordingTaps()
     d.engine = engine = Engine(taps.generator(d.client), taps.sink(d.player), sample_rate=d.rate,
                                state=state, sink_stats=d.player.counters,
-                               sync=SyncConfig(on_stop=d.opts["on_master_stop"]))
+                               sync=SyncConfig(on_stop=d.opts["on_master_stop"]),
+                               scheduler=d.opts["scheduler"])
     taps.transport = engine.transport
     state.add_listener(taps.on_state_change)
     d.takes = TakeController(
