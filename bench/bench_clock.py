@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import heapq
-import itertools
 import json
 import random
 import statistics
@@ -38,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.live.control import Engine
 from engine.live.jobs import Clip, GenerationJob, ProgressCallback
+from engine.live.manual_clock import ManualClock
 from engine.live.scheduler import SchedulerConfig
 from engine.live.state import EngineState
 from protocols.midi.clock import CLOCK, START, FrameTimebase, MidiClock, TransportFollower
@@ -52,34 +51,11 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-class SimClock:
+class SimClock(ManualClock):
     """Simulated seconds: sleepers wake in time order when the bench advances the clock."""
 
     def __init__(self) -> None:
-        self.t = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.t + max(seconds, 0.0), next(self._seq), fut))
-        await fut
-
-    async def advance(self, seconds: float) -> None:
-        target = self.t + seconds
-        await settle()
-        while self._sleepers and self._sleepers[0][0] <= target:
-            when, _, fut = heapq.heappop(self._sleepers)
-            if fut.done():
-                continue
-            self.t = max(self.t, when)
-            fut.set_result(None)
-            await settle()
-        self.t = target
-        await settle()
+        super().__init__(SETTLE_TURNS)
 
 
 class Sink:

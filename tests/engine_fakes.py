@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
-import itertools
 
 import numpy as np
 
 from engine.live.jobs import Clip, GenerationJob, ProgressCallback
+from engine.live.manual_clock import ManualClock
 from engine.model.request import InferenceRequest
 
 SETTLE_TURNS = 40
@@ -35,34 +34,9 @@ def fake_audio(source: int, num_samples: int) -> np.ndarray:
     return audio
 
 
-class FakeClock:
-    """Seconds that pass only when the test calls :meth:`advance`."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.t + max(seconds, 0.0), next(self._seq), fut))
-        await fut
-
-    async def advance(self, seconds: float) -> None:
-        target = self.t + seconds
-        await settle()
-        while self._sleepers and self._sleepers[0][0] <= target:
-            when, _, fut = heapq.heappop(self._sleepers)
-            if fut.done():
-                continue
-            self.t = max(self.t, when)
-            fut.set_result(None)
-            await settle()
-        self.t = target
-        await settle()
+class FakeClock(ManualClock):
+    """Seconds that pass only when the test calls :meth:`advance` (the engine's own
+    :class:`~engine.live.manual_clock.ManualClock`)."""
 
     async def run_until(self, condition: object, timeout: float, step: float = 0.01) -> None:
         """Advance in ``step``s until ``condition()`` holds (fake time; fails after timeout)."""
