@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -286,8 +287,8 @@ class Recorder:
         """Writer thread: remember the error, stop the audio thread's feeding, tell the owner."""
         self._error = exc
         self.failed = True
-        log.error("recording to %s failed after %d frames: %s", self.config.live_path,
-                  self._frames_on_disk, exc)
+        log.error("recording to %s failed: %s (%d frames were written before the failed "
+                  "write)", self.config.live_path, exc, self._frames_on_disk)
         if self.on_error is not None:
             try:
                 self.on_error(exc)
@@ -299,7 +300,14 @@ class Recorder:
         assert self._file is not None
         spans = self._ring.regions()
         for start, stop in spans:
-            self._file.write(self._ring.buffer[start:stop])
+            try:
+                self._file.write(self._ring.buffer[start:stop])
+            except sf.LibsndfileError as exc:
+                # libsndfile says only "System error."; the OS's errno says which.
+                errno = sf._ffi.errno
+                if errno:
+                    raise OSError(errno, f"{os.strerror(errno)} ({exc})") from exc
+                raise
             self._ring.release(stop - start)  # frees ring space for the audio thread
             self._frames_on_disk += stop - start
         return bool(spans)
