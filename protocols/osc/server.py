@@ -116,6 +116,32 @@ def build_message(address: str, args: Args) -> bytes:
     return builder.build().dgram
 
 
+_BUNDLE = b"#bundle\0"
+
+
+def _check_bundle(data: bytes, depth: int = 0) -> None:
+    """Raise ValueError unless a bundle's element sizes tile it exactly (nested ones too).
+
+    Why: python-osc slices each element by its declared size without checking it, so a
+    bundle whose element claims more bytes than there are would still be applied."""
+    if not data.startswith(_BUNDLE):
+        return
+    if depth > 8:
+        raise ValueError("bundles nested too deeply")
+    pos = 16  # "#bundle\0" and the timetag
+    if len(data) < pos:
+        raise ValueError("bundle shorter than its header")
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise ValueError("bundle element size cut short")
+        size = int.from_bytes(data[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if size <= 0 or size % 4 or pos + size > len(data):
+            raise ValueError(f"bundle element size {size} does not fit the bundle")
+        _check_bundle(data[pos:pos + size], depth + 1)
+        pos += size
+
+
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -224,6 +250,7 @@ class OscServer(asyncio.DatagramProtocol):
             if len(data) % 4:
                 # OSC packets are 4-byte aligned; python-osc pads a truncated float instead.
                 raise ValueError("length is not a multiple of 4")
+            _check_bundle(data)
             packet = OscPacket(data)
         except Exception as exc:  # python-osc raises several types for garbage
             self.counters.received += 1
