@@ -198,6 +198,59 @@ def test_disk_full_ends_the_take_cleanly(tmp_path: Path) -> None:
     assert read_control_log(tmp_path / "full.jsonl").complete
 
 
+LOG_FULL = textwrap.dedent("""
+    import asyncio, json, resource, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    from tests.test_take_reliability import BLOCK, _pattern
+    from engine.live.player import Player, PlayerConfig
+    from engine.live.state import EngineState
+    from engine.live.transport import Transport
+    from engine.takes.recording import RecordingTaps, TakeController
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), hard))
+
+    async def main():
+        player = Player(PlayerConfig(sample_rate=48000, channels=2))
+        state = EngineState()
+        taps = RecordingTaps(Transport(player.position, 48000, tempo=120.0))
+        state.add_listener(taps.on_state_change)
+        takes = TakeController(taps, sys.argv[2], sample_rate=48000, state=state.snapshot)
+        takes.start("logfull")
+        for n in range(0, 10 * BLOCK, BLOCK):
+            block = _pattern(n, BLOCK)
+            takes.write_channels([block[:, 0].copy(), block[:, 1].copy()], n + BLOCK)
+        changes = 0
+        while takes.recording and changes < 5000:
+            state.set("prompt", "x" * 400 + str(changes))  # never raises into the engine
+            changes += 1
+            await asyncio.sleep(0)
+        await takes.drain()
+        print(json.dumps({"changes": changes, "status": takes.status(),
+                          "prompt": state.get("prompt")}))
+
+    asyncio.run(main())
+""")
+
+
+def test_control_log_write_error_ends_the_take_not_the_engine(tmp_path: Path) -> None:
+    """The take's control log hits the limit first (parameter changes, no audio): the state
+    change still applies, the take ends with the reason, both files read back."""
+    r = subprocess.run([sys.executable, "-c", LOG_FULL, str(ROOT), str(tmp_path), "200000"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["changes"] < 5000 and not out["status"]["recording"]
+    assert out["prompt"] == "x" * 400 + str(out["changes"] - 1)
+    assert "logfull.jsonl" in out["status"]["record_error"]
+    assert "File too large" in out["status"]["record_error"]
+    data, _ = sf.read(tmp_path / "logfull.wav", dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(data, _pattern(0, 10 * BLOCK))
+    control = read_control_log(tmp_path / "logfull.jsonl")
+    assert len(control.events) > 100 and not control.complete
+
+
 def test_not_recording_error_names_no_failure_by_default(tmp_path: Path) -> None:
     takes, _ = _controller(tmp_path)
     with pytest.raises(InvalidRequest, match=r"^not recording$"):

@@ -133,7 +133,14 @@ class RecordingTaps:
     Thread: all of them run on the control plane (asyncio loop); each log line is one small
     buffered write, never an fsync. ``recording`` may be replaced or set to None at any time
     (record start/stop); nothing is logged while it is None.
+
+    A log line that cannot be written (disk full) never reaches the engine: the error goes to
+    ``on_log_error`` (the :class:`TakeController` ends the take) and the command, the job or
+    the clip goes on as if nothing was recorded.
     """
+
+    #: Called on the loop with the take and the error when its log cannot be written.
+    on_log_error: Callable[[Recording, OSError], None] | None = None
 
     def __init__(self, transport: _Clock | None = None, recording: Recording | None = None
                  ) -> None:
@@ -144,6 +151,18 @@ class RecordingTaps:
         #: take started mid-clip can log what is playing (:meth:`log_playing`).
         self.recent: collections.deque[tuple[Clip, int]] = collections.deque(maxlen=4)
         self.stopped_at: int | None = None
+
+    def _log(self, write: Callable[[Recording], None]) -> None:
+        """Write to the running take's log, if any; a failed write goes to ``on_log_error``."""
+        take = self.recording
+        if take is None:
+            return
+        try:
+            write(take)
+        except OSError as exc:
+            if self.on_log_error is None:
+                raise
+            self.on_log_error(take, exc)
 
     def log_playing(self) -> None:
         """Log the clip playing now and any scheduled after it (generation + clip start), so
@@ -157,13 +176,17 @@ class RecordingTaps:
         if self.stopped_at is not None and (not recent or self.stopped_at >= recent[-1][1]):
             return  # stopped after the last schedule: nothing plays
         logged: set[int] = set()
-        for clip, start in recent[first:]:
-            sample, bar = self._at(start)
-            if clip.job_id not in logged:
-                logged.add(clip.job_id)
-                self.recording.log.generation(clip.job_id, clip.request, clip.spec,
-                                              sample=sample, bar=bar)
-            self.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
+
+        def write(take: Recording) -> None:
+            for clip, start in recent[first:]:
+                sample, bar = self._at(start)
+                if clip.job_id not in logged:
+                    logged.add(clip.job_id)
+                    take.log.generation(clip.job_id, clip.request, clip.spec, sample=sample,
+                                        bar=bar)
+                take.log.clip_start(clip.job_id, sample=sample, bar=bar)
+
+        self._log(write)
 
     def _at(self, sample: int | None = None) -> tuple[int, float]:
         if self.transport is None:
@@ -179,7 +202,8 @@ class RecordingTaps:
         """Log an accepted command at the current position."""
         if self.recording is not None:
             sample, bar = self._at()
-            self.recording.log.command(name, list(args), sample=sample, bar=bar, source=source)
+            self._log(lambda take: take.log.command(name, list(args), sample=sample, bar=bar,
+                                                    source=source))
 
     def generator(self, inner: ClipGenerator) -> ClipGenerator:
         """``inner`` with every job logged (request and clip spec) before it is generated."""
@@ -200,8 +224,8 @@ class _LoggedGenerator:
         """Log ``job``, then generate it with the wrapped generator (control plane)."""
         if self.taps.recording is not None:
             sample, bar = self.taps._at()
-            self.taps.recording.log.generation(job.job_id, job.request, job.spec,
-                                               sample=sample, bar=bar)
+            self.taps._log(lambda take: take.log.generation(job.job_id, job.request, job.spec,
+                                                            sample=sample, bar=bar))
         return await self.inner.generate(job, progress)
 
 
@@ -217,7 +241,8 @@ class _LoggedSink:
         self.taps.stopped_at = None
         if self.taps.recording is not None:
             sample, bar = self.taps._at(start_sample)
-            self.taps.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
+            self.taps._log(lambda take: take.log.clip_start(clip.job_id, sample=sample,
+                                                            bar=bar))
 
     def position(self) -> int:
         """The wrapped sink's audio clock (any thread)."""
@@ -229,8 +254,8 @@ class _LoggedSink:
         self.taps.stopped_at = self.inner.position()
         if self.taps.recording is not None:
             sample, bar = self.taps._at(self.inner.position())
-            self.taps.recording.log.command("/riff/stop", [], sample=sample, bar=bar,
-                                            source="sink")
+            self.taps._log(lambda take: take.log.command("/riff/stop", [], sample=sample,
+                                                         bar=bar, source="sink"))
 
 
 class TakeController:
@@ -274,6 +299,7 @@ class TakeController:
         self._last: Recording | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._finishing: set[asyncio.Future[tuple[Path, Path]]] = set()
+        taps.on_log_error = self._log_failed
 
     @property
     def recording(self) -> bool:
@@ -365,7 +391,11 @@ class TakeController:
         deadline = loop.time() + self.settle_s
         while self.calls < calls + 2 and loop.time() < deadline:
             await asyncio.sleep(0.002)
-        sample, bar = self._end_position(take)
+        try:
+            sample, bar = self._end_position(take)
+        except OSError as exc:  # the log's take_start line: the log is failing; close anyway
+            self.error = self.error or f"writing {take.log.path.name} failed: {exc}"
+            sample, bar = max(take.end_sample, 0), 0.0
         return await loop.run_in_executor(None, self._close, take, sample, bar)
 
     async def drain(self) -> None:
@@ -393,6 +423,25 @@ class TakeController:
         except RecordingError as exc:
             self.error = str(exc)
             raise
+        except OSError as exc:  # the control log's end line or close
+            self.error = self.error or f"writing {take.log.path.name} failed: {exc}"
+            raise RecordingError(self.error) from exc
+
+    def _log_failed(self, take: Recording, exc: OSError) -> None:
+        """Loop (RecordingTaps): the take's control log cannot be written: end the take,
+        keeping what was written (the log reads back up to its last whole line)."""
+        if self.taps.recording is not take:
+            return
+        self.error = f"writing {take.log.path.name} failed: {exc}"
+        log.error("recording's control log %s failed: %s", take.log.path, exc)
+        if self._loop is not None:
+            self._end_failed(take)
+            return
+        self.taps.recording = None  # no loop (scripts, tests): close it here, blocking
+        try:
+            self._close(take, *self.taps._at())
+        except RecordingError as exc:
+            log.error("take %s stopped: %s", take.recorder.config.path, exc)
 
     def _writer_failed(self, holder: list[Recording]) -> None:
         """Writer thread: the take's file failed. Record why at once (status, OSC) and end the
