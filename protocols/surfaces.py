@@ -92,6 +92,18 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
                             "only; 0.0.0.0 listens on every interface)")
     group.add_argument("--osc-port", type=int, default=9000,
                        help="OSC UDP port (default 9000; 0 disables OSC)")
+    group.add_argument("--osc-allow", action="append", default=[], metavar="CIDR",
+                       help="serve OSC from this network only (repeatable, e.g. "
+                            "192.168.1.0/24 or 10.0.0.7); others are dropped and counted "
+                            "(default: loopback when --osc-host is loopback, else this "
+                            "machine's networks)")
+    writes = group.add_mutually_exclusive_group()
+    writes.add_argument("--osc-readonly-files", action="store_true",
+                        help="refuse OSC commands that write files (/riff/record/*, "
+                             "/riff/preset/save, /riff/midi/learn)")
+    writes.add_argument("--osc-allow-file-writes", action="store_true",
+                        help="allow those commands when --osc-host is not loopback (off by "
+                             "default there)")
     group.add_argument("--midi-in", action="append", default=[], metavar="SOURCE",
                        help="MIDI input, repeatable: 'jack' (a JACK MIDI port), 'jack:PORT' "
                             "(connected from that JACK port), 'rtmidi' (a virtual port), "
@@ -110,7 +122,11 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
 
 def control_config_from_args(args: argparse.Namespace) -> ControlConfig:
     """The :class:`ControlConfig` for parsed ``add_control_arguments`` options."""
-    osc = None if args.osc_port == 0 else OscConfig(host=args.osc_host, port=args.osc_port)
+    file_writes = (False if args.osc_readonly_files else
+                   True if args.osc_allow_file_writes else None)
+    osc = None if args.osc_port == 0 else OscConfig(
+        host=args.osc_host, port=args.osc_port, allow=tuple(args.osc_allow),
+        file_writes=file_writes)
     return ControlConfig(osc=osc, midi_in=tuple(args.midi_in), midi_map=args.midi_map,
                          midi_clock=args.midi_clock, midi_feedback=args.midi_feedback,
                          preset_dirs=tuple(args.preset_dir))

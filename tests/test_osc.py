@@ -304,7 +304,7 @@ def test_counters_add_up(osc: Served) -> None:
     client.messages_until_pong()
     c = osc.lt.call(osc.server.counters.as_dict)
     # alpha 0.1 and the ping applied; alpha 7 and the junk refused.
-    assert c == {"received": 4, "applied": 2, "errors": 2, "dropped": 0}
+    assert c == {"received": 4, "applied": 2, "errors": 2, "dropped": 0, "denied": 0}
 
 
 def test_int64_seed_round_trip(osc: Served) -> None:

@@ -176,11 +176,21 @@ class Engine:
         log.info("recording to %s", path)
         return path
 
-    def record_stop(self) -> tuple[Path, Path]:
-        """Stop the running take; returns its (audio, control log) paths."""
-        audio, control = self._takes().stop()
-        log.info("recording stopped: %s, %s", audio, control)
-        return audio, control
+    def record_stop(self) -> asyncio.Future[tuple[Path, Path]]:
+        """Stop the running take now; the future gives its (audio, control log) paths once
+        both files are complete (or raises RecordingError when writing had failed).
+
+        Returns at once (raising InvalidRequest when not recording): the audio thread stops
+        feeding the take from its next period, and joining the writer, closing the files and
+        encoding FLAC happen in an executor, so a long take never stalls the loop."""
+        future = self._takes().stop_async()
+
+        def done(f: asyncio.Future[tuple[Path, Path]]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                log.info("recording stopped: %s, %s", *f.result())
+
+        future.add_done_callback(done)
+        return future
 
     def _takes(self) -> TakeController:
         if self.takes is None:
@@ -252,9 +262,22 @@ class Engine:
             "failed": c.failed,
             "retried": c.retried,
             "abandoned": c.abandoned,
+            # A failed take's reason stands until the next take starts (a full disk matters
+            # more than the last clip given up).
             "error": self.scheduler.last_error,
             **self._sink_status(),
+            **self._take_status(),
         }
+
+    def _take_status(self) -> dict[str, int | str]:
+        """``recording``, ``record_dropped``, ``record_error`` and, while a take's failure
+        stands, that failure as ``error`` (empty without takes)."""
+        if self.takes is None:
+            return {}
+        status: dict[str, int | str] = dict(self.takes.status())
+        if status["record_error"]:
+            status["error"] = status["record_error"]
+        return status
 
     def _sink_status(self) -> dict[str, int]:
         """The player's xruns, underruns, silent blocks (by design), late starts and repeats

@@ -7,7 +7,9 @@ reproduce its audio; ``render`` is the one-shot request -> image + audio (or cli
 that ``riff render`` and ``riff serve`` use.
 
 Threading model: the audio thread calls only ``Recording.write``/``Recorder.write`` (a copy
-into the ring, no allocation, no lock); the recorder's writer thread drains the ring to disk;
-everything else runs on the control loop or in a command-line process. ``render`` runs on the
+into the ring, no allocation, no lock); the recorder's writer thread drains the ring to disk
+and reports write errors and ring overflows as they happen; a take's stop (joining the writer,
+closing the files, encoding FLAC) runs in the loop's executor; everything else runs on the
+control loop or in a command-line process. ``render`` runs on the
 server's generation thread.
 """

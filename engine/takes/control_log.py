@@ -185,14 +185,21 @@ class ControlLogWriter:
         with self._lock:
             if self._file is None:
                 return
-        if sample is not None:
-            self._write({"type": "end", **_position(sample, bar)})
-        with self._lock:
-            if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-                self._file = None
+        try:
+            if sample is not None:
+                self._write({"type": "end", **_position(sample, bar)})
+            with self._lock:
+                if self._file is not None:
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+        finally:  # a full disk must not leak the file: close it, then raise
+            with self._lock:
+                if self._file is not None:
+                    file, self._file = self._file, None
+                    try:
+                        file.close()
+                    except OSError as exc:
+                        log.warning("closing %s: %s", self.path, exc)
 
     def _write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))

@@ -10,8 +10,11 @@ The audio side is a :class:`~engine.takes.recorder.Recorder` (the audio thread c
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime
+import functools
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +33,9 @@ from engine.live.jobs import (
 )
 from engine.model.request import InferenceRequest, check_plain_id
 from engine.takes.control_log import ControlLogWriter, LogHeader
-from engine.takes.recorder import FORMATS, Recorder, RecorderConfig
+from engine.takes.recorder import FORMATS, Recorder, RecorderConfig, RecordingError
+
+log = logging.getLogger(__name__)
 
 #: The command that marks the clock sample of a take's first recorded frame.
 TAKE_START = "take_start"
@@ -64,10 +69,12 @@ class Recording:
     @classmethod
     def start(cls, target: Path | str, *, sample_rate: int, channels: int = 2,
               state: Mapping[str, Any] | None = None, info: Mapping[str, Any] | None = None,
-              flush_s: float = 0.5) -> Recording:
+              flush_s: float = 0.5,
+              on_error: Callable[[BaseException], None] | None = None) -> Recording:
         """Open both files and start the writer thread. Called by the control thread.
 
-        Refuses to overwrite an existing log (FileExistsError) or audio file.
+        Refuses to overwrite an existing log (FileExistsError) or audio file. ``on_error``:
+        see :class:`~engine.takes.recorder.Recorder` (called from the writer thread).
         """
         audio, log_path = recording_paths(target)
         config = RecorderConfig(audio, sample_rate=sample_rate, channels=channels,
@@ -77,7 +84,7 @@ class Recording:
         header = LogHeader(sample_rate=sample_rate, channels=channels, audio=audio.name,
                            state=dict(state or {}), info=dict(info or {}))
         log = ControlLogWriter(log_path, header)
-        recorder = Recorder(config)
+        recorder = Recorder(config, on_error=on_error)
         try:
             recorder.start()
         except BaseException:
@@ -95,7 +102,9 @@ class Recording:
         return self.recorder.write_channels(channels)
 
     def stop(self, *, sample: int, bar: float) -> tuple[Path, Path]:
-        """Close the take at ``sample``/``bar`` (control thread); returns (audio, log) paths."""
+        """Close the take at ``sample``/``bar``; returns (audio, log) paths. Any thread but the
+        audio thread; it joins the writer and may encode FLAC, so the daemon runs it in an
+        executor. Raises RecordingError when writing failed (the log is closed all the same)."""
         try:
             audio = self.recorder.stop()
         finally:
@@ -132,7 +141,14 @@ class RecordingTaps:
     Thread: all of them run on the control plane (asyncio loop); each log line is one small
     buffered write, never an fsync. ``recording`` may be replaced or set to None at any time
     (record start/stop); nothing is logged while it is None.
+
+    A log line that cannot be written (disk full) never reaches the engine: the error goes to
+    ``on_log_error`` (the :class:`TakeController` ends the take) and the command, the job or
+    the clip goes on as if nothing was recorded.
     """
+
+    #: Called on the loop with the take and the error when its log cannot be written.
+    on_log_error: Callable[[Recording, OSError], None] | None = None
 
     def __init__(self, transport: _Clock | None = None, recording: Recording | None = None
                  ) -> None:
@@ -159,7 +175,20 @@ class RecordingTaps:
         if job_id in self._logged:
             return
         self._logged.add(job_id)
-        recording.log.generation(job_id, request, spec, sample=sample, bar=bar)
+        self._log(lambda take: take.log.generation(job_id, request, spec, sample=sample,
+                                                   bar=bar))
+
+    def _log(self, write: Callable[[Recording], None]) -> None:
+        """Write to the running take's log, if any; a failed write goes to ``on_log_error``."""
+        take = self.recording
+        if take is None:
+            return
+        try:
+            write(take)
+        except OSError as exc:
+            if self.on_log_error is None:
+                raise
+            self.on_log_error(take, exc)
 
     def log_playing(self) -> None:
         """Log the clip playing now and any scheduled after it (generation + clip start), so
@@ -175,7 +204,8 @@ class RecordingTaps:
         for clip, start in recent[first:]:
             sample, bar = self._at(start)
             self.log_generation(clip.job_id, clip.request, clip.spec, sample=sample, bar=bar)
-            self.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
+            self._log(functools.partial(_log_clip_start, job_id=clip.job_id, sample=sample,
+                                        bar=bar))
 
     def _at(self, sample: int | None = None) -> tuple[int, float]:
         if self.transport is None:
@@ -191,7 +221,8 @@ class RecordingTaps:
         """Log an accepted command at the current position."""
         if self.recording is not None:
             sample, bar = self._at()
-            self.recording.log.command(name, list(args), sample=sample, bar=bar, source=source)
+            self._log(lambda take: take.log.command(name, list(args), sample=sample, bar=bar,
+                                                    source=source))
 
     def generator(self, inner: ClipGenerator) -> ClipGenerator:
         """``inner`` with every job logged (request and clip spec) before it is generated."""
@@ -200,6 +231,10 @@ class RecordingTaps:
     def sink(self, inner: ClipSink) -> ClipSink:
         """``inner`` with every scheduled clip and every stop logged."""
         return _LoggedSink(inner, self)
+
+
+def _log_clip_start(take: Recording, *, job_id: int, sample: int, bar: float) -> None:
+    take.log.clip_start(job_id, sample=sample, bar=bar)
 
 
 class _LoggedGenerator:
@@ -230,7 +265,8 @@ class _LoggedSink:
             sample, bar = self.taps._at(start_sample)
             self.taps.log_generation(clip.job_id, clip.request, clip.spec, sample=sample,
                                      bar=bar)
-            self.taps.recording.log.clip_start(clip.job_id, sample=sample, bar=bar)
+            self.taps._log(lambda take: take.log.clip_start(clip.job_id, sample=sample,
+                                                            bar=bar))
 
     def position(self) -> int:
         """The wrapped sink's audio clock (any thread)."""
@@ -242,8 +278,8 @@ class _LoggedSink:
         self.taps.stopped_at = self.inner.position()
         if self.taps.recording is not None:
             sample, bar = self.taps._at(self.inner.position())
-            self.taps.recording.log.command("/riff/stop", [], sample=sample, bar=bar,
-                                            source="sink")
+            self.taps._log(lambda take: take.log.command("/riff/stop", [], sample=sample,
+                                                         bar=bar, source="sink"))
 
 
 class TakeController:
@@ -254,8 +290,16 @@ class TakeController:
     ``end`` line), so ``riff rerender`` writes the same span.
 
     Takes go into ``folder``; a name from the network is a plain file name (``set1.wav``,
-    ``set1.flac``, or ``set1`` for WAV), never a path. Thread: :meth:`start` and :meth:`stop`
-    run on the control plane; :meth:`write_channels` on the audio thread.
+    ``set1.flac``, or ``set1`` for WAV), never a path.
+
+    Threads: :meth:`start`, :meth:`detach` and :meth:`stop_async` run on the control plane
+    (the asyncio loop) and never block it: the slow part of a stop (joining the writer,
+    closing the files, encoding FLAC) runs in the loop's default executor, and the future
+    :meth:`stop_async` returns completes when the files are complete. :meth:`stop` is the
+    blocking form, for callers without a loop. :meth:`write_channels` runs on the audio
+    thread. When the writer fails (disk full), the take is ended on the loop at once
+    (``call_soon_threadsafe`` from the writer thread) and :attr:`error` says why until the
+    next take starts.
     """
 
     def __init__(self, taps: RecordingTaps, folder: Path | str, *, sample_rate: int,
@@ -263,21 +307,36 @@ class TakeController:
                  info: Mapping[str, Any] | None = None) -> None:
         self.taps = taps
         self.folder = Path(folder)
-        #: Longest wait in :meth:`stop` for an audio-thread write in progress.
+        #: Longest wait in a stop for an audio-thread write in progress.
         self.settle_s = 0.5
         self.sample_rate = sample_rate
         self.channels = channels
         self._state = state
         self.info = dict(info or {})
         self.takes = 0
-        #: Audio-thread calls of :meth:`write_channels` so far (recording or not): lets
-        #: :meth:`stop` wait until a write that began before the stop has finished.
+        #: Audio-thread calls of :meth:`write_channels` so far (recording or not): lets a stop
+        #: wait until a write that began before the stop has finished.
         self.calls = 0
+        #: Why the last take failed ("" when it did not); cleared when a take starts.
+        self.error = ""
+        #: The running or last take (for :meth:`status`).
+        self._last: Recording | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finishing: set[asyncio.Future[tuple[Path, Path]]] = set()
+        taps.on_log_error = self._log_failed
 
     @property
     def recording(self) -> bool:
         """Whether a take is being recorded."""
         return self.taps.recording is not None
+
+    def status(self) -> dict[str, int | str]:
+        """``recording`` (0/1), ``record_dropped`` (frames the running or last take lost to
+        ring overflow), ``record_error`` (why the last take failed, or ""). Any thread."""
+        last = self._last
+        return {"recording": int(self.taps.recording is not None),
+                "record_dropped": last.recorder.overflows if last is not None else 0,
+                "record_error": self.error}
 
     def start(self, name: str | None = None) -> Path:
         """Start a take (named, or timestamped); returns its audio path.
@@ -295,42 +354,149 @@ class TakeController:
             check_plain_id(stem, "recording name")
             target = self.folder / f"{stem}.{suffix.lower()}"
         state = dict(self._state()) if self._state is not None else {}
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # no loop (tests, scripts): a failed take ends at its stop
+        holder: list[Recording] = []
         take = Recording.start(target, sample_rate=self.sample_rate, channels=self.channels,
-                               state=state, info=self.info)
+                               state=state, info=self.info,
+                               on_error=lambda exc: self._writer_failed(holder))
+        holder.append(take)
         self.taps.recording = take
+        self._last = take
+        self.error = ""
         self.taps.log_playing()
         self.takes += 1
         return take.recorder.config.path
 
+    def detach(self) -> tuple[Recording, int]:
+        """Take the running take away from the audio thread (its next period no longer feeds
+        it) and the taps; returns it with the audio-thread call count at this moment.
+        Control plane; raises InvalidRequest when not recording."""
+        take = self.taps.recording
+        if take is None:
+            why = f" (the last take stopped: {self.error})" if self.error else ""
+            raise InvalidRequest(f"not recording{why}")
+        self.taps.recording = None
+        return take, self.calls
+
     def stop(self) -> tuple[Path, Path]:
-        """Stop the take; returns (audio, log) paths. Control plane.
+        """Stop the take and wait for its files; returns (audio, log) paths. Blocking: for
+        callers without a running loop (on the loop use :meth:`stop_async`).
 
         Waits until the audio thread has begun a later period (two periods in practice, at
         most ``settle_s`` when no audio thread runs), so the take ends on a whole block and
         its log's ``end`` is the sample after its last frame."""
-        take = self.taps.recording
-        if take is None:
-            raise InvalidRequest("not recording")
-        self.taps.recording = None  # the audio thread stops feeding it from its next period
-        # A write that read the take before it was cleared may still be running: wait until
-        # the audio thread has begun a later call (none comes when no audio thread runs).
-        calls = self.calls
+        take, calls = self.detach()
         deadline = time.monotonic() + self.settle_s
         while self.calls < calls + 2 and time.monotonic() < deadline:
             time.sleep(0.0005)
+        return self._close(take, *self._end_position(take))
+
+    def stop_async(self) -> asyncio.Future[tuple[Path, Path]]:
+        """Stop the take now (control plane, returns at once) and finish it off the loop;
+        the future gives (audio, log) paths once both files are complete, or raises
+        :class:`~engine.takes.recorder.RecordingError`. Raises InvalidRequest at once when
+        not recording."""
+        take, calls = self.detach()
+        return self._finish(take, calls)
+
+    def _finish(self, take: Recording, calls: int) -> asyncio.Future[tuple[Path, Path]]:
+        future = asyncio.ensure_future(self._finish_async(take, calls))
+        self._finishing.add(future)
+        future.add_done_callback(self._finishing.discard)
+        return future
+
+    async def _finish_async(self, take: Recording, calls: int) -> tuple[Path, Path]:
+        """Loop: wait (without blocking) for the audio thread to leave the take, fix its end
+        on the clock, then close it in the executor."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settle_s
+        while self.calls < calls + 2 and loop.time() < deadline:
+            await asyncio.sleep(0.002)
+        try:
+            sample, bar = self._end_position(take)
+        except OSError as exc:  # the log's take_start line: the log is failing; close anyway
+            self.error = self.error or f"writing {take.log.path.name} failed: {exc}"
+            sample, bar = max(take.end_sample, 0), 0.0
+        return await loop.run_in_executor(None, self._close, take, sample, bar)
+
+    async def drain(self) -> None:
+        """Wait for every take still being finished (daemon shutdown). Loop."""
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+
+    def _end_position(self, take: Recording) -> tuple[int, float]:
+        """Control plane: log the take's first sample and return its end (sample, bar)."""
+        transport = self.taps.transport
         if take.first_sample >= 0:
             # The take's audio covers [first_sample, end_sample) on the engine's clock: the
             # re-render writes exactly that span (see engine.takes.rerender).
-            first_bar = bar_position(self.taps.transport, take.first_sample) \
-                if self.taps.transport is not None else 0.0
+            first_bar = bar_position(transport, take.first_sample) if transport else 0.0
             take.log.command(TAKE_START, [], sample=take.first_sample, bar=first_bar,
                              source="take")
             sample = take.end_sample
-            bar = bar_position(self.taps.transport, sample) \
-                if self.taps.transport is not None else 0.0
-        else:
-            sample, bar = self.taps._at()
-        return take.stop(sample=sample, bar=bar)
+            return sample, bar_position(transport, sample) if transport else 0.0
+        return self.taps._at()
+
+    def _close(self, take: Recording, sample: int, bar: float) -> tuple[Path, Path]:
+        """Close the take's files (executor thread, or the caller's for :meth:`stop`)."""
+        try:
+            return take.stop(sample=sample, bar=bar)
+        except RecordingError as exc:
+            self.error = str(exc)
+            raise
+        except OSError as exc:  # the control log's end line or close
+            self.error = self.error or f"writing {take.log.path.name} failed: {exc}"
+            raise RecordingError(self.error) from exc
+
+    def _log_failed(self, take: Recording, exc: OSError) -> None:
+        """Loop (RecordingTaps): the take's control log cannot be written: end the take,
+        keeping what was written (the log reads back up to its last whole line)."""
+        if self.taps.recording is not take:
+            return
+        self.error = f"writing {take.log.path.name} failed: {exc}"
+        log.error("recording's control log %s failed: %s", take.log.path, exc)
+        if self._loop is not None:
+            self._end_failed(take)
+            return
+        self.taps.recording = None  # no loop (scripts, tests): close it here, blocking
+        try:
+            self._close(take, *self.taps._at())
+        except RecordingError as exc:
+            log.error("take %s stopped: %s", take.recorder.config.path, exc)
+
+    def _writer_failed(self, holder: list[Recording]) -> None:
+        """Writer thread: the take's file failed. Record why at once (status, OSC) and end the
+        take on the loop (or at the next stop, without a loop)."""
+        if not holder:
+            return
+        take = holder[0]
+        self.error = take.recorder.error
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._end_failed, take)
+        except RuntimeError:  # the loop has closed: the daemon is gone, nothing to end
+            log.warning("recording failed after the loop closed: %s", self.error)
+
+    def _end_failed(self, take: Recording) -> None:
+        """Loop: end a take whose writer failed, keeping what was written."""
+        if self.taps.recording is not take:
+            return  # already being stopped
+        self.taps.recording = None
+        future = self._finish(take, self.calls)
+
+        def done(f: asyncio.Future[tuple[Path, Path]]) -> None:
+            exc = f.exception() if not f.cancelled() else None
+            if exc is not None and not isinstance(exc, RecordingError):
+                log.error("closing the failed take %s: %s", take.recorder.config.path, exc)
+            log.error("take %s stopped: %s (what was written before stays readable)",
+                      take.recorder.config.live_path, self.error)
+
+        future.add_done_callback(done)
 
     def wait_room(self, frames: int, timeout: float = 10.0) -> bool:
         """Wait until the running take's ring has room for ``frames`` (True), or ``timeout``.
@@ -343,7 +509,8 @@ class TakeController:
         recorder = take.recorder
         deadline = time.monotonic() + timeout
         while recorder.backlog + frames > recorder.config.ring_frames:
-            if time.monotonic() > deadline or self.taps.recording is not take:
+            if time.monotonic() > deadline or self.taps.recording is not take \
+                    or recorder.failed:
                 return False
             time.sleep(0.001)
         return True
@@ -352,10 +519,12 @@ class TakeController:
         """Audio thread, after the player filled ``channels``: feed the running take, if any.
 
         ``end_sample`` is the engine clock after these frames (``player.position()``); with
-        it the take knows which span of the clock it holds. No lock, no allocation, no
-        logging (see Recorder.write)."""
+        it the take knows which span of the clock it holds. A take whose writer failed is not
+        fed (its end stays where the file ends). No lock, no allocation, no logging (see
+        Recorder.write)."""
         take = self.taps.recording
-        if take is not None and take.recorder.write_channels(channels) and end_sample >= 0:
+        if take is not None and not take.recorder.failed \
+                and take.recorder.write_channels(channels) and end_sample >= 0:
             if take.first_sample < 0:
                 take.first_sample = end_sample - channels[0].shape[0]
             take.end_sample = end_sample

@@ -373,9 +373,11 @@ async def _close_daemon(d: _Daemon) -> None:
         d.file_out.stop()
     if d.takes is not None and d.takes.recording:
         try:
-            d.engine.record_stop()
+            await d.engine.record_stop()
         except Exception:  # the rest must still be closed; the take's error is logged
             log.exception("stopping the recording failed")
+    if d.takes is not None:
+        await d.takes.drain()  # takes stopped over OSC just before: their files complete
     if d.engine_task is not None:
         await d.engine.close()
     if d.jack_out is not None:
@@ -466,6 +468,7 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
     last_bar = -1
     follower = JackTransportFollower(engine.sync) if jack_out is not None and \
         jack_out.follow_transport else None
+    last_error = ""
     while not stop.is_set():
         events = player.poll()
         if follower is not None:
@@ -476,13 +479,19 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
             log.info("clip %d started at sample %d (bar %d%s)", clip.job_id, start,
                      engine.transport.bar_at(start), frame)
         status = engine.status()
+        error = str(status.get("error", ""))
+        if error != last_error:  # at once, not at the next bar line
+            last_error = error
+            if error:
+                log.error("status error: %s", error)
         if status["bar"] != last_bar and status["bar"] >= 0:
             last_bar = int(status["bar"])
             log.info("bar %d | clip %s | %.1f BPM | queue %s | progress %.0f%% | late %s | "
-                     "repeated %s | failed %s | xruns %s | underruns %s | worker restarts %d",
+                     "repeated %s | failed %s | xruns %s | underruns %s | worker restarts %d%s",
                      last_bar, status["clip"], status["tempo"], status["queue"],
                      100 * float(status["progress"]), status["late"], status["repeated"],
-                     status["failed"], status["xruns"], status["underruns"], client.restarts)
+                     status["failed"], status["xruns"], status["underruns"], client.restarts,
+                     _take_line(status))
         if file_out is not None and file_out.done:
             log.info("output finished: %s", file_out.path)
             return
@@ -491,6 +500,18 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
             return
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
+
+
+def _take_line(status: Any) -> str:
+    """The status line's recording part: whether a take runs, its dropped frames, and why
+    the last one failed (empty when nothing is or was recorded)."""
+    if not status.get("recording") and not status.get("record_error"):
+        return ""
+    text = f" | recording {'on' if status.get('recording') else 'off'}, dropped " \
+           f"{status.get('record_dropped', 0)}"
+    if status.get("record_error"):
+        text += f", failed: {status['record_error']}"
+    return text
 
 
 def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop

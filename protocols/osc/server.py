@@ -21,6 +21,14 @@ also takes one number: non-zero acts like the bare message, 0 is ignored. ``/rif
 and ``/riff/unsubscribe`` take a port, so there ``0`` is the release (ignored), ``1`` the
 press (the sender's own port; port 1 is never an OSC listener) and 2..65535 a port.
 
+Access: a datagram from outside the allowed networks (``OscConfig.allow``, default: see
+:mod:`protocols.osc.access`) is dropped before parsing, unanswered, counted (``denied``) and
+logged at a limited rate. Commands that write files (``/riff/record/*``,
+``/riff/preset/save``, ``/riff/midi/learn``) are refused with ``/riff/error`` when file writes
+are off (``OscConfig.file_writes``; default off unless bound to loopback). Feedback only ever
+goes to the sender's own host (``/riff/subscribe`` takes a port, not a host), which has passed
+the allow-list.
+
 Thread: everything runs on the asyncio loop; nothing here blocks.
 """
 
@@ -42,6 +50,7 @@ from pythonosc.osc_packet import OscPacket
 from engine.errors import InvalidRequest, RiffError
 from engine.live.state import ADDRESSES, PARAMETERS
 from protocols.control_target import Commands
+from protocols.osc.access import AccessControl, default_networks, is_loopback_host, parse_networks
 from protocols.osc.feedback import Args, Feedback, Peer, wire_value
 
 log = logging.getLogger(__name__)
@@ -65,8 +74,16 @@ class OscConfig:
     max_scheduled: int = 10_000
     #: Seconds the peer moving an address gets no feedback for it (0: echo everything).
     feedback_hold_s: float = 0.5
+    #: Networks (CIDR) whose datagrams are served; empty: the default for ``host`` (loopback
+    #: for a loopback bind, else this machine's networks; see protocols.osc.access).
+    allow: tuple[str, ...] = ()
+    #: Whether OSC may write files (record, preset save, MIDI learn); None: only when bound
+    #: to loopback.
+    file_writes: bool | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "allow", tuple(self.allow))
+        parse_networks(self.allow)  # raises InvalidRequest for a bad CIDR
         if not 0 <= self.port <= 65535:
             raise InvalidRequest(f"OSC port must be 0..65535, not {self.port}")
         if self.feedback_hz <= 0 or self.status_hz <= 0 or self.rcvbuf_bytes <= 0:
@@ -77,12 +94,14 @@ class OscConfig:
 
 @dataclasses.dataclass
 class OscCounters:
-    """Message totals: ``received`` = applied + errors + dropped + still scheduled."""
+    """Message totals: ``received`` = applied + errors + dropped + still scheduled;
+    ``denied`` counts datagrams from outside the allowed networks (not in ``received``)."""
 
     received: int = 0
     applied: int = 0
     errors: int = 0
     dropped: int = 0
+    denied: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for logs and status)."""
@@ -95,6 +114,32 @@ def build_message(address: str, args: Args) -> bytes:
     for arg in args:
         builder.add_arg(arg)
     return builder.build().dgram
+
+
+_BUNDLE = b"#bundle\0"
+
+
+def _check_bundle(data: bytes, depth: int = 0) -> None:
+    """Raise ValueError unless a bundle's element sizes tile it exactly (nested ones too).
+
+    Why: python-osc slices each element by its declared size without checking it, so a
+    bundle whose element claims more bytes than there are would still be applied."""
+    if not data.startswith(_BUNDLE):
+        return
+    if depth > 8:
+        raise ValueError("bundles nested too deeply")
+    pos = 16  # "#bundle\0" and the timetag
+    if len(data) < pos:
+        raise ValueError("bundle shorter than its header")
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise ValueError("bundle element size cut short")
+        size = int.from_bytes(data[pos:pos + 4], "big", signed=True)
+        pos += 4
+        if size <= 0 or size % 4 or pos + size > len(data):
+            raise ValueError(f"bundle element size {size} does not fit the bundle")
+        _check_bundle(data[pos:pos + size], depth + 1)
+        pos += size
 
 
 def _number(value: object) -> bool:
@@ -115,6 +160,10 @@ class OscServer(asyncio.DatagramProtocol):
         self._handlers: dict[str, Handler] = {}
         self.dispatcher = Dispatcher(strict_timing=False)
         self._register()
+        self.access = AccessControl(parse_networks(config.allow)
+                                    or default_networks(config.host))
+        self.file_writes = (config.file_writes if config.file_writes is not None
+                            else is_loopback_host(config.host))
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -144,7 +193,8 @@ class OscServer(asyncio.DatagramProtocol):
                                    rate_hz=config.feedback_hz, status_hz=config.status_hz,
                                    hold_s=config.feedback_hold_s)
         commands.state.add_listener(server.feedback.on_change)
-        log.info("OSC listening on udp %s:%d", *server.address[:2])
+        log.info("OSC listening on udp %s:%d; from %s; file writes %s", *server.address[:2],
+                 server.access.describe(), "on" if server.file_writes else "off")
         return server
 
     @property
@@ -192,10 +242,15 @@ class OscServer(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """Called by the loop for each datagram: parse, then dispatch or schedule."""
         peer: Peer = (addr[0], addr[1])
+        if not self.access.allows(peer[0]):
+            self.counters.denied += 1
+            self.access.deny(peer)
+            return
         try:
             if len(data) % 4:
                 # OSC packets are 4-byte aligned; python-osc pads a truncated float instead.
                 raise ValueError("length is not a multiple of 4")
+            _check_bundle(data)
             packet = OscPacket(data)
         except Exception as exc:  # python-osc raises several types for garbage
             self.counters.received += 1
@@ -373,10 +428,23 @@ class OscServer(asyncio.DatagramProtocol):
         self.commands.load_preset(self._one_string(address, args))
 
     def _preset_save(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        self._writes_files(address)
         self.commands.save_preset(self._one_string(address, args))
 
     def _learn(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        self._writes_files(address)
         self.commands.start_learn(self._one_string(address, args))
+
+    def _writes_files(self, address: str) -> None:
+        """Refuse a command that writes files when OSC may not (see OscConfig.file_writes)."""
+        if self.file_writes:
+            return
+        if self.config.file_writes is False:
+            raise InvalidRequest(f"{address} writes files, which is off for OSC "
+                                 "(riff run --osc-readonly-files)")
+        raise InvalidRequest(f"{address} writes files, which is off for OSC while it listens "
+                             f"on {self.config.host}, not loopback (riff run "
+                             "--osc-allow-file-writes turns it on)")
 
     def _recorder(self) -> Any:
         engine = self.commands.engine
@@ -387,16 +455,39 @@ class OscServer(asyncio.DatagramProtocol):
     def _record_start(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
         """Start a take (``[name]``: a plain file name); replies ``/riff/record/started``
         with the audio file's name."""
+        self._writes_files(address)
         self._arity(address, args, 0, 1)
         name = self._one_string(address, args) if args else None
         path = self._recorder().record_start(name or None)
         self.reply(peer, "/riff/record/started", (str(path.name),))
 
     def _record_stop(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
-        """Stop the take; replies ``/riff/record/stopped <audio> <log>`` (file names)."""
+        """Stop the take; replies ``/riff/record/stopped <audio> <log>`` (file names) once
+        both files are complete. The take stops at once; the files are finished off the loop
+        (the engine's future), so a long take never stalls OSC, MIDI or the scheduler."""
+        self._writes_files(address)
         self._arity(address, args, 0, 0)
-        audio, control = self._recorder().record_stop()
-        self.reply(peer, "/riff/record/stopped", (str(audio.name), str(control.name)))
+        future = self._recorder().record_stop()
+        if not isinstance(future, asyncio.Future):  # an engine that stops synchronously
+            audio, control = future
+            self.reply(peer, "/riff/record/stopped", (str(audio.name), str(control.name)))
+            return
+
+        def stopped(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                self._error(peer, address, "the take's stop was cancelled")
+                return
+            exc = f.exception()
+            if isinstance(exc, RiffError):
+                self._error(peer, address, str(exc))
+            elif exc is not None:
+                log.error("finishing the take failed", exc_info=exc)
+                self._error(peer, address, f"internal error: {type(exc).__name__}")
+            else:
+                audio, control = f.result()
+                self.reply(peer, "/riff/record/stopped", (str(audio.name), str(control.name)))
+
+        future.add_done_callback(stopped)
 
     def _subscription(self, peer: Peer, address: str, args: tuple[Any, ...]) -> Peer | None:
         """The peer to (un)subscribe: the sender's own port for no argument or a button press
