@@ -105,7 +105,9 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
                        help="send mapped parameters back as CC (motorised faders, LED rings): "
                             "a midi_out port next to each JACK input, an output port for rtmidi")
     group.add_argument("--preset-dir", action="append", default=[], type=Path, metavar="DIR",
-                       help="your presets folder (searched first; presets are saved here)")
+                       help="your presets folder (searched first; presets and learned MIDI maps "
+                            "are saved here; default: riffusion-engine/presets in your config "
+                            "directory, $XDG_CONFIG_HOME or ~/.config)")
 
 
 def control_config_from_args(args: argparse.Namespace) -> ControlConfig:
@@ -207,10 +209,11 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
 
 
 def _learn_path(library: PresetLibrary, midi_map: MidiMap, ident: str | None) -> Path:
-    """Where MIDI learn saves: a map file given by path stays put; a library map is saved
-    under its own name in the user's folder (which shadows the built-in one)."""
+    """Where MIDI learn saves: a map file given by path stays put (unless it is a shipped
+    map); a library map is saved under its own name in the user's folder (``--preset-dir``,
+    else the user's config folder), which shadows the shipped one. Never the shipped file."""
     if ident is not None and (ident.endswith(".toml") or "/" in ident):
-        return Path(ident)
+        return library.writable_map_path(Path(ident))
     name = midi_map.path.name if midi_map.path is not None else "learned.toml"
     return library.save_folder / "maps" / name
 
