@@ -43,6 +43,7 @@ from protocols.midi.feedback import MidiFeedback
 from protocols.midi.map import MidiMap
 from protocols.midi.router import MidiRouter
 from protocols.osc.server import OscConfig, OscServer
+from protocols.web.server import WebConfig, WebServer, start_web
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class ControlConfig:
     jack_server: str | None = None
     seed_image_dirs: tuple[Path, ...] = ()
     check_image_ids: bool = True
+    web: WebConfig | None = None
 
     def __post_init__(self) -> None:
         for spec in self.midi_in:
@@ -104,6 +106,13 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--midi-feedback", action="store_true",
                        help="send mapped parameters back as CC (motorised faders, LED rings): "
                             "a midi_out port next to each JACK input, an output port for rtmidi")
+    group.add_argument("--oscquery-port", type=int, default=None, metavar="PORT",
+                       help="serve the OSC address space as OSCQuery (HTTP JSON) and the "
+                            "monitor page (/monitor) on this TCP port, on the --osc-host "
+                            "interface (default: off; 0 picks a free port)")
+    group.add_argument("--no-oscquery-advertise", action="store_true",
+                       help="do not advertise OSCQuery by mDNS/zeroconf (it is never "
+                            "advertised when --osc-host is a loopback address)")
     group.add_argument("--preset-dir", action="append", default=[], type=Path, metavar="DIR",
                        help="your presets folder (searched first; presets and learned MIDI maps "
                             "are saved here; default: riffusion-engine/presets in your config "
@@ -113,9 +122,13 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
 def control_config_from_args(args: argparse.Namespace) -> ControlConfig:
     """The :class:`ControlConfig` for parsed ``add_control_arguments`` options."""
     osc = None if args.osc_port == 0 else OscConfig(host=args.osc_host, port=args.osc_port)
+    port = getattr(args, "oscquery_port", None)
+    web = None if port is None else WebConfig(
+        host=args.osc_host, port=port,
+        advertise=not getattr(args, "no_oscquery_advertise", False))
     return ControlConfig(osc=osc, midi_in=tuple(args.midi_in), midi_map=args.midi_map,
                          midi_clock=args.midi_clock, midi_feedback=args.midi_feedback,
-                         preset_dirs=tuple(args.preset_dir))
+                         preset_dirs=tuple(args.preset_dir), web=web)
 
 
 def load_midi_map(library: PresetLibrary, ident: str | None) -> MidiMap:
@@ -140,6 +153,7 @@ class ControlSurfaces:
         self.router: MidiRouter | None = None
         self.inputs: list[Any] = []
         self.feedback: list[MidiFeedback] = []
+        self.web: WebServer | None = None
 
     def stats(self) -> dict[str, int]:
         """OSC and MIDI counters, prefixed ``osc_`` and ``midi_`` (JSON-ready)."""
@@ -152,7 +166,10 @@ class ControlSurfaces:
         return out
 
     async def close(self) -> None:
-        """Stop MIDI inputs and the OSC server (asyncio loop)."""
+        """Stop the web side, MIDI inputs and the OSC server (asyncio loop)."""
+        if self.web is not None:
+            await self.web.close()
+            self.web = None
         for fb in self.feedback:
             self.commands.state.remove_listener(fb.on_change)
             fb.close()
@@ -202,6 +219,9 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
                     surfaces.feedback.append(fb)
         if config.osc is not None:
             surfaces.osc = await OscServer.start(commands, config.osc)
+        if config.web is not None:
+            osc_address = surfaces.osc.address if surfaces.osc is not None else None
+            surfaces.web = await start_web(engine, config.web, osc_address)
     except BaseException:
         await surfaces.close()
         raise
