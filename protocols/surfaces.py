@@ -77,6 +77,7 @@ class ControlConfig:
     seed_image_dirs: tuple[Path, ...] = ()
     check_image_ids: bool = True
     web: WebConfig | None = None
+    link: bool = False
 
     def __post_init__(self) -> None:
         for spec in self.midi_in:
@@ -106,6 +107,10 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--midi-feedback", action="store_true",
                        help="send mapped parameters back as CC (motorised faders, LED rings): "
                             "a midi_out port next to each JACK input, an output port for rtmidi")
+    group.add_argument("--link", action="store_true",
+                       help="join an Ableton Link session: follow its tempo and beat phase "
+                            "(quantum = beats per bar), send /riff/tempo to it, share "
+                            "start/stop with peers that enable it")
     group.add_argument("--oscquery-port", type=int, default=None, metavar="PORT",
                        help="serve the OSC address space as OSCQuery (HTTP JSON) and the "
                             "monitor page (/monitor) on this TCP port, on the --osc-host "
@@ -128,7 +133,8 @@ def control_config_from_args(args: argparse.Namespace) -> ControlConfig:
         advertise=not getattr(args, "no_oscquery_advertise", False))
     return ControlConfig(osc=osc, midi_in=tuple(args.midi_in), midi_map=args.midi_map,
                          midi_clock=args.midi_clock, midi_feedback=args.midi_feedback,
-                         preset_dirs=tuple(args.preset_dir), web=web)
+                         preset_dirs=tuple(args.preset_dir), web=web,
+                         link=bool(getattr(args, "link", False)))
 
 
 def load_midi_map(library: PresetLibrary, ident: str | None) -> MidiMap:
@@ -154,6 +160,7 @@ class ControlSurfaces:
         self.inputs: list[Any] = []
         self.feedback: list[MidiFeedback] = []
         self.web: WebServer | None = None
+        self.link: Any = None
 
     def stats(self) -> dict[str, int]:
         """OSC and MIDI counters, prefixed ``osc_`` and ``midi_`` (JSON-ready)."""
@@ -170,6 +177,9 @@ class ControlSurfaces:
         if self.web is not None:
             await self.web.close()
             self.web = None
+        if self.link is not None:
+            await self.link.close()
+            self.link = None
         for fb in self.feedback:
             self.commands.state.remove_listener(fb.on_change)
             fb.close()
@@ -219,6 +229,8 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
                     surfaces.feedback.append(fb)
         if config.osc is not None:
             surfaces.osc = await OscServer.start(commands, config.osc)
+        if config.link:
+            surfaces.link = _start_link(engine)
         if config.web is not None:
             osc_address = surfaces.osc.address if surfaces.osc is not None else None
             surfaces.web = await start_web(engine, config.web, osc_address)
@@ -226,6 +238,22 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
         await surfaces.close()
         raise
     return surfaces
+
+
+def _start_link(engine: ControlTarget) -> Any:
+    """Join Ableton Link through the engine's master sync (``riff run --link``)."""
+    sync = getattr(engine, "sync", None)
+    scheduler = getattr(engine, "scheduler", None)
+    if sync is None or scheduler is None:
+        raise SurfaceUnavailable("--link needs the engine's transport (riff run)")
+    try:
+        from protocols.link import LinkClock
+
+        link = LinkClock(sync, playing=lambda: bool(scheduler.running))
+    except ImportError as exc:
+        raise SurfaceUnavailable(f"--link needs the aalink package: {exc}") from exc
+    link.start()
+    return link
 
 
 def _learn_path(library: PresetLibrary, midi_map: MidiMap, ident: str | None) -> Path:
