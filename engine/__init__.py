@@ -10,9 +10,9 @@ Subpackages, in the order a control change travels through them:
   audio files. Pure functions, callable from any thread.
 - :mod:`engine.takes`: recording, control logs, offline rendering and re-rendering.
 
-Beside them: :mod:`engine.errors` (the exceptions users see), :mod:`engine.presets` and
-:mod:`engine.toml_writer` (TOML presets), :mod:`engine.resources` (the shipped seed images,
-presets and MIDI maps, in a checkout or an installed wheel).
+Beside them: :mod:`engine.errors` (the exceptions users see), :mod:`engine.presets` (TOML
+presets, saved into the user's config folder, never the shipped one), :mod:`engine.resources`
+(the shipped seed images, presets and MIDI maps, in a checkout or an installed wheel).
 
 Nothing in this package imports :mod:`protocols`; wire formats (OSC, MIDI, JACK, HTTP, CLI)
 translate into the typed commands defined here.

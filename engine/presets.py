@@ -8,8 +8,13 @@ same folder and renames it over the old one, so a crash never leaves half a pres
 A prompt set (``prompts/<id>.toml``: ``prompts = [...]``) is a list of prompts a controller can
 step through (MIDI notes, TouchOSC buttons).
 
-Folders are searched in order: the user's folders first, then the built-in ``presets/`` folder
-of the engine. Names are plain ids (``check_plain_id``), never paths.
+Folders are searched in order: the folders named with ``--preset-dir``, then the user's
+config folder (:func:`user_presets_folder`: ``$XDG_CONFIG_HOME/riffusion-engine/presets``,
+``~/.config/riffusion-engine/presets`` by default), then the presets shipped with the engine,
+so a user file shadows a shipped one of the same name. Saving (presets, learned MIDI maps)
+writes into the first ``--preset-dir`` or else the user's config folder, never into the shipped
+folder: in an installed wheel that is inside site-packages, in a checkout it is tracked source.
+Names are plain ids (``check_plain_id``), never paths.
 
 Thread: the control plane (asyncio loop) or the CLI; file I/O is small and synchronous.
 """
@@ -24,7 +29,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine import toml_writer
+import platformdirs
+import tomlkit
+
 from engine.errors import InvalidRequest, UnknownId
 from engine.live.state import PARAMETERS, EngineState, Value
 from engine.model.request import MAX_PROMPT_CHARS, check_plain_id
@@ -39,6 +46,19 @@ except ModuleNotFoundError:  # Python 3.10
 
 #: The presets folder shipped with the engine (next to the ``engine`` package).
 BUILTIN_FOLDER = shipped_folder("presets")
+#: The application's name in the user's config directory.
+APP_NAME = "riffusion-engine"
+
+
+def user_presets_folder() -> Path:
+    """The user's presets folder: ``riffusion-engine/presets`` in the user's config directory
+    (``$XDG_CONFIG_HOME``, else ``~/.config`` on Linux; platformdirs' choice elsewhere).
+
+    Read from the environment on each call, so a changed ``XDG_CONFIG_HOME`` (tests) counts.
+    The folder is not created here; saving creates it. Thread: any."""
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / "presets"
+
+
 #: Files larger than this are refused before parsing.
 MAX_FILE_BYTES = 256 * 1024
 MAX_PROMPTS_IN_SET = 512
@@ -110,11 +130,15 @@ class Preset:
 
     def to_toml(self) -> str:
         """The preset as a TOML document."""
-        data: dict[str, Any] = {}
+        doc = tomlkit.document()
+        doc.add(tomlkit.comment("riffusion-engine preset"))
         if self.description:
-            data["description"] = self.description
-        data["parameters"] = dict(self.parameters)
-        return toml_writer.dumps(data, header="riffusion-engine preset")
+            doc["description"] = self.description
+        params = tomlkit.table()
+        for name, value in self.parameters.items():
+            params[name] = value
+        doc["parameters"] = params
+        return tomlkit.dumps(doc)
 
     def apply(self, state: EngineState) -> dict[str, Value]:
         """Apply every value at once (validated again by the state; all or nothing).
@@ -148,26 +172,64 @@ class PromptSet:
         return self.prompts[index % len(self.prompts)]
 
 
+class _UserDefault:
+    """Marks "the user's config folder, looked up when the library is built"."""
+
+
+USER_FOLDER = _UserDefault()
+
+
 class PresetLibrary:
-    """Presets, prompt sets and MIDI maps found in folders (user folders first).
+    """Presets, prompt sets and MIDI maps found in folders (see the module docstring).
 
     Layout of each folder: ``<id>.toml`` presets, ``prompts/<id>.toml`` prompt sets,
-    ``maps/<id>.toml`` MIDI maps. Saving writes into the first folder (the user's), or the
-    built-in folder when no user folder was given.
+    ``maps/<id>.toml`` MIDI maps. ``folders``: the ``--preset-dir`` folders (searched first,
+    the first one is where saving writes); ``user``: the user's config folder (default
+    :func:`user_presets_folder`; ``None`` leaves it out); ``builtin``: the shipped, read-only
+    folder. Thread: the control plane or the CLI.
     """
 
-    def __init__(self, folders: Sequence[Path] = (), *, builtin: Path | None = BUILTIN_FOLDER
-                 ) -> None:
-        self.folders: tuple[Path, ...] = tuple(Path(f) for f in folders)
+    def __init__(self, folders: Sequence[Path] = (), *,
+                 user: Path | _UserDefault | None = USER_FOLDER,
+                 builtin: Path | None = BUILTIN_FOLDER) -> None:
+        explicit = tuple(Path(f) for f in folders)
+        self.user_folder: Path | None = (user_presets_folder() if isinstance(user, _UserDefault)
+                                         else user)
+        self.builtin = builtin
+        self.folders: tuple[Path, ...] = explicit
+        if self.user_folder is not None and self.user_folder not in explicit:
+            self.folders += (self.user_folder,)
         if builtin is not None:
             self.folders += (builtin,)
         if not self.folders:
             raise InvalidRequest("a preset library needs at least one folder")
+        self._save_folder = explicit[0] if explicit else self.user_folder
 
     @property
     def save_folder(self) -> Path:
-        """Where :meth:`save` writes."""
-        return self.folders[0]
+        """Where :meth:`save` and MIDI learn write: the first ``--preset-dir``, else the user's
+        config folder; never the shipped folder (InvalidRequest when that is all there is)."""
+        folder = self._save_folder
+        if folder is None or self.read_only(folder):
+            raise InvalidRequest("the shipped presets folder is read-only; give --preset-dir "
+                                 "or save into your config folder")
+        return folder
+
+    def read_only(self, path: Path) -> bool:
+        """Whether ``path`` is inside the shipped presets folder (never written)."""
+        if self.builtin is None:
+            return False
+        return Path(path).resolve().is_relative_to(self.builtin.resolve())
+
+    def writable_map_path(self, path: Path | None) -> Path:
+        """Where a learned MIDI map read from ``path`` is saved: ``path`` itself unless it is
+        a shipped map, which is saved under its own name in :attr:`save_folder` (the user's
+        copy then shadows it); ``maps/learned.toml`` there for a map read from no file."""
+        if path is None:
+            return self.save_folder / "maps" / "learned.toml"
+        if self.read_only(path):
+            return self.save_folder / "maps" / Path(path).name
+        return Path(path)
 
     def _find(self, sub: str, ident: str, what: str) -> Path:
         check_plain_id(ident, what)

@@ -43,6 +43,7 @@ from protocols.midi.feedback import MidiFeedback
 from protocols.midi.map import MidiMap
 from protocols.midi.router import MidiRouter
 from protocols.osc.server import OscConfig, OscServer
+from protocols.web.server import WebConfig, WebServer, start_web
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class ControlConfig:
     jack_server: str | None = None
     seed_image_dirs: tuple[Path, ...] = ()
     check_image_ids: bool = True
+    web: WebConfig | None = None
+    link: bool = False
 
     def __post_init__(self) -> None:
         for spec in self.midi_in:
@@ -116,8 +119,21 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--midi-feedback", action="store_true",
                        help="send mapped parameters back as CC (motorised faders, LED rings): "
                             "a midi_out port next to each JACK input, an output port for rtmidi")
+    group.add_argument("--link", action="store_true",
+                       help="join an Ableton Link session: follow its tempo and beat phase "
+                            "(quantum = beats per bar), send /riff/tempo to it, share "
+                            "start/stop with peers that enable it")
+    group.add_argument("--oscquery-port", type=int, default=None, metavar="PORT",
+                       help="serve the OSC address space as OSCQuery (HTTP JSON) and the "
+                            "monitor page (/monitor) on this TCP port, on the --osc-host "
+                            "interface (default: off; 0 picks a free port)")
+    group.add_argument("--no-oscquery-advertise", action="store_true",
+                       help="do not advertise OSCQuery by mDNS/zeroconf (it is never "
+                            "advertised when --osc-host is a loopback address)")
     group.add_argument("--preset-dir", action="append", default=[], type=Path, metavar="DIR",
-                       help="your presets folder (searched first; presets are saved here)")
+                       help="your presets folder (searched first; presets and learned MIDI maps "
+                            "are saved here; default: riffusion-engine/presets in your config "
+                            "directory, $XDG_CONFIG_HOME or ~/.config)")
 
 
 def control_config_from_args(args: argparse.Namespace) -> ControlConfig:
@@ -127,9 +143,14 @@ def control_config_from_args(args: argparse.Namespace) -> ControlConfig:
     osc = None if args.osc_port == 0 else OscConfig(
         host=args.osc_host, port=args.osc_port, allow=tuple(args.osc_allow),
         file_writes=file_writes)
+    port = getattr(args, "oscquery_port", None)
+    web = None if port is None else WebConfig(
+        host=args.osc_host, port=port,
+        advertise=not getattr(args, "no_oscquery_advertise", False))
     return ControlConfig(osc=osc, midi_in=tuple(args.midi_in), midi_map=args.midi_map,
                          midi_clock=args.midi_clock, midi_feedback=args.midi_feedback,
-                         preset_dirs=tuple(args.preset_dir))
+                         preset_dirs=tuple(args.preset_dir), web=web,
+                         link=bool(getattr(args, "link", False)))
 
 
 def load_midi_map(library: PresetLibrary, ident: str | None) -> MidiMap:
@@ -154,6 +175,8 @@ class ControlSurfaces:
         self.router: MidiRouter | None = None
         self.inputs: list[Any] = []
         self.feedback: list[MidiFeedback] = []
+        self.web: WebServer | None = None
+        self.link: Any = None
 
     def stats(self) -> dict[str, int]:
         """OSC and MIDI counters, prefixed ``osc_`` and ``midi_`` (JSON-ready)."""
@@ -166,7 +189,13 @@ class ControlSurfaces:
         return out
 
     async def close(self) -> None:
-        """Stop MIDI inputs and the OSC server (asyncio loop)."""
+        """Stop the web side, MIDI inputs and the OSC server (asyncio loop)."""
+        if self.web is not None:
+            await self.web.close()
+            self.web = None
+        if self.link is not None:
+            await self.link.close()
+            self.link = None
         for fb in self.feedback:
             self.commands.state.remove_listener(fb.on_change)
             fb.close()
@@ -216,17 +245,39 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
                     surfaces.feedback.append(fb)
         if config.osc is not None:
             surfaces.osc = await OscServer.start(commands, config.osc)
+        if config.link:
+            surfaces.link = _start_link(engine)
+        if config.web is not None:
+            osc_address = surfaces.osc.address if surfaces.osc is not None else None
+            surfaces.web = await start_web(engine, config.web, osc_address)
     except BaseException:
         await surfaces.close()
         raise
     return surfaces
 
 
+def _start_link(engine: ControlTarget) -> Any:
+    """Join Ableton Link through the engine's master sync (``riff run --link``)."""
+    sync = getattr(engine, "sync", None)
+    scheduler = getattr(engine, "scheduler", None)
+    if sync is None or scheduler is None:
+        raise SurfaceUnavailable("--link needs the engine's transport (riff run)")
+    try:
+        from protocols.link import LinkClock
+
+        link = LinkClock(sync, playing=lambda: bool(scheduler.running))
+    except ImportError as exc:
+        raise SurfaceUnavailable(f"--link needs the aalink package: {exc}") from exc
+    link.start()
+    return link
+
+
 def _learn_path(library: PresetLibrary, midi_map: MidiMap, ident: str | None) -> Path:
-    """Where MIDI learn saves: a map file given by path stays put; a library map is saved
-    under its own name in the user's folder (which shadows the built-in one)."""
+    """Where MIDI learn saves: a map file given by path stays put (unless it is a shipped
+    map); a library map is saved under its own name in the user's folder (``--preset-dir``,
+    else the user's config folder), which shadows the shipped one. Never the shipped file."""
     if ident is not None and (ident.endswith(".toml") or "/" in ident):
-        return Path(ident)
+        return library.writable_map_path(Path(ident))
     name = midi_map.path.name if midi_map.path is not None else "learned.toml"
     return library.save_folder / "maps" / name
 

@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,16 @@ def _server_answers(name: str) -> bool:
         return False
     client.close()
     return True
+
+
+@pytest.fixture(autouse=True)
+def _user_config_home(tmp_path_factory: pytest.TempPathFactory,
+                      monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty ``XDG_CONFIG_HOME`` (subprocesses inherit it), so no test
+    reads the developer's presets or writes into their config directory."""
+    home = tmp_path_factory.mktemp("config-home")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -157,7 +157,7 @@ def test_shipped_maps_presets_and_prompt_sets_are_valid() -> None:
             lib.load(name)
     for ident in lib.ids():
         assert lib.load(ident).parameters
-    assert lib.folders == (BUILTIN_FOLDER,)
+    assert lib.folders[-1] == BUILTIN_FOLDER and len(lib.folders) == 2  # user's, shipped
 
 
 def test_cc_scaling_curves_and_14bit(rig: Rig) -> None:
@@ -488,3 +488,57 @@ def test_transport_follower_locks_the_real_transport() -> None:
     assert transport.external and abs(transport.tempo - 128.0) < 1e-6
     # 8 beats of 4/4 since the first clock after start: bar 2 begins at the next clock.
     assert transport.bar_start(2) == round((t + 60 / 128 / 24) * 48000)
+
+
+COMMENTED_MAP = """\
+# My rig: the big knob is alpha. Keep this comment.
+description = "commented"  # inline on a top-level key
+
+[[cc]]  # the big knob
+cc = 1
+address = "/riff/alpha"
+curve = "log"  # feels better
+
+[[cc]]
+cc = 7
+address = "/riff/steps"
+"""
+
+
+def test_learn_keeps_the_users_comments(tmp_path: Path) -> None:
+    map_path = tmp_path / "maps" / "mine.toml"
+    map_path.parent.mkdir()
+    map_path.write_text(COMMENTED_MAP)
+    commands = Commands(EngineDouble(), PresetLibrary([tmp_path]))
+    router = MidiRouter(commands, MidiMap.load(map_path))
+    commands.learn = router.start_learn
+    commands.start_learn("/riff/guidance")
+    router.handle(bytes([0xB0, 7, 0]), 0)  # CC 7 moves from steps to guidance
+    text = map_path.read_text()
+    for comment in ("# My rig: the big knob is alpha. Keep this comment.",
+                    "# inline on a top-level key", "# the big knob", "# feels better"):
+        assert comment in text
+    learned = MidiMap.load(map_path)
+    assert [(b.cc, b.address, b.curve) for b in learned.cc] == [
+        (1, "/riff/alpha", "log"), (7, "/riff/guidance", "linear")]
+    assert text.index("# the big knob") < text.index('"/riff/guidance"')  # order kept
+
+
+def test_learn_on_a_shipped_map_writes_the_users_copy(tmp_path: Path) -> None:
+    shipped = BUILTIN_FOLDER / "maps" / "generic8.toml"
+    before = shipped.read_bytes()
+    library = PresetLibrary()  # no --preset-dir: the user's config folder
+    commands = Commands(EngineDouble(), library)
+    router = MidiRouter(commands, MidiMap.load(shipped))  # no learn_path: the map's own file
+    commands.learn = router.start_learn
+    commands.start_learn("/riff/guidance")
+    router.handle(bytes([0xB0, 99, 0]), 0)
+    assert shipped.read_bytes() == before
+    copy = library.save_folder / "maps" / "generic8.toml"
+    assert router.map.path == copy and copy.is_file()
+    assert library.map_path("generic8") == copy  # shadows the shipped map
+    assert any(b.cc == 99 for b in MidiMap.load(copy).cc)
+    # The copy starts from the shipped file's text, so its comments come along.
+    shipped_comments = [line for line in before.decode().splitlines()
+                        if line.lstrip().startswith("#")]
+    assert shipped_comments and all(c in copy.read_text() for c in shipped_comments)

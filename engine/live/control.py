@@ -126,7 +126,9 @@ class Engine:
             return
         self._seen[name] = value
         if name in TRANSPORT_PARAMS:
-            if name == "tempo":
+            if self.sync.forwards:  # a Link session: the grid follows its next position
+                self.sync.forward(name, float(value))
+            elif name == "tempo":
                 self.transport.set_tempo(tempo=float(value))
             else:
                 self.transport.set_tempo(beats_per_bar=int(value))
@@ -138,7 +140,7 @@ class Engine:
     def _refuse(self, name: str) -> str | None:
         """State guard: tempo and meter belong to the master while one rules (so a surface
         gets an error and nothing is applied or echoed)."""
-        if name in TRANSPORT_PARAMS and self.transport.external:
+        if name in TRANSPORT_PARAMS and self.transport.external and not self.sync.forwards:
             return (f"{name} follows the {self.sync.source or 'external clock'}; change it "
                     "there (refused while an external master rules)")
         return None

@@ -50,7 +50,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from engine.errors import InvalidImage, InvalidRequest, RiffError, UnknownId
 from engine.live.cache import DEFAULT_CLIPS, ClipCache
@@ -663,6 +663,32 @@ class Scheduler:
             if slot.clip is None:
                 return slot.progress
         return 1.0 if self._slots else 0.0
+
+    def timeline(self) -> dict[str, Any]:
+        """What plays and what is planned, JSON-ready, for displays (the monitor page).
+
+        ``playing``: the clip playing (or repeating) with its bars, prompts, alpha, seed and
+        how long it took to generate against how long it lasts; ``None`` before the first.
+        ``upcoming``: each planned clip in order with its start bar, whether it is ready and
+        its progress. Read-only. Thread: the control plane (asyncio loop)."""
+        def describe(job_id: int, request: Any, spec: ClipSpec) -> dict[str, Any]:
+            end = request.end or request.start
+            return {"job": job_id, "prompt": request.start.prompt, "prompt_b": end.prompt,
+                    "alpha": request.alpha, "seed": request.start.seed, "seed_b": end.seed,
+                    "bars": spec.bars,
+                    "duration_s": spec.num_samples / float(spec.sample_rate)}
+
+        playing = None
+        if self._playing is not None:
+            clip = self._playing.clip
+            playing = {**describe(clip.job_id, clip.request, clip.spec),
+                       "start_bar": self._playing.start_bar, "end_bar": self._playing.end_bar,
+                       "repeating": self._playing.repeating, "generation_s": clip.seconds}
+        upcoming = [{**describe(slot.job.job_id, slot.job.request, slot.job.spec),
+                     "start_bar": slot.job.start_bar, "ready": slot.clip is not None,
+                     "progress": round(slot.progress, 4), "attempts": slot.attempts,
+                     "late": slot.late} for slot in self._slots]
+        return {"playing": playing, "upcoming": upcoming}
 
     @property
     def playing_job(self) -> int:

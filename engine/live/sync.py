@@ -15,7 +15,10 @@ JACK timebase master any more). So both sources behave alike:
   engine returns to its own clock at the last tempo, on the same grid (no jump), and the tempo
   parameter takes that tempo so controllers see it.
 - While the master rules (``transport.external``) the engine refuses ``tempo`` and ``meter``
-  changes (``engine.live.control.Engine`` installs that guard on its state).
+  changes (``engine.live.control.Engine`` installs that guard on its state), unless the
+  source is a peer-to-peer session that takes them (Ableton Link: any peer may change the
+  session's tempo): such a source installs a :data:`Forward` with :meth:`MasterSync.forward_to`,
+  the change goes to the session, and the grid follows the session's next position.
 
 Thread: the control plane (asyncio loop): every method, including :meth:`check`, which the
 engine's loop task calls on each tick.
@@ -34,6 +37,10 @@ from engine.live.transport import BBTObservation, Transport
 log = logging.getLogger(__name__)
 
 STOP_ACTIONS = ("stop", "play")
+
+#: Takes a transport parameter change (``"tempo"`` or ``"meter"``, the new value) to a
+#: peer-to-peer master session.
+Forward = Callable[[str, float], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +81,7 @@ class MasterSync:
         self.lost_count = 0
         self._last_heard: int | None = None
         self._play_pending = False
+        self._forward: Forward | None = None
 
     @property
     def following(self) -> bool:
@@ -84,6 +92,22 @@ class MasterSync:
     def beats_per_bar(self) -> int:
         """The grid's meter (a MIDI clock master does not send one)."""
         return self.transport.beats_per_bar
+
+    def forward_to(self, forward: Forward | None) -> None:
+        """Send tempo and meter changes to the master session instead of refusing them
+        (``None``: refuse them again). Called by a peer-to-peer source (Ableton Link)."""
+        self._forward = forward
+
+    @property
+    def forwards(self) -> bool:
+        """Whether a master rules now and takes tempo and meter changes."""
+        return self.transport.external and self._forward is not None
+
+    def forward(self, name: str, value: float) -> None:
+        """Hand a tempo or meter change to the master session (see :meth:`forward_to`)."""
+        if self._forward is None:
+            raise InvalidRequest(f"{name} cannot be forwarded: no master session takes it")
+        self._forward(name, value)
 
     def heartbeat(self) -> None:
         """The master is still there (a clock tick, a stopped JACK master)."""

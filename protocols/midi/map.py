@@ -36,18 +36,23 @@ A map is a TOML file in ``presets/maps/``::
     presets = ["lofi", "ambient"]
 
 Everything is validated when the map is read, so a typo is an error at start, not a silent
-no-op on stage. Thread: maps are immutable; build and save them on the asyncio loop.
+no-op on stage. Saving (MIDI learn) edits the file it was read from as a TOML document
+(tomlkit), so the user's comments, order and layout survive: bindings still in the map keep
+their tables, new ones are appended, dropped ones are removed. Thread: maps are immutable;
+build and save them on the asyncio loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine import toml_writer
+import tomlkit
+from tomlkit.items import AoT, Table
+
 from engine.errors import InvalidRequest
 from engine.live.state import ADDRESSES, PARAMETERS, Value
 from engine.model.request import check_plain_id
@@ -285,13 +290,51 @@ class MidiMap:
         return out
 
     def save(self, path: Path | None = None) -> Path:
-        """Write atomically to ``path`` (default: where it was read from)."""
+        """Write atomically to ``path`` (default: where it was read from).
+
+        The document written is the file the map was read from (:attr:`path`), edited to
+        match this map (see the module docstring), so comments survive; a map read from no
+        file is written fresh."""
         target = path or self.path
         if target is None:
             raise InvalidRequest("MIDI map has no file to save to")
-        write_text_atomic(target, toml_writer.dumps(self.to_data(),
-                                                    header="riffusion-engine MIDI map"))
+        write_text_atomic(target, tomlkit.dumps(self.to_document()))
         return target
+
+    def to_document(self) -> tomlkit.TOMLDocument:
+        """This map as a TOML document: the source file's, edited, or a new one."""
+        doc: tomlkit.TOMLDocument | None = None
+        if self.path is not None and self.path.is_file():
+            try:
+                doc = tomlkit.parse(self.path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomlkit.exceptions.ParseError):
+                doc = None  # the file changed under us: write this map fresh
+        if doc is None:
+            doc = tomlkit.document()
+            doc.add(tomlkit.comment("riffusion-engine MIDI map"))
+        old_channel = doc.get("channel")
+        old_channel = old_channel if isinstance(old_channel, int) else None
+        data = self.to_data()
+        for key in ("description", "channel"):
+            if key in data:
+                if doc.get(key) != data[key]:
+                    doc[key] = data[key]
+            elif key in doc:
+                del doc[key]
+        if "program" in data:
+            if not isinstance(doc.get("program"), Mapping) or \
+                    list(doc["program"].get("presets", [])) != list(self.programs):
+                doc["program"] = data["program"]
+        elif "program" in doc:
+            del doc["program"]
+        _sync_tables(doc, "cc", list(self.cc),
+                     lambda t: CcBinding.from_data(t, old_channel), CcBinding.to_data)
+        _sync_tables(doc, "note", list(self.notes),
+                     lambda t: NoteBinding.from_data(t, old_channel), NoteBinding.to_data)
+        _sync_tables(doc, "button", list(self.buttons),
+                     lambda t: NoteBinding.from_data(t, old_channel),
+                     lambda b: _note_to_cc(b.to_data()))
+        return doc
 
     def with_cc(self, binding: CcBinding) -> MidiMap:
         """A copy where ``binding`` replaces any binding of the same CC or address."""
@@ -303,6 +346,41 @@ class MidiMap:
 
         kept = tuple(b for b in self.cc if not clashes(b))
         return dataclasses.replace(self, cc=(*kept, binding))
+
+
+def _sync_tables(doc: tomlkit.TOMLDocument, key: str, wanted: list[Any],
+                 parse: Callable[[Mapping[str, Any]], Any],
+                 render: Callable[[Any], dict[str, Any]]) -> None:
+    """Make ``doc[key]`` (an array of tables) hold exactly ``wanted``: a table whose binding is
+    still wanted stays as it is (comments included), the others go, new bindings are
+    appended."""
+    remaining = list(wanted)
+    existing = doc.get(key)
+    if isinstance(existing, AoT):
+        for i in reversed(range(len(existing))):
+            try:
+                binding = parse(existing[i])
+            except InvalidRequest:
+                binding = None
+            if binding is not None and binding in remaining:
+                remaining.remove(binding)
+            else:
+                del existing[i]
+        aot = existing
+    else:
+        if key in doc:
+            del doc[key]
+        aot = tomlkit.aot()
+        if remaining:
+            doc[key] = aot
+    for binding in remaining:
+        table: Table = tomlkit.table()
+        for k, v in render(binding).items():
+            table[k] = v
+        table.add(tomlkit.nl())
+        aot.append(table)
+    if key in doc and not len(aot):
+        del doc[key]
 
 
 def _note_to_cc(data: dict[str, Any]) -> dict[str, Any]:

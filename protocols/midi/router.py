@@ -9,8 +9,9 @@ message can never do what an OSC message could not.
 MIDI learn: :meth:`MidiRouter.start_learn` (``/riff/midi/learn <address>``) arms the router;
 the next CC that arrives is bound to that address over the parameter's whole range and the map
 is saved to ``learn_path`` (the surfaces pass the map's own file, or a file of the same name in
-the user's presets folder for a built-in map), else back to the file it was read from, else to
-``maps/learned.toml`` in the user's presets folder.
+the user's presets folder for a built-in map), else back to the file it was read from unless that
+is a shipped map (then a file of the same name in the user's folder), else to
+``maps/learned.toml`` in the user's presets folder. The shipped files are never written.
 
 Thread: everything here runs on the asyncio loop.
 """
@@ -162,8 +163,8 @@ class MidiRouter:
         hi = float(spec.hi) if spec.hi is not None else 1.0
         binding = CcBinding(cc=cc, address=address, min=lo, max=hi, channel=channel)
         new_map = self.map.with_cc(binding)
-        path = new_map.save(self.learn_path or self.map.path or
-                            self.commands.presets.save_folder / "maps" / "learned.toml")
+        path = new_map.save(self.learn_path or
+                            self.commands.presets.writable_map_path(self.map.path))
         self.map = dataclasses.replace(new_map, path=path)
         self._index()
         self.counters.learned += 1
