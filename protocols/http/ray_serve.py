@@ -50,6 +50,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray._private import ray_constants
 from ray.serve.handle import DeploymentHandle
 
 from engine.errors import Cancelled, InvalidRequest
@@ -182,6 +183,7 @@ class Generator:
         self._lock = threading.Lock()
         self.batch_sizes: list[int] = []
         self.cancelled = 0
+        self.stopped = 0
         log.info("generator replica %d ready: %s on %s", os.getpid(), settings.model,
                  self.renderer.device)
 
@@ -203,10 +205,11 @@ class Generator:
         return result
 
     def stats(self) -> dict[str, Any]:
-        """Batch sizes formed so far and requests cancelled, for tests and operators."""
+        """For tests and operators: the batch sizes formed so far, callers that went away
+        (``cancelled``) and requests whose generation was stopped part-way (``stopped``)."""
         with self._lock:
             return {"pid": os.getpid(), "batch_sizes": list(self.batch_sizes),
-                    "cancelled": self.cancelled}
+                    "cancelled": self.cancelled, "stopped": self.stopped}
 
     async def _submit(self, kind: str, payload: Any) -> Any:
         """Queue one request for the next batch; a cancelled caller (its HTTP client left)
@@ -255,6 +258,9 @@ class Generator:
             clip_out = self.renderer.render_clip_batch([w.payload for w in clips],
                                                        [poll(w.token) for w in clips])
             answers.update({w.token: o for w, o in zip(clips, clip_out, strict=True)})
+        stopped = sum(isinstance(a, Cancelled) for a in answers.values())
+        with self._lock:
+            self.stopped += stopped
         return [answers[w.token] for w in items]
 
 
@@ -411,6 +417,12 @@ def start_ray(settings: RaySettings) -> None:
     if settings.address is not None:
         ray.init(address=settings.address, logging_level=logging.WARNING)
         return
+    # ray.init turns _node_ip_address="127.0.0.1" into the machine's routable address unless
+    # Ray is in its single-machine mode (the default on macOS and Windows): switch that mode on
+    # for this process (the constant is read at call time) and for Ray's own processes (they
+    # read the variable), so every Ray server listens on loopback.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH", "")
     if root not in path.split(os.pathsep):
