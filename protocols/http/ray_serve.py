@@ -157,6 +157,41 @@ class PoolSettings:
         return options
 
 
+#: Set in the environment of a local Ray started by :func:`start_ray` (its processes inherit
+#: it): the replicas then keep their own servers on loopback too.
+LOOPBACK_ENV = "RIFF_RAY_LOOPBACK"
+
+
+def _loopback_replica_server() -> None:
+    """In a replica of a loopback-only Ray: make Serve's inter-deployment gRPC server, which
+    Ray Serve 2.60 binds to every interface (``[::]:0``), listen on 127.0.0.1 instead.
+
+    Thread: the replica's constructor, before Serve starts that server. Private Ray API:
+    when it moves, this logs a warning and changes nothing (Ray's token authentication,
+    on by default, still guards that port).
+    """
+    if os.environ.get(LOOPBACK_ENV) != "1":
+        return
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        log.warning("cannot keep Serve's replica gRPC server on loopback (Ray moved it)")
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "_riff_loopback", False):
+        if original is None:
+            log.warning("cannot keep Serve's replica gRPC server on loopback (Ray moved it)")
+        return
+
+    def loopback(server: Any, address: str) -> Any:
+        if address.startswith("[::]:") or address.startswith("0.0.0.0:"):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return original(server, address)
+
+    loopback._riff_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = loopback
+
+
 @dataclasses.dataclass(frozen=True)
 class _Work:
     """One request inside a Generator replica: what to do, and its cancellation token."""
@@ -175,6 +210,7 @@ class Generator:
     """
 
     def __init__(self, settings: ModelSettings) -> None:
+        _loopback_replica_server()
         self.renderer = Renderer.load(settings.model, device=settings.device,
                                       seed_image_dirs=[Path(d) for d in settings.seed_image_dirs],
                                       phase=settings.phase)
@@ -334,6 +370,7 @@ class Ingress:
 
     def __init__(self, generator: DeploymentHandle, model: ModelSettings,
                  config: ServeConfig) -> None:
+        _loopback_replica_server()
         self._generator = generator
         self._model = model
         self._config = config
@@ -422,6 +459,7 @@ def start_ray(settings: RaySettings) -> None:
     # for this process (the constant is read at call time) and for Ray's own processes (they
     # read the variable), so every Ray server listens on loopback.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ[LOOPBACK_ENV] = "1"
     ray_constants.ENABLE_RAY_CLUSTER = False
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH", "")
