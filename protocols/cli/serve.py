@@ -146,10 +146,12 @@ def _run_ray(args: argparse.Namespace, config: ServeConfig) -> int:
     pool_args = _pool_args(args)
     ray_serve.PoolSettings(**pool_args, gpus_per_replica=args.ray_gpus_per_replica or 0)
     port = args.port or _free_port(args.host)
+    ray_serve.start_ray(ray_settings)
+    # After ray.init, which installs its own SIGTERM handler (sys.exit): a stop request now
+    # ends the wait below, and Serve and Ray are shut down in order.
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
-    ray_serve.start_ray(ray_settings)
     try:
         gpus = args.ray_gpus_per_replica
         if gpus is None:
