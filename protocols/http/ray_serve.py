@@ -496,8 +496,9 @@ def serve_with_ray(model: ModelSettings, pool: PoolSettings, config: ServeConfig
 
 
 def generator_stats(app_name: str = APP_NAME) -> list[dict[str, Any]]:
-    """Each reachable Generator replica's :meth:`Generator.stats` (one call per replica is
-    not guaranteed by routing; callers dedupe by ``pid``). Thread: the driver, not a loop."""
+    """:meth:`Generator.stats` of one Generator replica (whichever the router picks: with
+    several replicas, call repeatedly and tell them apart by ``pid``). Thread: the driver,
+    not an event loop."""
     handle = serve.get_deployment_handle(GENERATOR, app_name)
     return [handle.stats.remote().result(timeout_s=30)]
 
