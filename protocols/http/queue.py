@@ -125,11 +125,14 @@ class GenerationQueue:
         await asyncio.to_thread(self._executor.shutdown, True)
 
     def enqueue(self, work: Work[T], progress: Progress | None = None) -> Ticket[T]:
-        """Queue ``work`` now; raises QueueFull when ``limit`` requests already wait.
+        """Queue ``work`` now; raises QueueFull when ``limit`` requests already wait for a
+        worker (not counting those an idle worker is about to take).
 
         ``progress`` is called on the loop thread. Thread: the event loop.
         """
-        if self.depth >= self.limit:
+        # Waiting items that an idle worker takes at the loop's next turn are not waiting
+        # for a turn: with several workers a burst must not be refused while workers idle.
+        if self.depth >= self.limit + max(0, self.workers - self.busy):
             raise QueueFull(f"{self.limit} requests are already waiting")
         item: _Item[T] = _Item(work, asyncio.get_running_loop().create_future(), progress)
         self._queue.put_nowait(item)
