@@ -180,3 +180,37 @@ def test_saturated_pool_answers_503_and_clients_that_leave_are_cancelled(base: s
     after = stats()
     assert after["batch_sizes"] == [*before["batch_sizes"], 2]  # the third never ran
     assert after["cancelled"] == before["cancelled"] + 2
+
+
+def _generator_pid() -> int | None:
+    try:
+        return int(stats()["pid"])
+    except Exception:  # the replica is being replaced: not answering yet
+        return None
+
+
+def test_a_replica_killed_mid_run_is_replaced_and_its_requests_answer_503(base: str) -> None:
+    import ray
+
+    before = stats()
+    big = [body(s, steps=50, width=512) for s in (21, 22)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(httpx.post, f"{base}/run_inference/", json=b, headers=AUTH,
+                               timeout=300) for b in big]
+        wait_for(lambda: stats()["batch_sizes"] == [*before["batch_sizes"], 2],
+                 what="the batch to run in the replica")
+        (replica,) = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                      if "Generator" in a["name"]]
+        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]),
+                 no_restart=True)
+        answers = [f.result() for f in futures]
+    for resp in answers:
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["kind"] == "ModelUnavailable"
+        assert "retry" in resp.json()["detail"]
+    wait_for(lambda: _generator_pid() not in (None, before["pid"]), timeout=240,
+             what="Serve to start a new generator replica")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # and the pool serves again
+        again = list(pool.map(lambda s: httpx.post(f"{base}/run_inference/", json=body(s),
+                                                   headers=AUTH, timeout=300), (31, 32)))
+    assert [r.status_code for r in again] == [200, 200]

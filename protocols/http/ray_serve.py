@@ -51,9 +51,10 @@ from typing import Any
 import ray
 from ray import serve
 from ray._private import ray_constants
+from ray.exceptions import RayError
 from ray.serve.handle import DeploymentHandle
 
-from engine.errors import Cancelled, InvalidRequest
+from engine.errors import Cancelled, InvalidRequest, ModelUnavailable, RiffError
 from engine.live.jobs import Clip, GenerationJob
 from engine.model.request import InferenceRequest
 from engine.takes.render import Rendered, Renderer
@@ -141,8 +142,9 @@ class PoolSettings:
         options: dict[str, Any] = {
             "ray_actor_options": {"num_cpus": self.cpus_per_replica,
                                   "num_gpus": self.gpus_per_replica},
-            # A replica holds a full batch; one more is routed elsewhere (or waits).
-            "max_ongoing_requests": self.max_batch_size,
+            # A running batch plus the next one forming (and room for stats calls); the app
+            # sends at most replicas x batch size at once.
+            "max_ongoing_requests": 2 * self.max_batch_size,
             "user_config": {"max_batch_size": self.max_batch_size,
                             "batch_wait_s": self.batch_wait_s},
         }
@@ -307,7 +309,9 @@ class RayBackend:
     use), so a bad id is a 400 before anything travels. ``render``/``render_clip`` run on the
     app's generation threads and block there until the pool answers, checking every
     :data:`POLL_S` whether the request was cancelled (its client left): then the Ray request
-    is cancelled too, and the replica stops working for it.
+    is cancelled too, and the replica stops working for it. A replica that dies under a
+    request (or any other Ray failure) is :class:`ModelUnavailable`: 503 for the client, which
+    retries (``riff run --generator`` does) while Serve starts a new replica.
     """
 
     def __init__(self, handle: DeploymentHandle, settings: ModelSettings) -> None:
@@ -352,6 +356,13 @@ class RayBackend:
                 return response.result(timeout_s=POLL_S)
             except TimeoutError:
                 continue
+            except RiffError:  # the engine's own error, raised in the replica: as is
+                raise
+            except RayError as exc:  # the replica died, or Ray failed: the pool is at fault
+                log.warning("generator pool failed a request: %s", type(exc).__name__)
+                raise ModelUnavailable(
+                    f"a generator replica failed ({type(exc).__name__}); Ray Serve replaces "
+                    "it, retry the request") from exc
 
 
 def _done(progress: Callable[[int, int], None] | None, request: InferenceRequest) -> None:
