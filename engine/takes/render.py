@@ -8,6 +8,11 @@ are imported only when a model is loaded.
 
 Thread: every method except :meth:`Renderer.check` runs on the server's generation thread,
 one call at a time.
+
+:meth:`Renderer.render_batch` and :meth:`Renderer.render_clip_batch` take several requests at
+once (a Ray Serve replica's ``@serve.batch``): requests that differ only in alpha share their
+UNet calls (``generate_alphas``); the others run one after the other in the same call, since
+the pipeline batches the alphas of one prompt pair, not different prompts or seeds.
 """
 
 from __future__ import annotations
@@ -94,15 +99,18 @@ class Renderer:
     def render(self, request: InferenceRequest, *, cancel: Cancel | None = None,
                progress: Progress | None = None) -> Rendered:
         """Generate the image and reconstruct its audio (not tempo-locked, not looped)."""
+        started = time.perf_counter()
+        result = self.generator.generate(request, progress=progress, cancel=cancel)
+        return self._finish_render(result.image, started)
+
+    def _finish_render(self, image: Image.Image, started: float) -> Rendered:
+        """The audio of a generated ``image``, and the image with its EXIF parameters."""
         from engine.dsp.phase import mel_to_audio
         from engine.dsp.spectrogram import image_to_mel, params_from_image
 
-        started = time.perf_counter()
-        result = self.generator.generate(request, progress=progress, cancel=cancel)
-        params = params_from_image(result.image)
-        mel = image_to_mel(result.image, params)
+        params = params_from_image(image)
+        mel = image_to_mel(image, params)
         audio = mel_to_audio(mel, params, method=self.phase, device=self.device)
-        image = result.image
         if not set(params.to_exif()) <= set(image.getexif()):
             image = image.copy()  # served images always carry their parameters
             image.getexif().update(params.to_exif())
@@ -116,12 +124,70 @@ class Renderer:
         The same function as the local generator worker (``engine.live.clip.conform_image``), so
         a clip rendered here equals the clip the worker would have made.
         """
-        from engine.live.clip import conform_image
-
         started = time.perf_counter()
         result = self.generator.generate(job.request, progress=progress, cancel=cancel)
-        audio = conform_image(result.image, job.spec, job.request,
+        return self._finish_clip(job, result.image, started)
+
+    def _finish_clip(self, job: GenerationJob, image: Image.Image, started: float) -> Clip:
+        """``job``'s clip from its generated ``image`` (tempo lock, seamless loop)."""
+        from engine.live.clip import conform_image
+
+        audio = conform_image(image, job.spec, job.request,
                               seed_images=self.generator.seed_images, method=self.phase,
                               device=self.device)
         return Clip(job.job_id, np.ascontiguousarray(audio, dtype=np.float32), job.spec,
                     job.request, time.perf_counter() - started)
+
+    def render_batch(self, requests: Sequence[InferenceRequest],
+                     cancels: Sequence[Cancel | None] | None = None,
+                     ) -> list[Rendered | Exception]:
+        """:meth:`render` for several requests in one call; one answer per request, in order.
+
+        A request that fails (or whose group is cancelled) gets its exception in its place,
+        so one bad request never fails its batch-mates. Requests equal but for alpha are
+        generated together (shared UNet calls); a group stops at its next denoising step
+        once every one of its members' ``cancels`` answers True.
+        """
+        def finish(index: int, image: Image.Image, started: float) -> Rendered:
+            return self._finish_render(image, started)
+        return self._batch(list(requests), cancels, finish)
+
+    def render_clip_batch(self, jobs: Sequence[GenerationJob],
+                          cancels: Sequence[Cancel | None] | None = None,
+                          ) -> list[Clip | Exception]:
+        """:meth:`render_clip` for several jobs in one call (see :meth:`render_batch`)."""
+        def finish(index: int, image: Image.Image, started: float) -> Clip:
+            return self._finish_clip(jobs[index], image, started)
+        return self._batch([j.request for j in jobs], cancels, finish)
+
+    def _batch(self, requests: list[InferenceRequest], cancels: Sequence[Cancel | None] | None,
+               finish: Callable[[int, Image.Image, float], Any]) -> list[Any]:
+        """Group ``requests`` by everything but alpha, generate each group with
+        ``generate_alphas`` and ``finish(index, image, started)`` each member."""
+        polls = list(cancels) if cancels is not None else [None] * len(requests)
+        if len(polls) != len(requests):
+            raise ValueError("one cancel poll per request, or none")
+        groups: dict[str, list[int]] = {}
+        for index, req in enumerate(requests):
+            groups.setdefault(repr(req.replace(alpha=0.0)), []).append(index)
+        answers: list[Any] = [None] * len(requests)
+        for members in groups.values():
+            member_polls = [polls[i] for i in members]
+
+            def cancelled(member_polls: list[Cancel | None] = member_polls) -> bool:
+                return all(p is not None and p() for p in member_polls)
+
+            started = time.perf_counter()
+            try:
+                results = self.generator.generate_alphas(
+                    requests[members[0]], [requests[i].alpha for i in members], cancel=cancelled)
+            except Exception as exc:  # every member of the group gets it
+                for i in members:
+                    answers[i] = exc
+                continue
+            for i, result in zip(members, results, strict=True):
+                try:
+                    answers[i] = finish(i, result.image, started)
+                except Exception as exc:  # this member only
+                    answers[i] = exc
+        return answers

@@ -96,6 +96,9 @@ class ServeConfig:
     max_width: int = 2048
     max_steps: int = 150
     max_clip_seconds: float = 120.0
+    #: Requests handed to the backend at once: 1 for one local model; the pool's capacity
+    #: for a backend that forwards to many generators (riff serve --ray).
+    concurrency: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.queue <= 1000:
@@ -110,6 +113,8 @@ class ServeConfig:
             raise InvalidRequest("max_steps must be between 1 and 150")
         if not 0 < self.max_clip_seconds <= 3600:
             raise InvalidRequest("max_clip_seconds must be between 0 and 3600")
+        if not 1 <= self.concurrency <= 1000:
+            raise InvalidRequest(f"concurrency must be between 1 and 1000, not {self.concurrency}")
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
 
 
@@ -226,7 +231,8 @@ def _lifespan(service: _Service) -> Callable[[FastAPI], AbstractAsyncContextMana
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        queue = GenerationQueue(service.config.queue, service.on_done)
+        queue = GenerationQueue(service.config.queue, service.on_done,
+                                workers=service.config.concurrency)
         queue.start()
         service.state["queue"] = queue
         try:

@@ -5,7 +5,10 @@ holds at most ``limit`` waiting requests (the running one not counted); one more
 at once with :class:`QueueFull` (the server answers 503 with Retry-After) instead of piling
 up work nobody will wait for.
 
-The work itself runs in a dedicated single thread, never on the event loop. A waiting
+The work itself runs in a dedicated thread, never on the event loop. ``workers`` > 1 lets
+that many items run at once (each on its own thread): for a backend that forwards to a pool
+of generators (``riff serve --ray``), where the pool, not this queue, decides what runs on
+which GPU and batches concurrent requests. A waiting
 request whose client goes away is skipped; a running one is asked to stop through the
 ``cancel()`` poll it receives (the pipeline checks it between denoising steps).
 """
@@ -67,25 +70,31 @@ class Ticket(Generic[T]):
 
 
 class GenerationQueue:
-    """FIFO of generation work, executed one at a time on a dedicated thread.
+    """FIFO of generation work, executed ``workers`` at a time (default one) on dedicated
+    threads.
 
     Thread: every method is called on the event loop thread. ``on_done(seconds, error)`` is
     called there after each executed item.
     """
 
     def __init__(
-        self, limit: int, on_done: Callable[[float, BaseException | None], None] | None = None
+        self, limit: int, on_done: Callable[[float, BaseException | None], None] | None = None,
+        workers: int = 1,
     ) -> None:
         if limit < 1:
             raise ValueError("queue limit must be at least 1")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self.limit = limit
+        self.workers = workers
         self._on_done = on_done
         self._queue: asyncio.Queue[_Item[Any]] = asyncio.Queue()
         # The same items in order, to count the live ones: a cancelled item stays in the
         # asyncio queue until the consumer skips it, but no longer counts as waiting.
         self._waiting: collections.deque[_Item[Any]] = collections.deque()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "riff-generate")
-        self._task: asyncio.Task[None] | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(workers, "riff-generate")
+        self._tasks: list[asyncio.Task[None]] = []
+        #: Items running now (0 or 1 with one worker).
         self.busy = 0
 
     @property
@@ -94,15 +103,17 @@ class GenerationQueue:
         return sum(not item.cancelled for item in self._waiting)
 
     def start(self) -> None:
-        """Start the consumer task on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._consume())
+        """Start the consumer tasks (one per worker) on the running loop."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._consume()) for _ in range(self.workers)]
 
     async def close(self) -> None:
         """Stop taking work, fail waiting requests, and wait for the running one to end."""
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
         while not self._queue.empty():
@@ -114,11 +125,14 @@ class GenerationQueue:
         await asyncio.to_thread(self._executor.shutdown, True)
 
     def enqueue(self, work: Work[T], progress: Progress | None = None) -> Ticket[T]:
-        """Queue ``work`` now; raises QueueFull when ``limit`` requests already wait.
+        """Queue ``work`` now; raises QueueFull when ``limit`` requests already wait for a
+        worker (not counting those an idle worker is about to take).
 
         ``progress`` is called on the loop thread. Thread: the event loop.
         """
-        if self.depth >= self.limit:
+        # Waiting items that an idle worker takes at the loop's next turn are not waiting
+        # for a turn: with several workers a burst must not be refused while workers idle.
+        if self.depth >= self.limit + max(0, self.workers - self.busy):
             raise QueueFull(f"{self.limit} requests are already waiting")
         item: _Item[T] = _Item(work, asyncio.get_running_loop().create_future(), progress)
         self._queue.put_nowait(item)
@@ -137,7 +151,7 @@ class GenerationQueue:
             if item.cancelled:
                 item.future.cancel()
                 continue
-            self.busy = 1
+            self.busy += 1
             started = time.perf_counter()
             error: BaseException | None = None
 
@@ -165,6 +179,6 @@ class GenerationQueue:
                 if not item.future.done():
                     item.future.set_result(result)
             finally:
-                self.busy = 0
+                self.busy -= 1
             if self._on_done is not None:
                 self._on_done(time.perf_counter() - started, error)
