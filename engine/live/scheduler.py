@@ -5,7 +5,7 @@ It keeps up to ``lookahead`` planned clips (slots) ahead of the one playing. One
 per generator takes the oldest slot without work and awaits ``generate`` on it, so each
 generator has at most one job in flight; pre-empting it cancels that job by id and the next
 one is sent at once (the worker drops a cancelled job that has not started: see
-:mod:`engine.live.worker`). At each bar line's deadline (the line minus a safety margin) the
+:mod:`engine.live.worker`). At each bar line's deadline (the line minus the sink's pre-roll and a safety margin) the
 scheduler decides what the sink plays from that line:
 
 - the next ready clip, when the playing clip has ended there, or when the playing clip is a
@@ -94,11 +94,16 @@ class SystemClock:
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerConfig:
-    """Scheduling policy. Times in seconds; ``margin_s`` is how long before a bar line the
-    clip for it must be ready (and handed to the sink)."""
+    """Scheduling policy. Times in seconds. The clip for a bar line must be ready (and handed
+    to the sink) ``lead_s + margin_s`` before it: ``lead_s`` is the sink's pre-roll (the
+    player's crossfade, which ends on the bar line, so the player needs the clip that long
+    before its start; ``riff run`` sets it from ``--crossfade-ms``), ``margin_s`` the safety
+    margin on top (control-plane jitter). A clip the player still sees inside its pre-roll
+    fades shorter (counted), never later: see :mod:`engine.live.player`."""
 
     lookahead: int = 2
     margin_s: float = 0.05
+    lead_s: float = 0.0
     max_retries: int = 3
     backoff_s: float = 0.25
     backoff_max_s: float = 4.0
@@ -113,12 +118,17 @@ class SchedulerConfig:
             raise InvalidRequest(f"cache_clips must be 0..4096, not {self.cache_clips}")
         if self.max_retries < 0:
             raise InvalidRequest("max_retries must not be negative")
-        for name in ("margin_s", "backoff_s", "backoff_max_s", "cooldown_s", "max_tick_s"):
+        for name in ("margin_s", "lead_s", "backoff_s", "backoff_max_s", "cooldown_s",
+                     "max_tick_s"):
             value = getattr(self, name)
             if not 0.0 <= value <= 60.0:
                 raise InvalidRequest(f"{name} must be between 0 and 60 seconds, not {value}")
         if self.max_tick_s <= 0.0:
             raise InvalidRequest("max_tick_s must be positive")
+
+    def deadline_samples(self, sample_rate: int) -> int:
+        """Samples before a bar line by which its clip is decided: lead plus margin."""
+        return round((self.lead_s + self.margin_s) * sample_rate)
 
 
 @dataclasses.dataclass
@@ -260,7 +270,7 @@ class Scheduler:
         if not self.running:
             return cfg.max_tick_s
         now = self.transport.now()
-        margin = round(cfg.margin_s * self.transport.sample_rate)
+        margin = cfg.deadline_samples(self.transport.sample_rate)
         if self.transport.version != self._grid_version:
             self._regrid(now)
         if self._playing is None:
