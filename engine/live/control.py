@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from engine.errors import InvalidRequest, RiffError
 from engine.live.jobs import ClipGenerator, ClipSink
-from engine.live.planner import JamPlanner
+from engine.live.planner import JamPlanner, SeedLoops
 from engine.live.scheduler import Clock, Scheduler, SchedulerConfig, SystemClock
 from engine.live.state import PARAMETERS, EngineState, Value
 from engine.live.sync import MasterSync, SyncConfig
@@ -62,6 +62,7 @@ class Engine:
         sink_stats: Callable[[], Mapping[str, int]] | None = None,
         sync: SyncConfig | None = None,
         follow: FollowConfig | None = None,
+        seed_loops: SeedLoops | None = None,
     ) -> None:
         self.generators: tuple[ClipGenerator, ...] = (
             tuple(generators) if isinstance(generators, Sequence) else (generators,)
@@ -81,12 +82,20 @@ class Engine:
         self.sync = MasterSync(self.transport, play=self.play, stop=self.stop,
                                playing=lambda: self.scheduler.running,
                                adopt=self._adopt_transport, config=sync)
-        self.planner = JamPlanner(walk_clips)
+        #: With ``seed_loops`` (the generator's seed image library) each clip is generated at
+        #: the width of its bars in a seed image of its meter (see :mod:`engine.live.planner`).
+        self.planner = JamPlanner(walk_clips, seed_loops)
         self.scheduler = Scheduler(self.state, self.transport, self.planner, sink, self.clock,
                                    config)
         self._seen = self.state.snapshot()  # last values acted on: repeats change nothing
         self.state.add_listener(self._changed)
         self.state.add_guard(self._refuse)
+        if seed_loops is not None:
+            reason = self.planner.check(self.state.snapshot(), int(self.state.get("meter")),
+                                        ("seed_image", "meter", "bars"))
+            if reason is not None:
+                raise InvalidRequest(reason)
+            self.state.add_check(self._check_loops)
         self._run_task: asyncio.Task[None] | None = None
         self._closing = False
         #: Takes (``/riff/record/start``, ``/riff/record/stop``); set by the daemon when it
@@ -133,6 +142,15 @@ class Engine:
             # re-conforms what is planned and playing (the requests stay the same).
         elif name == "bars" or self.planner.relevant(name, self.state.snapshot()):
             self.scheduler.invalidate(f"{name} changed")
+
+    def _check_loops(self, values: Mapping[str, Value], changed: Collection[str]) -> str | None:
+        """State check (asyncio loop): a meter needs a seed image in it, a seed image must be
+        in the meter, clips may not be wider than the maximum (see the planner)."""
+        if not {"seed_image", "meter", "bars"}.intersection(changed):
+            return None
+        meter = (self.transport.beats_per_bar if self.transport.external
+                 else int(values["meter"]))
+        return self.planner.check(values, meter, changed)
 
     def _refuse(self, name: str) -> str | None:
         """State guard: tempo and meter belong to the master while one rules (so a surface

@@ -5,8 +5,8 @@ It keeps up to ``lookahead`` planned clips (slots) ahead of the one playing. One
 per generator takes the oldest slot without work and awaits ``generate`` on it, so each
 generator has at most one job in flight; pre-empting it cancels that job by id and the next
 one is sent at once (the worker drops a cancelled job that has not started: see
-:mod:`engine.live.worker`). At each bar line's deadline (the line minus the sink's pre-roll and a safety margin) the
-scheduler decides what the sink plays from that line:
+:mod:`engine.live.worker`). At each bar line's deadline (the line minus the sink's pre-roll
+and a safety margin) the scheduler decides what the sink plays from that line:
 
 - the next ready clip, when the playing clip has ended there, or when the playing clip is a
   repeat or stale (a state change since it was planned): so a new prompt is heard at the first
@@ -345,7 +345,7 @@ class Scheduler:
                      self._decided_bar, same, len(self._slots))
             self._set_decided(same)
             start = same + 1
-            for slot in self._slots:
+            for slot in tuple(self._slots):  # a re-target may drop a slot
                 if shift is not None:
                     start = max(start, slot.job.start_bar - shift)
                 self._retarget(slot, start)
@@ -353,7 +353,7 @@ class Scheduler:
                 start += slot.job.spec.bars
         else:
             self._decided_line = self.transport.bar_start(self._decided_bar)
-            for slot in self._slots:
+            for slot in tuple(self._slots):
                 self._retarget(slot, slot.job.start_bar)
         if playing is not None and not playing.start_bar <= bar < playing.end_bar:
             self._playing = _Playing(playing.clip, bar, bar + 1, True, playing.created)
@@ -373,7 +373,14 @@ class Scheduler:
             if start_bar != job.start_bar:
                 slot.job = dataclasses.replace(job, start_bar=start_bar)
             return
-        slot.job = GenerationJob(self._new_job_id(), job.request, spec, start_bar, job.created)
+        try:  # another meter may need another seed image (never a cut bar)
+            request = self.planner.fit(job.request, self.state.snapshot(), spec.bars,
+                                       spec.beats_per_bar)
+        except RiffError as exc:
+            self._report(f"cannot re-target clip {job.job_id}: {exc}")
+            self._drop(slot)
+            return
+        slot.job = GenerationJob(self._new_job_id(), request, spec, start_bar, job.created)
         self.counters.reconformed += 1
         slot.clip = None
         slot.late = False
@@ -402,13 +409,18 @@ class Scheduler:
             self._drop_refit()
             return
         spec = self._spec(bar, playing.clip.spec.bars)
+        try:
+            request = self.planner.fit(playing.clip.request, self.state.snapshot(), spec.bars,
+                                       spec.beats_per_bar)
+        except RiffError as exc:
+            self._report(f"cannot re-conform the playing clip: {exc}")
+            self._drop_refit()
+            return
         refit = self._refit
-        if refit is not None and (refit.job.request, refit.job.spec) == (
-                playing.clip.request, spec):
+        if refit is not None and (refit.job.request, refit.job.spec) == (request, spec):
             return
         self._drop_refit()
-        job = GenerationJob(self._new_job_id(), playing.clip.request, spec, bar,
-                            playing.created)
+        job = GenerationJob(self._new_job_id(), request, spec, bar, playing.created)
         refit = self._refit = _Refit(job)
         self.counters.reconformed += 1
         cached = self.cache.get(job.request, spec)
@@ -456,6 +468,7 @@ class Scheduler:
         head = self._slots[0] if self._slots else None
         if head is not None and head.clip is not None and not self._fits(head.job.spec, bar):
             self._retarget(head, bar)  # made for another tempo: conform it again
+            head = self._slots[0] if self._slots else None
         if head is not None and head.clip is not None and (
             due or playing.repeating or self._playing_stale
         ):
@@ -531,8 +544,9 @@ class Scheduler:
     def _make_job(self, prev: JamPosition | None, start_bar: int) -> tuple[GenerationJob,
                                                                            JamPosition]:
         snapshot = self.state.snapshot()
-        request, position = self.planner.plan(snapshot, prev)
         spec = self._spec(start_bar, int(snapshot["bars"]))
+        request, position = self.planner.plan(snapshot, prev, bars=spec.bars,
+                                              meter=spec.beats_per_bar)
         job = GenerationJob(self._new_job_id(), request, spec, start_bar, self.clock.now())
         return job, position
 

@@ -296,6 +296,7 @@ def _build_engine(d: _Daemon, state: Any) -> None:
     from engine.live.control import Engine
     from engine.live.scheduler import SchedulerConfig
     from engine.live.sync import SyncConfig
+    from engine.model.seed_images import SeedImageLibrary
     from engine.takes.recording import RecordingTaps, TakeController
 
     args, opts = d.args, d.opts
@@ -304,6 +305,7 @@ def _build_engine(d: _Daemon, state: Any) -> None:
                                state=state, sink_stats=d.player.counters,
                                config=SchedulerConfig(
                                    lead_s=d.player.config.crossfade_samples / d.rate),
+                               seed_loops=SeedImageLibrary(),
                                sync=SyncConfig(on_stop=d.opts["on_master_stop"]))
     taps.transport = engine.transport
     state.add_listener(taps.on_state_change)
