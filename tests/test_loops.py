@@ -76,17 +76,17 @@ def test_meters_and_widths_are_checked_when_they_change(library: SeedImageLibrar
     state = EngineState({"tempo": 120.0, "bars": 2})
     engine = Engine(FakeGenerator(clock), FakeSink(clock, SR), sample_rate=SR, clock=clock,
                     state=state, seed_loops=library)
-    with pytest.raises(InvalidRequest, match="no seed image has 5 beats per bar .*3, 4, 6"):
+    with pytest.raises(InvalidRequest, match=r"no seed image has 5 beats per bar .*3, 4, 6"):
         state.set("meter", 5)
     assert state.get("meter") == 4
     state.set("meter", 3)  # waltz_90 is in 3/4: accepted, it plays while og_beat is chosen
-    with pytest.raises(InvalidRequest, match="'breakbeat_100' has 4 beats per bar .*meter 4"):
+    with pytest.raises(InvalidRequest, match=r"'breakbeat_100' has 4 beats per bar .*meter 4"):
         state.set("seed_image", "breakbeat_100")
     state.set("seed_image", "waltz_90")
     state.set("meter", 4)  # og_beat (the 4/4 default) plays; waltz_90 stays chosen
     assert engine.planner.plan(state.snapshot(), None)[0].seed_image_id == "og_beat"
     state.set("seed_image", "slow_groove_80")
-    with pytest.raises(InvalidRequest, match="16 bars .* need 4800 px"):
+    with pytest.raises(InvalidRequest, match=r"16 bars .* need 4800 px"):
         state.set("bars", 16)
     state.update({"seed_image": "og_beat", "bars": 16})  # together: 4096 px, fits
     # A start state that cannot be played is refused at once.

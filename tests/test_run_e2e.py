@@ -285,8 +285,8 @@ def test_no_silent_gap_after_the_first_clip(take: Take) -> None:
 
 def test_each_clip_starts_on_its_bar_line_with_its_own_tone(take: Take) -> None:
     """From the logged start sample on (the crossfade ends there) the recording is the
-    clip's own tone at full level, at its own sample index counted from that sample. Clips from the tempo line on (the sample the daemon
-    logged for it) are 180 BPM bars."""
+    clip's own tone at full level, at its own sample index counted from that sample. Clips
+    from the tempo line on (the sample the daemon logged for it) are 180 BPM bars."""
     starts, idx = take.heard()
     tempo_line = take.tempo_line()
     for k, (job, sample, _bar, _) in enumerate(starts):

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: Status keys filled from the player's counters: status key -> counter name.
 SINK_STATUS = {"xruns": "xruns", "underruns": "underruns", "silent": "silent",
-               "sink_late": "late", "sink_repeats": "repeats"}
+               "sink_late": "late", "sink_repeats": "repeats", "short_fades": "short_fades"}
 
 #: Parameters that change the bar grid or the clip length.
 TRANSPORT_PARAMS = frozenset({"tempo", "meter"})
@@ -274,7 +274,7 @@ class Engine:
         }
 
     def _sink_status(self) -> dict[str, int]:
-        """The player's xruns, underruns, silent blocks (by design), late starts and repeats
-        (zeros without stats)."""
+        """The player's xruns, underruns, silent blocks (by design), late starts, repeats and
+        short fades (zeros without stats)."""
         stats = self.sink_stats() if self.sink_stats is not None else {}
         return {key: int(stats.get(name, 0)) for key, name in SINK_STATUS.items()}
