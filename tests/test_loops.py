@@ -89,10 +89,14 @@ def test_meters_and_widths_are_checked_when_they_change(library: SeedImageLibrar
     with pytest.raises(InvalidRequest, match=r"16 bars .* need 4800 px"):
         state.set("bars", 16)
     state.update({"seed_image": "og_beat", "bars": 16})  # together: 4096 px, fits
-    # A start state that cannot be played is refused at once.
+    # A start state that cannot be played is refused at once; a start in 3/4 with the
+    # default (4/4) seed image plays the 3/4 seed.
     with pytest.raises(InvalidRequest, match="no seed image has 7"):
         Engine(FakeGenerator(clock), FakeSink(clock, SR), sample_rate=SR, clock=clock,
                state=EngineState({"meter": 7}), seed_loops=library)
+    waltz = Engine(FakeGenerator(clock), FakeSink(clock, SR), sample_rate=SR, clock=clock,
+                   state=EngineState({"meter": 3}), seed_loops=library)
+    assert waltz.planner.plan(waltz.state.snapshot(), None)[0].seed_image_id == "waltz_90"
 
 
 def test_a_meter_change_retargets_planned_clips_to_the_meters_seed(

@@ -91,10 +91,16 @@ class Engine:
         self.state.add_listener(self._changed)
         self.state.add_guard(self._refuse)
         if seed_loops is not None:
-            reason = self.planner.check(self.state.snapshot(), int(self.state.get("meter")),
-                                        ("seed_image", "meter", "bars"))
+            # At start a seed image in another meter is no error: the meter's own seed plays.
+            meter = int(self.state.get("meter"))
+            reason = self.planner.check(self.state.snapshot(), meter, ("meter", "bars"))
             if reason is not None:
                 raise InvalidRequest(reason)
+            chosen = str(self.state.get("seed_image"))
+            used = self.planner.seed_for(chosen, meter)
+            if used is not None and used[0] != chosen:
+                log.info("meter %d: seed image %s is in another meter; clips use %s",
+                         meter, chosen, used[0])
             self.state.add_check(self._check_loops)
         self._run_task: asyncio.Task[None] | None = None
         self._closing = False
