@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Synthesise the engine's own seed loops and masks into seed_images/.
 
-Each seed is a drum pattern with a bass pulse, exactly two bars of 4/4 at its tempo, encoded
+Each seed is a drum pattern with a bass pulse, exactly two bars at its tempo, encoded
 as a *circular* spectrogram (the frames wrap around the loop's end), so the image is exactly
 ``bars * beats * 60 / bpm`` seconds wide at 10 ms per pixel and loops without a seam. The
 tempo and length are stored as loop metadata. Widths are multiples of 8 px (the model's latent
 grid): 93.75 BPM = 512 px (``og_beat``, the id Riffusion's web app asks for), 100 BPM = 480 px,
 120 BPM = 400 px, 80 BPM = 600 px. The ids that Riffusion's web app offers (og_beat, agile, marim,
-motorway, vibes, and its six masks) are all here, as the engine's own content.
+motorway, vibes, and its six masks) are all here, as the engine's own content. Two are in other
+meters, for the live engine's ``/riff/meter``: ``waltz_90`` (3/4 at 90 BPM, 400 px) and
+``compound_6_8`` (6/8, six eighth-note beats a bar at 180 eighths a minute, 400 px).
 
 Masks are plain greyscale PNGs in Riffusion's style (white = repaint, darker = keep more).
 
@@ -41,9 +43,10 @@ SR = 44100
 
 @dataclass(frozen=True)
 class Pattern:
-    """Two bars of equal steps: 'x' hit, '.' rest (32 characters per voice: sixteenth notes;
-    64: thirty-seconds). ``notes`` adds a pitched voice: (step, MIDI notes) chords played by
-    ``instrument`` (``marimba`` or ``vibes``), steps counted on the same grid."""
+    """Two bars of equal steps: 'x' hit, '.' rest (32 characters per voice in 4/4: sixteenth
+    notes; 64: thirty-seconds). ``notes`` adds a pitched voice: (step, MIDI notes) chords
+    played by ``instrument`` (``marimba`` or ``vibes``), on a grid of 32 steps. Hits on every
+    ``accent``-th step are louder. ``beats_per_bar`` beats of ``bpm`` make a bar."""
 
     name: str
     bpm: float
@@ -54,6 +57,8 @@ class Pattern:
     bass_hz: float
     notes: tuple[tuple[int, tuple[int, ...]], ...] = ()
     instrument: str = ""
+    beats_per_bar: int = 4
+    accent: int = 4
 
 
 PATTERNS = (
@@ -145,6 +150,34 @@ WEB_APP_PATTERNS = (
 )
 
 
+# Other meters: a waltz (oom-pah-pah) and a 6/8 groove (two dotted-quarter pulses a bar),
+# sixteenth-note steps (24 for two bars of 3/4; 24 for two bars of six eighths).
+METER_PATTERNS = (
+    Pattern(
+        "waltz_90",
+        90.0,
+        kick="x...........x...........",
+        snare="....x...x.......x...x...",
+        hat="x.x.x.x.x.x.x.x.x.x.x.x.",
+        bass="x...........x...........",
+        bass_hz=49.0,
+        beats_per_bar=3,
+        accent=12,
+    ),
+    Pattern(
+        "compound_6_8",
+        180.0,
+        kick="x.....x.....x.........x.",
+        snare="......x...........x.....",
+        hat="x.x.x.x.x.x.x.x.x.x.x.x.",
+        bass="x.....x.....x.....x.....",
+        bass_hz=55.0,
+        beats_per_bar=6,
+        accent=6,
+    ),
+)
+
+
 def _kick(rng: np.random.Generator) -> np.ndarray:
     t = np.arange(int(0.35 * SR)) / SR
     freq = 45 + 110 * np.exp(-t * 30)
@@ -187,7 +220,7 @@ def _mallet(midi: int, seconds: float, instrument: str) -> np.ndarray:
 
 def render(pattern: Pattern, params: SpectrogramParams) -> tuple[np.ndarray, int]:
     """Audio of the loop (samples,) and its length in samples (a whole number of hops)."""
-    seconds = 8 * 60.0 / pattern.bpm
+    seconds = 2 * pattern.beats_per_bar * 60.0 / pattern.bpm
     frames = round(seconds * params.sample_rate / params.hop_length)
     length = frames * params.hop_length
     rng = np.random.default_rng(sum(map(ord, pattern.name)))
@@ -203,7 +236,7 @@ def render(pattern: Pattern, params: SpectrogramParams) -> tuple[np.ndarray, int
         for i, c in enumerate(hits):
             if c != "x":
                 continue
-            sound = make() * (1.0 if i % 4 == 0 else 0.8)
+            sound = make() * (1.0 if i % pattern.accent == 0 else 0.8)
             _add_looped(out, round(i * step), sound)
     grid = length / 32  # notes are placed on sixteenths
     for at, chord in pattern.notes:
@@ -246,12 +279,13 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     params = SpectrogramParams()
-    for pattern in PATTERNS + WEB_APP_PATTERNS:
+    for pattern in PATTERNS + WEB_APP_PATTERNS + METER_PATTERNS:
         audio, length = render(pattern, params)
         mel = audio_to_mel(audio[None], params, circular=True)
         image = mel_to_image(mel, params)
-        bpm = 8 * 60.0 * params.sample_rate / length
-        write_loop_meta(image, LoopMeta(bars=2, beats_per_bar=4, bpm=round(bpm, 4)))
+        bpm = 2 * pattern.beats_per_bar * 60.0 * params.sample_rate / length
+        write_loop_meta(image, LoopMeta(bars=2, beats_per_bar=pattern.beats_per_bar,
+                                        bpm=round(bpm, 4)))
         path = args.out / f"{pattern.name}.png"
         save_image(image, path)
         print(f"{path.name}: {image.width} px, {bpm:.2f} BPM")

@@ -84,41 +84,130 @@ def test_change_exactly_at_start_sample() -> None:
     assert ev.finished == [a]
 
 
-def test_equal_power_crossfade() -> None:
+def test_equal_power_crossfade_ends_on_the_start_sample() -> None:
     xf = 64
     p = Player(PlayerConfig(crossfade_samples=xf))
-    p.schedule(const_clip(1.0), 0)
+    p.schedule(const_clip(1.0), xf)
     p.schedule(const_clip(0.0), 200)
     fade_out = render(p, 400)[0]
     q = Player(PlayerConfig(crossfade_samples=xf))
-    q.schedule(const_clip(0.0), 0)
+    q.schedule(const_clip(0.0), xf)
     q.schedule(const_clip(1.0), 200)
     fade_in = render(q, 400)[0]
-    # Before the start sample: the old clip only (the first clip faded in from silence).
-    assert np.all(fade_out[xf:200] == 1.0) and np.all(fade_in[:200] == 0.0)
-    # At the start sample the new clip begins at gain 0; the fade lasts exactly xf samples.
-    assert fade_in[200] == 0.0 and 0.0 < fade_in[201] < 0.1
-    assert fade_out[200] == 1.0 and fade_out[200 + xf] == 0.0 and fade_in[200 + xf] == 1.0
-    g_in, g_out = fade_in[200:200 + xf], fade_out[200:200 + xf]
+    # Before the pre-roll: the old clip only (the first clip faded in over its own pre-roll).
+    assert np.all(fade_out[xf:200 - xf] == 1.0) and np.all(fade_in[:200 - xf] == 0.0)
+    # The fade is [200 - xf, 200): the new clip begins it at gain 0 and is at full level on
+    # the start sample, the old one is gone there.
+    assert fade_in[200 - xf] == 0.0 and 0.0 < fade_in[201 - xf] < 0.1
+    assert fade_out[199 - xf] == 1.0 and fade_in[200] == 1.0 and fade_out[200] == 0.0
+    assert np.all(fade_in[200:] == 1.0) and np.all(fade_out[200:] == 0.0)
+    g_in, g_out = fade_in[200 - xf:200], fade_out[200 - xf:200]
     np.testing.assert_allclose(g_in**2 + g_out**2, 1.0, atol=1e-6)
     assert np.all(np.diff(g_in) > 0) and np.all(np.diff(g_out) < 0)
-    # The first clip fades in from silence the same way.
+    # The first clip fades in from silence the same way, ending on its start sample.
     np.testing.assert_allclose(fade_out[:xf], g_in, atol=1e-7)
+    assert p.counters()["short_fades"] == 0 and q.counters()["late"] == 0
+
+
+def test_click_on_the_downbeat_is_at_full_level_on_the_bar_line() -> None:
+    """A clip whose sample 0 is a click (a kick's attack): the output sample on the bar line
+    is that click at full gain, and the fade happened before it, from the new clip's tail."""
+    xf, line = 48, 1000
+    p = Player(PlayerConfig(crossfade_samples=xf))
+    bed = const_clip(0.25, 300)
+    p.schedule(bed, 0)
+    audio = np.full((400, 2), 0.01, np.float32)
+    audio[0] = 0.9  # the click
+    audio[-xf:] = np.linspace(0.02, 0.05, xf, dtype=np.float32)[:, None]  # a distinct tail
+    click = Clip(audio)
+    p.schedule(click, line)
+    out = render(p, 1600, block=37)[0]
+    assert out[line] == audio[0, 0]  # the click, at full gain, exactly on the line
+    np.testing.assert_array_equal(out[line:line + 400], audio[:, 0])
+    k = np.arange(xf)
+    g_in = np.sin(k / xf * np.pi / 2).astype(np.float32)
+    g_out = np.cos(k / xf * np.pi / 2).astype(np.float32)
+    expect = audio[-xf:, 0] * g_in + 0.25 * g_out  # the click clip's pre-roll is its tail
+    np.testing.assert_allclose(out[line - xf:line], expect, rtol=1e-6)
+    assert np.all(out[xf:line - xf] == 0.25)
+    assert p.poll().started[-1] == (click, line)
+
+
+def test_restart_of_the_same_audio_is_at_full_level_on_the_line() -> None:
+    """A repeat that restarts a clip on a bar line (a new clip object with the same audio, as
+    the scheduler's restart on a new grid): the fade is over the pre-roll, sample 0 is at
+    full level on the line, mid-loop of the old pass."""
+    xf = 20
+    p = Player(PlayerConfig(crossfade_samples=xf))
+    a = ramp_clip(100, 1.0)
+    p.schedule(a, 0)
+    again = Clip(a.audio)
+    p.schedule(again, 150)  # mid-loop: the old pass is at index 50 there
+    out = render(p, 300, block=16)[0]
+    k = np.arange(xf)
+    g_in = np.sin(k / xf * np.pi / 2).astype(np.float32)
+    g_out = np.cos(k / xf * np.pi / 2).astype(np.float32)
+    expect = a.audio[80:100, 0] * g_in + a.audio[30:50, 0] * g_out
+    np.testing.assert_allclose(out[130:150], expect, rtol=1e-6)
+    np.testing.assert_array_equal(out[150:250], a.audio[:, 0])
 
 
 def test_crossfade_continues_old_clip_loop() -> None:
     xf = 20
     p = Player(PlayerConfig(crossfade_samples=xf))
     a, b = ramp_clip(100, 1.0), ramp_clip(100, 5.0)
-    p.schedule(a, 0)
-    p.schedule(b, 100)
-    out = render(p, 200, block=7)[0]
+    p.schedule(a, 0)  # from silence at sample 0: no pre-roll to fade over, a hard start
+    p.schedule(b, 100 + xf)
+    out = render(p, 200 + xf, block=7)[0]
+    np.testing.assert_array_equal(out[:100], a.audio[:, 0])
     k = np.arange(xf)
     g_in = np.sin(k / xf * np.pi / 2)
     g_out = np.cos(k / xf * np.pi / 2)
-    expect = b.audio[:xf, 0] * g_in + a.audio[:xf, 0] * g_out  # a wraps to its start
+    # b's pre-roll is its own tail; a wraps to its start at 100, inside the fade.
+    expect = b.audio[100 - xf:, 0] * g_in + a.audio[:xf, 0] * g_out
     np.testing.assert_allclose(out[100:100 + xf], expect, rtol=1e-6)
-    np.testing.assert_array_equal(out[100 + xf:200], b.audio[xf:, 0])
+    np.testing.assert_array_equal(out[100 + xf:200 + xf], b.audio[:, 0])
+
+
+def test_clip_seen_inside_its_pre_roll_fades_shorter_and_keeps_the_downbeat() -> None:
+    xf = 64
+    p = Player(PlayerConfig(crossfade_samples=xf))
+    p.schedule(const_clip(1.0), 0)
+    render(p, 180)  # the pre-roll of a clip at 200 began at 136
+    new = ramp_clip(100, 5.0)
+    p.schedule(new, 200)
+    out = render(p, 120, block=16)[0]
+    k = np.arange(20)
+    g_in = np.sin(k / 20 * np.pi / 2).astype(np.float32)
+    g_out = np.cos(k / 20 * np.pi / 2).astype(np.float32)
+    np.testing.assert_allclose(out[:20], new.audio[80:, 0] * g_in + g_out, rtol=1e-6)
+    np.testing.assert_array_equal(out[20:120], new.audio[:, 0])  # sample 0 on 200
+    c = p.counters()
+    assert c["short_fades"] == 1 and c["late"] == 0
+    # Seen exactly on its start sample: hard there, never shifted.
+    q = Player(PlayerConfig(crossfade_samples=xf))
+    q.schedule(const_clip(1.0), 0)
+    render(q, 200)
+    q.schedule(new, 200)
+    np.testing.assert_array_equal(render(q, 100)[0], new.audio[:, 0])
+    assert q.counters()["short_fades"] == 1 and q.counters()["late"] == 0
+
+
+def test_late_clip_fades_in_phase_locked_from_where_it_is_seen() -> None:
+    xf = 16
+    p = Player(PlayerConfig(crossfade_samples=xf))
+    p.schedule(const_clip(1.0), 0)
+    render(p, 100)
+    late = ramp_clip(40, 5.0)
+    p.schedule(late, 90)
+    out = render(p, 100)[0]
+    k = np.arange(xf)
+    g_in = np.sin(k / xf * np.pi / 2).astype(np.float32)
+    g_out = np.cos(k / xf * np.pi / 2).astype(np.float32)
+    idx = (np.arange(100, 200) - 90) % 40
+    np.testing.assert_allclose(out[:xf], late.audio[idx[:xf], 0] * g_in + g_out, rtol=1e-6)
+    np.testing.assert_array_equal(out[xf:], late.audio[idx[xf:], 0])
+    assert p.counters()["late"] == 1
 
 
 def test_latest_wins_at_same_start() -> None:
@@ -210,7 +299,10 @@ def test_stop_fades_out_and_drops_queued_clips() -> None:
     assert p.position() == 500
     p.schedule(const_clip(3.0), 600)  # playing again after a stop
     out = render(p, 200)[0]
-    assert np.all(out[:100] == 0.0) and np.all(out[100 + xf:] == 3.0)
+    # It fades in over its pre-roll, at full level from its start sample.
+    assert np.all(out[:100 - xf] == 0.0) and np.all(out[100:] == 3.0)
+    np.testing.assert_allclose(out[100 - xf:100], 3 * np.sin(np.arange(xf) / xf * np.pi / 2),
+                               rtol=1e-6)
     # The silence after stop (and before the next clip) is by design: not an underrun.
     assert p.counters()["underruns"] == 0 and p.counters()["silent"] >= 1
 
@@ -344,3 +436,7 @@ def test_horizon_is_the_end_of_the_latest_clips_first_pass() -> None:
     p.schedule(a, 100)  # explicit repeat: the timeline is known for another pass
     assert p.horizon() == 200 and p.counters()["repeats"] == 1
     assert p.wait_scheduled(0.0)
+    # With a crossfade the next clip's pre-roll begins one crossfade before the end.
+    q = Player(PlayerConfig(crossfade_samples=30))
+    q.schedule(a, 0)
+    assert q.horizon() == 70

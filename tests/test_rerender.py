@@ -75,9 +75,11 @@ def test_rerender_places_clips_on_the_logged_timeline(tmp_path: Path) -> None:
     audio, rate = sf.read(tmp_path / "a.wav", dtype="float32", always_2d=True)
     assert rate == RATE and audio.shape == (400000, 2)
     one, two = gen.clips[0].audio, gen.clips[1].audio
-    np.testing.assert_array_equal(audio[XF:96000], one[XF:])  # fade-in, then clip 1
-    np.testing.assert_array_equal(audio[96000:192000], one)  # looped once more
-    np.testing.assert_array_equal(audio[192000 + XF:288000], two[XF:])  # crossfaded to 2
+    np.testing.assert_array_equal(audio[:96000], one)  # from silence at sample 0: no pre-roll
+    np.testing.assert_array_equal(audio[96000:192000 - XF], one[:96000 - XF])  # looped
+    # The crossfade to clip 2 ends on its start sample: clip 2 is whole from there.
+    assert not np.array_equal(audio[192000 - XF:192000], one[96000 - XF:])
+    np.testing.assert_array_equal(audio[192000:288000], two)
     np.testing.assert_array_equal(audio[288000:336000], two[:48000])  # repeat: no new fade
     assert not audio[336000 + XF:].any()  # stopped: silence
 

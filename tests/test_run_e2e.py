@@ -284,9 +284,9 @@ def test_no_silent_gap_after_the_first_clip(take: Take) -> None:
 
 
 def test_each_clip_starts_on_its_bar_line_with_its_own_tone(take: Take) -> None:
-    """After the crossfade the recording is the clip's own tone, at its own sample index
-    counted from the logged start sample. Clips from the tempo line on (the sample the daemon
-    logged for it) are 180 BPM bars."""
+    """From the logged start sample on (the crossfade ends there) the recording is the
+    clip's own tone at full level, at its own sample index counted from that sample. Clips
+    from the tempo line on (the sample the daemon logged for it) are 180 BPM bars."""
     starts, idx = take.heard()
     tempo_line = take.tempo_line()
     for k, (job, sample, _bar, _) in enumerate(starts):
@@ -294,7 +294,7 @@ def test_each_clip_starts_on_its_bar_line_with_its_own_tone(take: Take) -> None:
         end = idx[k + 1] if k + 1 < len(starts) else min(take.recorded, i + RATE)
         n_clip = RATE if sample < tempo_line else 64000
         f = tone_frequency(job, n_clip, RATE)
-        n = np.arange(XF, min(end - i, XF + 4000))
+        n = np.arange(0, min(end - i - XF, 4000))  # up to the next clip's pre-roll
         expect = 0.25 * np.sin(2 * np.pi * f * n / RATE)
         got = take.audio[i + n]
         ok = np.isfinite(got)

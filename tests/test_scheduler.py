@@ -577,3 +577,23 @@ def test_a_single_knob_move_reaches_the_generator_at_once() -> None:
     rig = run({"alpha_auto": False, "alpha": 0.2}, body)
     assert rig.engine.status()["generated"] == 2  # alpha 0.2 once, alpha 0.5 once
     assert_on_grid_without_gaps(rig)
+
+
+def test_the_deadline_covers_the_sinks_pre_roll() -> None:
+    """The player's crossfade ends on the bar line, so it needs each clip one crossfade
+    (``lead_s``) before the line, on top of the margin: every clip and repeat is handed over
+    by ``line - lead - margin``, and a clip ready after that deadline waits for the next line."""
+    lead_s = 0.02
+    lead = round(lead_s * SR)
+
+    async def body(rig: Rig) -> None:
+        rig.gen.extra[1] = 1.96  # job 1 is ready at 3.96 s: after 4 s - lead - margin
+        await rig.clock.advance(8.0)
+
+    rig = run({}, body, lead_s=lead_s)
+    assert rig.engine.scheduler.config.deadline_samples(SR) == lead + MARGIN
+    for s in rig.sink.scheduled:
+        assert s.at <= s.start - lead - MARGIN + 1, (s.job_id, s.at, s.start)
+    # Job 1 missed bar 2's deadline by 10 ms (it would have made it without the lead).
+    assert rig.entry(1).start == 3 * BAR
+    assert rig.engine.status()["late"] == 1

@@ -62,14 +62,20 @@ class ConformSettings:
 
 
 def loop_frames(mel: np.ndarray, meta: LoopMeta, spec: ClipSpec) -> np.ndarray:
-    """The frames covering the clip's beats, taken circularly from the image's loop.
+    """The frames covering the clip's bars, taken circularly from the image's loop, in
+    whole bars: never cut mid-bar.
 
-    The image holds ``meta.beats`` beats; a clip of fewer beats takes the first part, a clip
-    of more repeats the loop. The result is not yet stretched to the host tempo.
+    The image holds ``meta.bars`` bars. The live planner generates each clip at the width of
+    its bars (:meth:`engine.model.seed_images.SeedLoop.clip_width`), so this is the whole
+    image; otherwise (a request without that width, e.g. from a remote server's unknown
+    seed) a clip of fewer bars takes the first bars and a clip of more repeats the loop.
+    When the clip's meter is not the image's (an external master's meter no seed image has),
+    each of the image's bars fills one of the clip's bars (the tempo lock then fits its
+    beats into the bar), so downbeats stay on the clip's bar lines. The result is not yet
+    stretched to the host tempo.
     """
     src = mel.shape[-1]
-    beats = spec.bars * spec.beats_per_bar
-    want = max(2, round(src * beats / meta.beats))
+    want = max(2, round(src * spec.bars / meta.bars))
     if want == src:
         return mel
     return mel[..., np.arange(want) % src]
@@ -187,15 +193,22 @@ def conform_image(image: Image.Image, spec: ClipSpec, request: InferenceRequest,
     The one path from a generation result to clip audio, shared by the local generator
     worker and the server's ``Renderer.render_clip`` (so a remote clip equals a local one):
     spectrogram parameters from the image's EXIF, loop metadata from the request's seed image
-    (looked up in ``seed_images``, a :class:`~engine.model.seed_images.SeedImageLibrary`), phase
-    seeded by the start seed, reconstruction on the GPU only when ``device`` is a CUDA one.
+    widened to the image's width (looked up in ``seed_images``, a
+    :class:`~engine.model.seed_images.SeedImageLibrary`), phase seeded by the start seed,
+    reconstruction on the GPU only when ``device`` is a CUDA one.
     """
     from engine.dsp.spectrogram import image_to_mel, params_from_image, read_loop_meta
+    from engine.model.seed_images import widened_meta
 
     params = params_from_image(image)
     meta = None
     if request.seed_image_id and seed_images is not None:
-        meta = read_loop_meta(seed_images.load(request.seed_image_id))
+        seed = seed_images.load(request.seed_image_id)
+        # The generated image is the seed widened circularly to its width (whole bars at the
+        # seed's tempo, see the pipeline); a width of no whole bars reads as its own EXIF.
+        meta = widened_meta(read_loop_meta(seed), seed.width, image.width)
+        if meta is None:
+            meta = read_loop_meta(image)
     settings = ConformSettings(method=method, device=device if device.startswith("cuda")
                                else "cpu", channels=channels)
     return conform(image_to_mel(image, params), spec, params=params, meta=meta,

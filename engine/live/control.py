@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from engine.errors import InvalidRequest, RiffError
 from engine.live.jobs import ClipGenerator, ClipSink
-from engine.live.planner import JamPlanner
+from engine.live.planner import JamPlanner, SeedLoops
 from engine.live.scheduler import Clock, Scheduler, SchedulerConfig, SystemClock
 from engine.live.state import PARAMETERS, EngineState, Value
 from engine.live.sync import MasterSync, SyncConfig
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: Status keys filled from the player's counters: status key -> counter name.
 SINK_STATUS = {"xruns": "xruns", "underruns": "underruns", "silent": "silent",
-               "sink_late": "late", "sink_repeats": "repeats"}
+               "sink_late": "late", "sink_repeats": "repeats", "short_fades": "short_fades"}
 
 #: Parameters that change the bar grid or the clip length.
 TRANSPORT_PARAMS = frozenset({"tempo", "meter"})
@@ -63,6 +63,7 @@ class Engine:
         sync: SyncConfig | None = None,
         follow: FollowConfig | None = None,
         scheduler: str | None = None,
+        seed_loops: SeedLoops | None = None,
     ) -> None:
         self.generators: tuple[ClipGenerator, ...] = (
             tuple(generators) if isinstance(generators, Sequence) else (generators,)
@@ -82,12 +83,26 @@ class Engine:
         self.sync = MasterSync(self.transport, play=self.play, stop=self.stop,
                                playing=lambda: self.scheduler.running,
                                adopt=self._adopt_transport, config=sync)
-        self.planner = JamPlanner(walk_clips, scheduler)
+        #: With ``seed_loops`` (the generator's seed image library) each clip is generated at
+        #: the width of its bars in a seed image of its meter (see :mod:`engine.live.planner`).
+        self.planner = JamPlanner(walk_clips, seed_loops, scheduler=scheduler)
         self.scheduler = Scheduler(self.state, self.transport, self.planner, sink, self.clock,
                                    config)
         self._seen = self.state.snapshot()  # last values acted on: repeats change nothing
         self.state.add_listener(self._changed)
         self.state.add_guard(self._refuse)
+        if seed_loops is not None:
+            # At start a seed image in another meter is no error: the meter's own seed plays.
+            meter = int(self.state.get("meter"))
+            reason = self.planner.check(self.state.snapshot(), meter, ("meter", "bars"))
+            if reason is not None:
+                raise InvalidRequest(reason)
+            chosen = str(self.state.get("seed_image"))
+            used = self.planner.seed_for(chosen, meter)
+            if used is not None and used[0] != chosen:
+                log.info("meter %d: seed image %s is in another meter; clips use %s",
+                         meter, chosen, used[0])
+            self.state.add_check(self._check_loops)
         self._run_task: asyncio.Task[None] | None = None
         self._closing = False
         #: Takes (``/riff/record/start``, ``/riff/record/stop``); set by the daemon when it
@@ -136,6 +151,15 @@ class Engine:
             # re-conforms what is planned and playing (the requests stay the same).
         elif name == "bars" or self.planner.relevant(name, self.state.snapshot()):
             self.scheduler.invalidate(f"{name} changed")
+
+    def _check_loops(self, values: Mapping[str, Value], changed: Collection[str]) -> str | None:
+        """State check (asyncio loop): a meter needs a seed image in it, a seed image must be
+        in the meter, clips may not be wider than the maximum (see the planner)."""
+        if not {"seed_image", "meter", "bars"}.intersection(changed):
+            return None
+        meter = (self.transport.beats_per_bar if self.transport.external
+                 else int(values["meter"]))
+        return self.planner.check(values, meter, changed)
 
     def _refuse(self, name: str) -> str | None:
         """State guard: tempo and meter belong to the master while one rules (so a surface
@@ -282,7 +306,7 @@ class Engine:
         return status
 
     def _sink_status(self) -> dict[str, int]:
-        """The player's xruns, underruns, silent blocks (by design), late starts and repeats
-        (zeros without stats)."""
+        """The player's xruns, underruns, silent blocks (by design), late starts, repeats and
+        short fades (zeros without stats)."""
         stats = self.sink_stats() if self.sink_stats is not None else {}
         return {key: int(stats.get(name, 0)) for key, name in SINK_STATUS.items()}

@@ -190,9 +190,11 @@ class ClipSink(Protocol):
     """Where clips go to be heard (the player).
 
     The sink owns the audio clock. It plays a scheduled clip from ``start_sample`` until the
-    next scheduled clip starts (crossfading at that bar line); when nothing new is scheduled it
-    keeps looping the current clip (never silence). The scheduler also schedules the current
-    clip again explicitly at each bar line where it repeats, so repeats stay on the bar grid.
+    next scheduled clip starts (with a crossfade that ends on that bar line, so the player
+    needs the clip a crossfade before it: ``SchedulerConfig.lead_s``); when nothing new is
+    scheduled it keeps looping the current clip (never silence). The scheduler also schedules
+    the current clip again explicitly at each bar line where it repeats, so repeats stay on
+    the bar grid.
     """
 
     def schedule(self, clip: Clip, start_sample: int) -> None:

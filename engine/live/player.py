@@ -19,17 +19,39 @@ audio thread never frees memory either.
 Timeline semantics, in samples since the player started (:meth:`Player.position`):
 
 - Before the first clip starts (and after :meth:`Player.stop`), the output is silence.
-- The current clip loops (circular index) until the next scheduled clip's start sample.
-- At that sample the new clip begins at its own sample 0 with an equal-power crossfade of
-  ``crossfade_samples`` (the old clip fades out while continuing its loop; a clip that starts
-  from silence fades in the same way). With ``crossfade_samples == 0`` the switch is hard.
+- The current clip loops (circular index) until the next scheduled clip takes over.
+- The crossfade *ends* on the start sample: clips are loops, so the incoming clip is read
+  circularly from ``crossfade_samples`` before its start (its pre-roll is its own tail, as if
+  it had been looping all along) while the outgoing clip keeps looping, with an equal-power
+  fade over ``[start - crossfade_samples, start)``. The new clip's sample 0 is at full level
+  exactly on the start sample, so a downbeat (a kick on sample 0) is never faded. A clip
+  starting from silence fades in over its pre-roll the same way (one rule for every start:
+  its tail leads into the downbeat like a pickup). With ``crossfade_samples == 0`` the
+  switch is hard, on the start sample.
+- The player must therefore see a clip one crossfade before its start (the scheduler's
+  deadline covers it: :attr:`engine.live.scheduler.SchedulerConfig.lead_s`). A clip the
+  audio thread first sees inside its pre-roll window (after ``start - crossfade_samples``,
+  not after ``start``) fades over what is left of the window, shorter, still ending on the
+  start sample (hard on it when seen exactly there); counted in ``short_fades`` when a clip
+  was sounding (a start from silence, such as a first clip at sample 0, is not counted).
+  The downbeat is never moved.
 - Late clips (the ``ClipSink`` contract): a clip whose start sample has already passed when
   the audio thread first sees it starts at once, at the read position it would have reached
   had it started on time (``index = now - start_sample``), so it stays phase-locked to the bar
-  grid; it is counted in ``late``. Until then the current clip keeps looping: never silence.
+  grid, with a full crossfade from there; it is counted in ``late``. Until then the current
+  clip keeps looping: never silence.
 - Scheduling the clip that would be playing anyway (the scheduler's explicit repeat at a bar
   line) changes nothing: the loop just goes on (counted in ``repeats``), so repeats never
-  crossfade a clip into itself.
+  crossfade a clip into itself. A clip *restarting* on a bar line (a new clip object with the
+  same audio, or a re-conformed one) is a switch like any other: its sample 0 is at full
+  level on the line.
+
+The render loop, in order (what a compiled port must reproduce, sample for sample): for each
+segment of the block, find the next READY slot and its switch sample (``max(start - xf, t)``
+for a clip seen in time, ``t`` otherwise); at that sample begin a fade of length
+``min(xf, start - t)`` (``xf`` for a stop or a late clip) with gains
+``sin(k / L * pi / 2)`` in and ``cos(k / L * pi / 2)`` out for ``k = 0 .. L - 1``; every
+clip is read at ``(sample - its start) mod its length``.
 """
 
 from __future__ import annotations
@@ -50,9 +72,10 @@ log = logging.getLogger(__name__)
 FREE, READY, PLAYING, DONE = 0, 1, 2, 3
 
 #: Indices into the counters array.
-UNDERRUNS, LATE_CLIPS, LOOPS, STARTED, XRUNS, BLOCKS, SUPERSEDED, DROPPED, SILENT = range(9)
+(UNDERRUNS, LATE_CLIPS, LOOPS, STARTED, XRUNS, BLOCKS, SUPERSEDED, DROPPED, SILENT,
+ SHORT_FADES) = range(10)
 COUNTER_NAMES = ("underruns", "late", "loops", "started", "xruns", "blocks", "superseded",
-                 "dropped", "silent")
+                 "dropped", "silent", "short_fades")
 
 
 class HasAudio(Protocol):
@@ -145,12 +168,15 @@ class Player:
         self._fade = -1
         self._fade_origin = 0
         self._fade_begin = 0
+        self._fade_len = 0
         self._mix = np.zeros((cfg.channels, cfg.max_block), np.float32)
         self._tmp = np.zeros((cfg.channels, cfg.max_block), np.float32)
+        # Gain tables of the fade in progress, refilled (no allocation) when a fade begins.
         xf = cfg.crossfade_samples
-        ramp = np.arange(xf, dtype=np.float64) / max(xf, 1) * (np.pi / 2)
-        self._fade_in = np.sin(ramp).astype(np.float32)
-        self._fade_out = np.cos(ramp).astype(np.float32)
+        self._steps = np.arange(max(xf, 1), dtype=np.float64)
+        self._phase = np.zeros(max(xf, 1), np.float64)
+        self._fade_in = np.zeros(max(xf, 1), np.float32)
+        self._fade_out = np.zeros(max(xf, 1), np.float32)
 
     # ---- any thread -------------------------------------------------------------------------
 
@@ -204,13 +230,15 @@ class Player:
         self._advance_horizon(start_sample, audio.shape[0])
 
     def _advance_horizon(self, start_sample: int, length: int) -> None:
-        if start_sample + length > self._horizon:
-            self._horizon = start_sample + length
+        end = start_sample + max(length - self.config.crossfade_samples, 0)
+        if end > self._horizon:
+            self._horizon = end
         self._scheduled.set()
 
     def horizon(self) -> int:
-        """End of the first pass of the latest scheduled clip (repeats included): the sample
-        up to which the timeline is known; -1 before any clip.
+        """End of the first pass of the latest scheduled clip (repeats included) minus the
+        crossfade: the sample up to which the timeline is known (a clip following it
+        begins its pre-roll there); -1 before any clip.
 
         Thread: any. An offline renderer renders up to it and then waits for more
         (:meth:`wait_scheduled`) so it never runs ahead of the control plane."""
@@ -277,7 +305,8 @@ class Player:
         0), silent (blocks silent by design: before the first clip, after stop), late (clips
         the audio thread saw after their start sample; not the scheduler's ``late``), loops
         (wraps of a clip), repeats (explicit repeats), started, xruns, blocks, superseded,
-        dropped, refused."""
+        dropped, refused, short_fades (clips first seen inside their pre-roll window: a
+        shorter fade, still ending on their start sample)."""
         out = {name: int(v) for name, v in zip(COUNTER_NAMES, self._counters, strict=True)}
         out["repeats"] = self._repeats
         out["refused"] = self._refused
@@ -316,7 +345,7 @@ class Player:
                 continue
             seg_end = end if nxt < 0 else self._event_time
             if self._fading:
-                seg_end = min(seg_end, self._fade_begin + self.config.crossfade_samples)
+                seg_end = min(seg_end, self._fade_begin + self._fade_len)
             o, k = t - self._pos, seg_end - t
             mix = self._mix[:, o:o + k]
             if self._cur < 0:
@@ -335,7 +364,7 @@ class Player:
                     self._copy_loop(tmp, self._fade, t - self._fade_origin, k)
                     tmp *= self._fade_out[f:f + k]
                     mix += tmp
-                if seg_end >= self._fade_begin + self.config.crossfade_samples:
+                if seg_end >= self._fade_begin + self._fade_len:
                     self._end_fade()
             t = seg_end
         self._pos = end
@@ -355,29 +384,31 @@ class Player:
                 self._counters[DROPPED] += 1
                 state[s] = DONE
         if self._cur >= 0:
-            self._begin_fade(t, -1, t)
+            self._begin_fade(t, -1, t, self.config.crossfade_samples)
 
     def _next_event(self, t: int, end: int) -> int:
         """The READY slot to switch to next (at ``self._event_time`` < ``end``), or -1.
 
-        A slot's switch time is its start, or ``t`` when that has passed (late). Among slots
+        A slot's switch time is the beginning of its pre-roll (its start minus the
+        crossfade), or ``t`` when that has passed (a short fade, or late). Among slots
         switching at the same time the one with the latest start wins, then the newest;
         the others are released as superseded.
         """
         state, start, seq = self._state, self._start, self._seq
+        xf = self.config.crossfade_samples
         best, best_time = -1, end
         for s in range(len(state)):
             if state[s] != READY:
                 continue
             st = start[s]
-            when = st if st > t else t
+            when = st - xf if st - xf > t else t
             if when < best_time or (when == best_time and best >= 0 and (
                     st > start[best] or (st == start[best] and seq[s] > seq[best]))):
                 best, best_time = s, when
         if best < 0:
             return -1
         for s in range(len(state)):
-            if s != best and state[s] == READY and max(start[s], t) == best_time:
+            if s != best and state[s] == READY and max(start[s] - xf, t) == best_time:
                 seq[s] = 0
                 self._counters[SUPERSEDED] += 1
                 state[s] = DONE
@@ -385,25 +416,43 @@ class Player:
         return best
 
     def _switch(self, new: int, t: int) -> None:
-        """Make slot ``new`` the current clip from sample ``t`` (phase-locked to its start)."""
+        """Make slot ``new`` the current clip from sample ``t``: the beginning of its pre-roll,
+        or later (see the module docstring); it is read phase-locked to its start."""
         origin = int(self._start[new])
+        xf = self.config.crossfade_samples
+        length = xf
         if origin < t:
             self._counters[LATE_CLIPS] += 1
+        elif origin - t < xf:  # seen inside its pre-roll window: what is left of it
+            length = origin - t
+            if self._cur >= 0:  # only a sounding clip's fade is cut short
+                self._counters[SHORT_FADES] += 1
         self._state[new] = PLAYING
         self._live = True
         self._counters[STARTED] += 1
-        self._begin_fade(t, new, origin)
+        self._begin_fade(t, new, origin, length)
 
-    def _begin_fade(self, t: int, new: int, origin: int) -> None:
+    def _begin_fade(self, t: int, new: int, origin: int, length: int) -> None:
+        """From sample ``t``, fade from the current clip (or silence) to slot ``new`` (or
+        silence, -1) over ``length`` samples; 0 is a hard switch."""
         if self._fading:
             self._end_fade()
         old, old_origin = self._cur, self._cur_origin
         self._cur, self._cur_origin = new, origin
-        if self.config.crossfade_samples > 0 and (old >= 0 or new >= 0):
+        if length > 0 and (old >= 0 or new >= 0):
             self._fading, self._fade, self._fade_origin = True, old, old_origin
-            self._fade_begin = t
+            self._fade_begin, self._fade_len = t, length
+            self._fill_gains(length)
         elif old >= 0:
             self._state[old] = DONE
+
+    def _fill_gains(self, length: int) -> None:
+        """Equal-power gains for a fade of ``length`` samples, into the preallocated tables:
+        ``sin(k / length * pi / 2)`` in, ``cos(...)`` out (audio thread; no allocation)."""
+        phase = self._phase[:length]
+        np.multiply(self._steps[:length], (np.pi / 2) / length, out=phase)
+        np.sin(phase, out=self._fade_in[:length], casting="same_kind")
+        np.cos(phase, out=self._fade_out[:length], casting="same_kind")
 
     def _end_fade(self) -> None:
         if self._fade >= 0:

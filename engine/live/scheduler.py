@@ -5,8 +5,8 @@ It keeps up to ``lookahead`` planned clips (slots) ahead of the one playing. One
 per generator takes the oldest slot without work and awaits ``generate`` on it, so each
 generator has at most one job in flight; pre-empting it cancels that job by id and the next
 one is sent at once (the worker drops a cancelled job that has not started: see
-:mod:`engine.live.worker`). At each bar line's deadline (the line minus a safety margin) the
-scheduler decides what the sink plays from that line:
+:mod:`engine.live.worker`). At each bar line's deadline (the line minus the sink's pre-roll
+and a safety margin) the scheduler decides what the sink plays from that line:
 
 - the next ready clip, when the playing clip has ended there, or when the playing clip is a
   repeat or stale (a state change since it was planned): so a new prompt is heard at the first
@@ -94,11 +94,16 @@ class SystemClock:
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerConfig:
-    """Scheduling policy. Times in seconds; ``margin_s`` is how long before a bar line the
-    clip for it must be ready (and handed to the sink)."""
+    """Scheduling policy. Times in seconds. The clip for a bar line must be ready (and handed
+    to the sink) ``lead_s + margin_s`` before it: ``lead_s`` is the sink's pre-roll (the
+    player's crossfade, which ends on the bar line, so the player needs the clip that long
+    before its start; ``riff run`` sets it from ``--crossfade-ms``), ``margin_s`` the safety
+    margin on top (control-plane jitter). A clip the player still sees inside its pre-roll
+    fades shorter (counted), never later: see :mod:`engine.live.player`."""
 
     lookahead: int = 2
     margin_s: float = 0.05
+    lead_s: float = 0.0
     max_retries: int = 3
     backoff_s: float = 0.25
     backoff_max_s: float = 4.0
@@ -113,12 +118,17 @@ class SchedulerConfig:
             raise InvalidRequest(f"cache_clips must be 0..4096, not {self.cache_clips}")
         if self.max_retries < 0:
             raise InvalidRequest("max_retries must not be negative")
-        for name in ("margin_s", "backoff_s", "backoff_max_s", "cooldown_s", "max_tick_s"):
+        for name in ("margin_s", "lead_s", "backoff_s", "backoff_max_s", "cooldown_s",
+                     "max_tick_s"):
             value = getattr(self, name)
             if not 0.0 <= value <= 60.0:
                 raise InvalidRequest(f"{name} must be between 0 and 60 seconds, not {value}")
         if self.max_tick_s <= 0.0:
             raise InvalidRequest("max_tick_s must be positive")
+
+    def deadline_samples(self, sample_rate: int) -> int:
+        """Samples before a bar line by which its clip is decided: lead plus margin."""
+        return round((self.lead_s + self.margin_s) * sample_rate)
 
 
 @dataclasses.dataclass
@@ -260,7 +270,7 @@ class Scheduler:
         if not self.running:
             return cfg.max_tick_s
         now = self.transport.now()
-        margin = round(cfg.margin_s * self.transport.sample_rate)
+        margin = cfg.deadline_samples(self.transport.sample_rate)
         if self.transport.version != self._grid_version:
             self._regrid(now)
         if self._playing is None:
@@ -335,7 +345,7 @@ class Scheduler:
                      self._decided_bar, same, len(self._slots))
             self._set_decided(same)
             start = same + 1
-            for slot in self._slots:
+            for slot in tuple(self._slots):  # a re-target may drop a slot
                 if shift is not None:
                     start = max(start, slot.job.start_bar - shift)
                 self._retarget(slot, start)
@@ -343,7 +353,7 @@ class Scheduler:
                 start += slot.job.spec.bars
         else:
             self._decided_line = self.transport.bar_start(self._decided_bar)
-            for slot in self._slots:
+            for slot in tuple(self._slots):
                 self._retarget(slot, slot.job.start_bar)
         if playing is not None and not playing.start_bar <= bar < playing.end_bar:
             self._playing = _Playing(playing.clip, bar, bar + 1, True, playing.created)
@@ -363,7 +373,14 @@ class Scheduler:
             if start_bar != job.start_bar:
                 slot.job = dataclasses.replace(job, start_bar=start_bar)
             return
-        slot.job = GenerationJob(self._new_job_id(), job.request, spec, start_bar, job.created)
+        try:  # another meter may need another seed image (never a cut bar)
+            request = self.planner.fit(job.request, self.state.snapshot(), spec.bars,
+                                       spec.beats_per_bar)
+        except RiffError as exc:
+            self._report(f"cannot re-target clip {job.job_id}: {exc}")
+            self._drop(slot)
+            return
+        slot.job = GenerationJob(self._new_job_id(), request, spec, start_bar, job.created)
         self.counters.reconformed += 1
         slot.clip = None
         slot.late = False
@@ -392,13 +409,18 @@ class Scheduler:
             self._drop_refit()
             return
         spec = self._spec(bar, playing.clip.spec.bars)
+        try:
+            request = self.planner.fit(playing.clip.request, self.state.snapshot(), spec.bars,
+                                       spec.beats_per_bar)
+        except RiffError as exc:
+            self._report(f"cannot re-conform the playing clip: {exc}")
+            self._drop_refit()
+            return
         refit = self._refit
-        if refit is not None and (refit.job.request, refit.job.spec) == (
-                playing.clip.request, spec):
+        if refit is not None and (refit.job.request, refit.job.spec) == (request, spec):
             return
         self._drop_refit()
-        job = GenerationJob(self._new_job_id(), playing.clip.request, spec, bar,
-                            playing.created)
+        job = GenerationJob(self._new_job_id(), request, spec, bar, playing.created)
         refit = self._refit = _Refit(job)
         self.counters.reconformed += 1
         cached = self.cache.get(job.request, spec)
@@ -446,6 +468,7 @@ class Scheduler:
         head = self._slots[0] if self._slots else None
         if head is not None and head.clip is not None and not self._fits(head.job.spec, bar):
             self._retarget(head, bar)  # made for another tempo: conform it again
+            head = self._slots[0] if self._slots else None
         if head is not None and head.clip is not None and (
             due or playing.repeating or self._playing_stale
         ):
@@ -521,8 +544,9 @@ class Scheduler:
     def _make_job(self, prev: JamPosition | None, start_bar: int) -> tuple[GenerationJob,
                                                                            JamPosition]:
         snapshot = self.state.snapshot()
-        request, position = self.planner.plan(snapshot, prev)
         spec = self._spec(start_bar, int(snapshot["bars"]))
+        request, position = self.planner.plan(snapshot, prev, bars=spec.bars,
+                                              meter=spec.beats_per_bar)
         job = GenerationJob(self._new_job_id(), request, spec, start_bar, self.clock.now())
         return job, position
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from engine import limits
@@ -114,6 +114,9 @@ ADDRESSES: Mapping[str, str] = {spec.address: name for name, spec in PARAMETERS.
 Listener = Callable[[str, Value], None]
 #: Returns why parameter ``name`` may not be changed now, or None when it may.
 Guard = Callable[[str], str | None]
+#: Returns why the state ``values`` (every parameter, after a change of the names in
+#: ``changed``) cannot be played, or None when it can: checks across parameters.
+Check = Callable[[Mapping[str, Value], Collection[str]], str | None]
 
 
 def defaults() -> dict[str, Value]:
@@ -132,6 +135,7 @@ class EngineState:
         self._values: dict[str, Value] = defaults()
         self._listeners: list[Listener] = []
         self._guards: list[Guard] = []
+        self._checks: list[Check] = []
         if initial:
             self.update(initial)
 
@@ -163,6 +167,12 @@ class EngineState:
             reason = self.refusal(name)
             if reason is not None:
                 raise InvalidRequest(reason)
+        if self._checks:
+            proposed = {**self._values, **coerced}
+            for check in tuple(self._checks):
+                reason = check(proposed, tuple(coerced))
+                if reason is not None:
+                    raise InvalidRequest(reason)
         for name, value in coerced.items():
             self._values[name] = value
         for name, value in coerced.items():
@@ -174,6 +184,12 @@ class EngineState:
         """Refuse changes while ``guard(name)`` gives a reason (the engine refuses tempo and
         meter while an external master rules). Checked before anything is applied."""
         self._guards.append(guard)
+
+    def add_check(self, check: Check) -> None:
+        """Refuse changes that make a state ``check(values, changed)`` gives a reason for
+        (the engine refuses a meter no seed image has, or clips too wide). Checked with
+        the whole proposed state, after the guards, before anything is applied."""
+        self._checks.append(check)
 
     def remove_guard(self, guard: Guard) -> None:
         """Stop asking ``guard``; unknown guards are ignored."""

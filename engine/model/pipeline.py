@@ -37,13 +37,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.dsp.spectrogram import TAG_LOOP_BPM, SpectrogramParams, read_loop_meta, write_loop_meta
+from engine.dsp.spectrogram import (
+    TAG_LOOP_BPM,
+    LoopMeta,
+    SpectrogramParams,
+    read_loop_meta,
+    write_loop_meta,
+)
 from engine.errors import Cancelled, InvalidImage, InvalidRequest
 from engine.model import loading as models
 from engine.model.prompt_weighting import tokenize_weighted, weighted_embedding
 from engine.model.request import InferenceRequest
 from engine.model.seamless import TimeCircularPadding
-from engine.model.seed_images import SeedImageLibrary
+from engine.model.seed_images import SeedImageLibrary, widen, widened_meta
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +89,7 @@ class _Plan:
     mask: torch.Tensor | None
     latent_shape: tuple[int, int, int, int]
     seed_image: Image.Image | None = None
+    loop: LoopMeta | None = None  # the output's loop metadata (the seed's, widened)
 
 
 @dataclass
@@ -290,13 +297,26 @@ class RiffusionGenerator:
         height = image.height - image.height % 8
         if width < 8 or height < 8:
             raise InvalidImage(f"seed image {request.seed_image_id!r} is too small: {image.size}")
+        meta = read_loop_meta(image)
+        loop = meta if TAG_LOOP_BPM in image.getexif() and width == image.width else None
+        if request.width is not None and request.width != image.width:
+            # Another width is more (or fewer) bars at the seed's tempo: the seed is repeated
+            # circularly to it (its tempo kept), so the diffusion makes new music across the
+            # whole width instead of a stretched or repeated image.
+            loop = widened_meta(meta, image.width, width)
+            seed_width = image.width
+            image = widen(image, meta, width)
+        else:
+            seed_width = image.width
         dist = self._seed_latent_dist(path, image, width, height)
         mask = None
         if request.mask_image_id is not None:
             mask_image = self.seed_images.load(request.mask_image_id, "mask")
+            if mask_image.width == seed_width != width:  # a mask drawn on the seed's grid
+                mask_image = widen(mask_image, meta, width)
             mask = self._mask_tensor(mask_image, width, height)
         shape = tuple(dist.mean.shape)
-        return _Plan(name, dist, mask, (shape[0], shape[1], shape[2], shape[3]), image)
+        return _Plan(name, dist, mask, (shape[0], shape[1], shape[2], shape[3]), image, loop)
 
     def _seed_latent_dist(self, path: Path, image: Image.Image, width: int, height: int) -> Any:
         """The VAE's latent distribution of a seed image (cached by file, size and dtype).
@@ -426,7 +446,7 @@ class RiffusionGenerator:
         run = self._noised_start(scheduler, first, noise, init_latents, len(batch), gen_start)
         guide = _Guide(embeddings, do_cfg, self._guidance_scale(guidance, run.latents.dtype))
         latents = self._denoise(run, guide, plan.mask, progress, cancel)
-        images = self._decode(latents, plan.seed_image)
+        images = self._decode(latents, plan.loop)
         return images, [lat[None].float().cpu() for lat in latents]
 
     def _noised_start(self, scheduler: Any, first: InferenceRequest, noise: torch.Tensor,
@@ -486,21 +506,21 @@ class RiffusionGenerator:
             pred = pred_uncond + guide.scale * (pred_text - pred_uncond)
         return pred
 
-    def _decode(self, latents: torch.Tensor, seed: Image.Image | None) -> list[Image.Image]:
+    def _decode(self, latents: torch.Tensor, loop: LoopMeta | None) -> list[Image.Image]:
         """VAE-decode latents to RGB spectrogram images with Riffusion's EXIF tags."""
         pixels = self.parts.vae.decode((1.0 / self.latent_scale) * latents).sample
         pixels = (pixels / 2 + 0.5).clamp(0, 1)
         array = pixels.cpu().permute(0, 2, 3, 1).float().numpy()
         array = (array * 255).round().astype(np.uint8)
-        return [_with_exif(Image.fromarray(a), seed) for a in array]
+        return [_with_exif(Image.fromarray(a), loop) for a in array]
 
 
-def _with_exif(image: Image.Image, seed: Image.Image | None) -> Image.Image:
-    """Attach Riffusion's spectrogram EXIF tags, and the seed image's loop metadata when the
-    output has the seed's width (its musical length is then the seed's)."""
+def _with_exif(image: Image.Image, loop: LoopMeta | None) -> Image.Image:
+    """Attach Riffusion's spectrogram EXIF tags, and the output's loop metadata when it has
+    any: the seed image's at the seed's width, whole bars of it at a widened width."""
     image.getexif().update(SpectrogramParams().to_exif().items())
-    if seed is not None and seed.width == image.width and TAG_LOOP_BPM in seed.getexif():
-        write_loop_meta(image, read_loop_meta(seed))
+    if loop is not None:
+        write_loop_meta(image, loop)
     return image
 
 

@@ -151,10 +151,14 @@ def _take_origin(control: ControlLog) -> int:
 def _play_events(events: list[tuple[int, str, Any]], player: Player, writer: _Writer,
                  clips: _Clips) -> int:
     """Render up to each event and apply it (schedule a clip, stop); the sample the output
-    ends at: the end line's, or, without one, where the last clip has played out once."""
+    ends at: the end line's, or, without one, where the last clip has played out once.
+
+    A clip is handed to the player one crossfade before its start sample, as the live
+    scheduler does: the crossfade ends on the start sample (see :mod:`engine.live.player`)."""
     last_start, last_length = 0, 0
+    lead = player.config.crossfade_samples
     for sample, kind, job_key in events:
-        writer.render_until(sample)
+        writer.render_until(sample - lead if kind == "start" else sample)
         if kind == "end":
             return sample
         if kind == "stop":

@@ -314,13 +314,18 @@ def _build_engine(d: _Daemon, state: Any) -> None:
     """The engine facade, with recording taps between it and the generator and player, and
     the take controller (``--record`` / ``--takes-dir``). Loop thread."""
     from engine.live.control import Engine
+    from engine.live.scheduler import SchedulerConfig
     from engine.live.sync import SyncConfig
+    from engine.model.seed_images import SeedImageLibrary
     from engine.takes.recording import RecordingTaps, TakeController
 
     args, opts = d.args, d.opts
     taps = RecordingTaps()
     d.engine = engine = Engine(taps.generator(d.client), taps.sink(d.player), sample_rate=d.rate,
                                state=state, sink_stats=d.player.counters,
+                               config=SchedulerConfig(
+                                   lead_s=d.player.config.crossfade_samples / d.rate),
+                               seed_loops=SeedImageLibrary(),
                                sync=SyncConfig(on_stop=d.opts["on_master_stop"]),
                                scheduler=d.opts["scheduler"])
     taps.transport = engine.transport
@@ -526,7 +531,7 @@ def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
     rate = player.config.sample_rate
 
     async def allowance(pos: int, n: int) -> int:
-        margin = round(engine.scheduler.config.margin_s * rate)
+        margin = engine.scheduler.config.deadline_samples(rate)
         while True:
             sched = engine.scheduler
             if not sched.running or sched.head_ready():
