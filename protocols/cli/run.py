@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -215,8 +216,6 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     _log_summary(d)
     if d.file_out is not None and d.file_out.error is not None:
         raise RiffError(f"writing {args.output} failed: {d.file_out.error}")
-    if d.jack_out is not None and d.jack_out.shutdown_reason:
-        raise RiffError(f"the JACK server went away: {d.jack_out.shutdown_reason}")
     return 0
 
 
@@ -242,8 +241,11 @@ class _Daemon:
 
 def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
                  loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> _Daemon:
-    """The JACK client (or the file output's rate), the player and the generator client,
-    none of them started yet. Loop thread."""
+    """The JACK client (or the file output's rate), the player and the generator client.
+
+    With JACK the client is activated here, before the model loads: its ports exist and
+    are connectable from now on and play silence until the first clip (a patchbay or session
+    manager that wires the engine when its ports appear finds them ready). Loop thread."""
     from engine.live.player import Player, PlayerConfig
 
     jack_out = None
@@ -258,6 +260,17 @@ def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
         rate = int(opts["sample_rate"])
     player = Player(PlayerConfig.with_crossfade_ms(rate, float(opts["crossfade_ms"])))
     client = _make_generator(args, opts)
+    if jack_out is not None:
+        # Keep what exists now out of the collector's full passes, which would otherwise
+        # hold the GIL for milliseconds while JACK's thread waits for it. The one full
+        # collection runs here, before the JACK client is activated, never while it plays.
+        gc.collect()
+        gc.freeze()
+        connected = jack_out.start(player, connect=not opts["no_connect"])
+        log.info("JACK: %s active at %d Hz, %d frames per period, silent until the first "
+                 "clip%s", ", ".join(p.name for p in jack_out.ports), rate,
+                 jack_out.blocksize,
+                 f" -> {', '.join(connected)}" if connected else " (not connected)")
     return _Daemon(args, opts, loop, stop, jack_out, rate, player, client)
 
 
@@ -274,10 +287,8 @@ async def _run_daemon(d: _Daemon, state: Any) -> bool:
         log.info("stopped while the model was loading")
         return False
     _build_engine(d, state)
-    # Keep what exists now out of the collector's full passes, which would otherwise hold
-    # the GIL for milliseconds while JACK's thread waits for it. The one full collection
-    # runs here, before the JACK client is activated, never while it plays.
-    gc.collect()
+    if d.jack_out is None:
+        gc.collect()  # JACK is not running: one full collection, then keep it out of passes
     gc.freeze()
     _start_playing(d)
     d.engine_task = asyncio.ensure_future(d.engine.run())
@@ -315,15 +326,15 @@ def _build_engine(d: _Daemon, state: Any) -> None:
 
 
 def _start_playing(d: _Daemon) -> None:
-    """Activate JACK (or start the file output), start playing and, with ``--record``,
-    recording. Loop thread; from here on the player renders in the output's thread."""
+    """Tap JACK's output for takes (the client is active since :func:`_open_daemon`) or
+    start the file output, start playing and, with ``--record``, recording. Loop thread; the
+    player renders in the output's thread."""
     args, engine = d.args, d.engine
     if d.jack_out is not None:
-        connected = d.jack_out.start(d.player, connect=not d.opts["no_connect"], takes=d.takes)
+        d.jack_out.set_takes(d.takes)
         ports = ", ".join(p.name for p in d.jack_out.ports)
-        log.info("JACK: playing on %s at %d Hz, %d frames per period%s", ports, d.rate,
-                 d.jack_out.blocksize, f" -> {', '.join(connected)}" if connected else
-                 " (not connected)")
+        log.info("JACK: playing on %s at %d Hz, %d frames per period", ports, d.rate,
+                 d.jack_out.blocksize)
     engine.play()
     if args.record is not None:
         engine.record_start()
@@ -445,6 +456,7 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
     last_bar = -1
     follower = JackTransportFollower(engine.sync) if jack_out is not None and \
         jack_out.follow_transport else None
+    rejoin = _JackRejoin(jack_out) if jack_out is not None else None
     while not stop.is_set():
         events = player.poll()
         if follower is not None:
@@ -465,11 +477,47 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
         if file_out is not None and file_out.done:
             log.info("output finished: %s", file_out.path)
             return
-        if jack_out is not None and jack_out.shutdown_reason:
-            log.error("JACK server shut down: %s", jack_out.shutdown_reason)
-            return
+        if rejoin is not None:
+            rejoin.poll()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
+
+
+class _JackRejoin:
+    """Survives the JACK server going away: logs it, retries with backoff (0.25 s doubling
+    to 5 s) and logs when the client is back on the same ports. The engine, the player and
+    the worker keep their state meanwhile (the player's clock stands still). Loop thread."""
+
+    FIRST_S, MAX_S = 0.25, 5.0
+
+    def __init__(self, jack_out: Any) -> None:
+        self.jack_out = jack_out
+        self.down_since = -1.0
+        self.next_try = 0.0
+        self.wait_s = self.FIRST_S
+        self.tries = 0
+
+    def poll(self) -> None:
+        """Check once per status tick; at most one reconnection attempt when due."""
+        out = self.jack_out
+        if not out.shutdown_reason:
+            return
+        now = time.monotonic()
+        if self.down_since < 0:
+            log.error("JACK server went away (%s); the engine keeps its state and reconnects "
+                      "as %s when a server is back", out.shutdown_reason, out.name)
+            self.down_since, self.next_try, self.wait_s, self.tries = now, now, self.FIRST_S, 0
+        if now < self.next_try:
+            return
+        self.tries += 1
+        if out.reconnect():
+            log.info("JACK: back on %s after %.1f s (%d tries)%s",
+                     ", ".join(p.name for p in out.ports), now - self.down_since, self.tries,
+                     ", connections re-made" if out.connections() else "")
+            self.down_since = -1.0
+            return
+        self.next_try = now + self.wait_s
+        self.wait_s = min(self.wait_s * 2, self.MAX_S)
 
 
 def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop
