@@ -20,9 +20,11 @@ class PrivateJack:
             pytest.skip("jackd is not installed")
         self.name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.killed = False
 
     def start(self, timeout: float = 15.0) -> None:
         """Start the server and wait until a client can open on it."""
+        self.killed = False
         self.proc = subprocess.Popen(
             ["jackd", "-n", self.name, "-d", "dummy", "-r", "48000", "-p", "256"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -48,9 +50,16 @@ class PrivateJack:
             self.proc.kill()
             self.proc.wait(10)
             self.proc = None
+            self.killed = True
 
     def stop(self) -> None:
-        """Terminate the server and reap it (safe when it is not running)."""
+        """Terminate the server and reap it (safe when it is not running). A server that was
+        killed and not started again is started and terminated once more: a killed jackd
+        leaves its entry in libjack's registry of (at most 8) servers, which only a server
+        of the same name reclaims."""
+        if self.proc is None and self.killed:
+            self.start()
+        self.killed = False
         if self.proc is not None:
             self.proc.terminate()
             try:

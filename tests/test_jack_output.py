@@ -6,6 +6,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -253,4 +254,83 @@ def test_survives_a_server_restart_on_the_same_ports() -> None:
     finally:
         if out is not None:
             out.close()
+        server.stop()
+
+
+def test_midi_ports_live_on_the_same_client_and_survive_a_restart() -> None:
+    """JACK MIDI input hosted by the output: ``name:midi_in`` on the one client, events with
+    their frame times through the same process callback; after a jackd restart the port and
+    the connection it made from the sender's port are back."""
+    import asyncio
+
+    import jack
+
+    from protocols.midi.jack_input import JackMidiInput
+    from tests.control_surface_helpers import LoopThread
+    from tests.jack_server import PrivateJack
+
+    server = PrivateJack("riff-midi-host")
+    server.start()
+    got: list[tuple[bytes, float]] = []
+    lt = LoopThread()
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=server.name)
+    sender = None
+    try:
+        out.start(Player(PlayerConfig(sample_rate=out.sample_rate)), connect=False)
+
+        send_name = f"send-{uuid.uuid4().hex[:6]}"
+
+        def send_client() -> tuple[Any, Any]:
+            client = jack.Client(send_name, no_start_server=True, servername=server.name)
+            port = client.midi_outports.register("out")
+            queue: list[bytes] = []
+
+            def process(frames: int) -> None:
+                port.clear_buffer()
+                while queue:
+                    port.write_midi_event(0, queue.pop(0))
+
+            client.set_process_callback(process)
+            client.activate()
+            return client, queue
+
+        sender, queue = send_client()
+
+        async def start() -> JackMidiInput:
+            inp = JackMidiInput(lambda data, t: got.append((data, t)), host=out,
+                                connect=(f"{sender.name}:out",))
+            inp.start()
+            return inp
+
+        inp = lt.run(start())
+        assert inp.port_name == f"{out.name}:midi_in"
+        names = {p.name.split(":")[0] for p in sender.get_ports()}
+        assert names == {"system", out.name, sender.name}  # no second engine client
+        queue.append(bytes([0xB0, 1, 64]))
+        eventually(lambda: len(got) == 1)
+        assert got[0][0] == bytes([0xB0, 1, 64]) and got[0][1] > 0
+
+        sender.close()
+        sender = None
+        server.kill()
+        eventually(lambda: bool(out.shutdown_reason))
+        # A first try while no server answers releases the dead client: libjack must not
+        # open another client in this process (the sender) before that.
+        assert not lt.call(out.reconnect)
+        server.start()
+        sender, queue = send_client()
+        # The sender is back first, so the connection the engine made can be re-made.
+        eventually(lambda: lt.call(out.reconnect))
+        assert [c.name for c in sender.get_all_connections(f"{out.name}:midi_in")] == \
+            [f"{sender.name}:out"]
+        queue.append(bytes([0x90, 60, 100]))
+        eventually(lambda: len(got) == 2)
+        assert got[1][0] == bytes([0x90, 60, 100])
+        lt.call(inp.close)
+        asyncio.set_event_loop(None)
+    finally:
+        if sender is not None:
+            sender.close()
+        lt.close()
+        out.close()
         server.stop()

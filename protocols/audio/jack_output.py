@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,6 +44,22 @@ def _jack_error(message: str) -> None:
 def _jack_info(message: str) -> None:
     """libjack's info messages. Thread: any libjack thread; only logs at debug level."""
     log.debug("libjack: %s", message)
+
+
+class PortOwner(Protocol):
+    """A part with ports on the :class:`JackOutput` client (a JACK MIDI input)."""
+
+    def register(self, client: Any) -> None:
+        """Register its ports on ``client`` (control thread; again after a server restart)."""
+
+    def unregister(self) -> None:
+        """Unregister its ports (control thread)."""
+
+    def port_names(self) -> list[str]:
+        """Short names of its ports."""
+
+    def process(self, frames: int) -> None:
+        """Its share of the process callback (JACK's process thread: no locks, no waits)."""
 
 
 class NoJackServer(RiffError):
@@ -95,6 +112,8 @@ class JackOutput:
         self.shutdown_reason = ""
         #: Times :meth:`reconnect` brought the client back after the server went away.
         self.reconnects = 0
+        #: Xruns the server reported to this client.
+        self.xruns = 0
         self._active = False
         #: (our port's short name, the other port's full name, we are the source) for every
         #: connection this object made, re-made after a server restart.
@@ -112,6 +131,10 @@ class JackOutput:
         self.ports: list[Any] = []
         self._ports: tuple[Any, ...] = ()  # what the process callback reads
         self._latency_handle: Any = None
+        #: Parts with ports of their own on this client (JACK MIDI inputs): registered on
+        #: activation and after a server restart; their ``process`` runs in the callback.
+        self._owners: list[PortOwner] = []
+        self._hooks: tuple[Callable[[int], None], ...] = ()
         self.client = self._open(name, exact=False)
         self.name = self.client.name
         self.sample_rate = int(self.client.samplerate)
@@ -147,6 +170,25 @@ class JackOutput:
             port = self.client.outports.register(name)
             self.ports.append(port)
             self._ports = (*self._ports, port)  # published whole: the callback sees old or new
+        for owner in self._owners:
+            owner.register(self.client)
+
+    def add_ports(self, owner: PortOwner) -> None:
+        """Host ``owner``'s ports on this client (a JACK MIDI input): ``owner.register(client)``
+        now if active (and after every server restart), ``owner.process(frames)`` in every
+        process callback after the audio. Control thread."""
+        self._owners.append(owner)
+        if self._active:
+            owner.register(self.client)
+        self._hooks = (*self._hooks, owner.process)
+
+    def remove_ports(self, owner: PortOwner) -> None:
+        """Stop hosting ``owner``: no more callbacks, its ports unregistered. Control thread."""
+        self._hooks = tuple(h for h in self._hooks if h != owner.process)
+        self._owners.remove(owner)
+        self._connections = [c for c in self._connections if c[0] not in owner.port_names()]
+        if self._active and not self.shutdown_reason:
+            owner.unregister()
 
     def start(self, player: Player, connect: bool = True,
               takes: TakeController | None = None) -> list[str]:
@@ -310,6 +352,8 @@ class JackOutput:
             else:  # ports still being registered: silence until all exist
                 for buf in buffers:
                     buf.fill(0.0)
+        for hook in self._hooks:
+            hook(frames)
         i = self._calls & (TIMING_RING - 1)
         self._durations[i] = time.perf_counter_ns() - t0
         self._entry[i] = entry
@@ -357,6 +401,7 @@ class JackOutput:
 
     def _xrun(self, delay_usecs: float) -> None:
         """Count an xrun. Thread: JACK's notification thread; must not block."""
+        self.xruns += 1
         if self._player is not None:
             self._player.count_xrun()
 

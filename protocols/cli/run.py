@@ -430,8 +430,9 @@ async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
 async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str, Any],
                           jack_out: Any = None) -> list[Callable[[], Awaitable[None]]]:
     """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present;
-    JACK MIDI uses the same server and client name as the audio, and with JACK audio its
-    clock events land on the audio clock by frame time (sample-exact phase)."""
+    with JACK audio the JACK MIDI ports live on the same client (``riff:midi_in``), handled
+    in the same process callback, and MIDI clock events land on the audio clock by frame time
+    (sample-exact phase)."""
     surfaces = _surfaces_module()
     if surfaces is None:
         return []
@@ -443,8 +444,11 @@ async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str,
         # A remote generator has its own seed image library: it checks the ids itself.
         config = dataclasses.replace(cast(Any, config),
                                      check_image_ids=args.generator is None)
-    frame_offset = (lambda: jack_out.frame_offset) if jack_out is not None else None
-    started = await surfaces.start_control_surfaces(engine, config, frame_offset=frame_offset)
+    if jack_out is None:
+        started = await surfaces.start_control_surfaces(engine, config)
+    else:  # JACK MIDI ports go on the engine's own client
+        started = await surfaces.start_control_surfaces(
+            engine, config, frame_offset=lambda: jack_out.frame_offset, jack_host=jack_out)
     return [started.close]
 
 
