@@ -29,8 +29,9 @@ def test_no_server_gives_a_clear_error() -> None:
         JackOutput("riff-test", server=f"absent-{uuid.uuid4().hex[:8]}")
 
 
-def test_plays_clip_at_its_exact_frame(jack_server: str) -> None:
-    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server)
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-render-ahead"])
+def test_plays_clip_at_its_exact_frame(jack_server: str, ahead: int) -> None:
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, render_ahead=ahead)
     try:
         player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
         connected = out.start(player, connect=True)
@@ -204,7 +205,8 @@ def test_output_ports_report_their_latency(jack_server: str) -> None:
         out.close()
 
 
-def test_survives_a_server_restart_on_the_same_ports() -> None:
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-render-ahead"])
+def test_survives_a_server_restart_on_the_same_ports(ahead: int) -> None:
     """jackd is killed mid-clip and started again: the output reconnects under the same
     port names, re-makes the connection it made, and the clip plays on from where it was."""
     from tests.jack_server import PrivateJack
@@ -213,7 +215,8 @@ def test_survives_a_server_restart_on_the_same_ports() -> None:
     server.start()
     out = None
     try:
-        out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=server.name)
+        out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=server.name,
+                         render_ahead=ahead)
         player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
         out.start(player, connect=False)
         out.connect("out_L", "system:playback_1")
@@ -234,7 +237,7 @@ def test_survives_a_server_restart_on_the_same_ports() -> None:
         while not out.reconnect():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert player.position() - frozen < out.sample_rate  # its clock waited
+        assert player.position() - frozen < out.sample_rate + ahead  # its clock waited
         assert [p.name for p in out.ports] == [f"{out.name}:out_L", f"{out.name}:out_R"]
         assert out.reconnects == 1 and out.shutdown_reason == ""
         rec = Recorder(server.name, seconds=0.5)
@@ -334,3 +337,28 @@ def test_midi_ports_live_on_the_same_client_and_survive_a_restart() -> None:
         lt.close()
         out.close()
         server.stop()
+
+
+def test_the_compiled_callback_runs_while_python_holds_the_gil(jack_server: str) -> None:
+    """The same GIL hold (a C-level loop that never releases it) against both callbacks, in
+    one run: the compiled one keeps running every period, the Python one cannot."""
+    counts = {}
+    for ahead in (0, 2048):
+        out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server,
+                         render_ahead=ahead)
+        try:
+            out.start(Player(PlayerConfig(sample_rate=out.sample_rate)), connect=False)
+            eventually(lambda o=out: o.callbacks > 20)  # type: ignore[misc]
+            before = out.callbacks
+            t0 = time.perf_counter()
+            sum(range(30_000_000))  # holds the GIL throughout
+            held = time.perf_counter() - t0
+            during = out.callbacks - before  # read right after: what ran while it was held
+            counts[ahead] = (during, held * out.sample_rate / out.blocksize)
+        finally:
+            out.close()
+    compiled, expected = counts[2048]
+    python, _ = counts[0]
+    assert expected > 20, counts  # the hold lasted many periods
+    assert compiled >= 0.5 * expected, counts
+    assert python <= 0.25 * counts[0][1], counts

@@ -32,6 +32,8 @@ void jack_port_set_latency_range(jack_port_t *port, jack_latency_callback_mode_t
 void jack_port_get_latency_range(jack_port_t *port, jack_latency_callback_mode_t mode,
                                  jack_latency_range_t *range);
 int jack_recompute_total_latencies(jack_client_t *client);
+typedef int (*JackProcessCallback)(jack_nframes_t nframes, void *arg);
+int jack_set_process_callback(jack_client_t *client, JackProcessCallback cb, void *arg);
 """
 
 ffi = cffi.FFI()

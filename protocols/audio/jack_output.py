@@ -88,7 +88,8 @@ class JackOutput:
     """
 
     def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2,
-                 follow_transport: bool = False, latency_frames: int = 0) -> None:
+                 follow_transport: bool = False, latency_frames: int | None = None,
+                 render_ahead: int = 0) -> None:
         import jack  # lazily: `riff --help` and file output do not need libjack
 
         self._jack = jack
@@ -99,15 +100,24 @@ class JackOutput:
         self.server = server
         self.port_names = (["out_L", "out_R"] if channels == 2
                            else [f"out_{i + 1}" for i in range(channels)])
-        self.latency_frames = int(latency_frames)
+        if render_ahead and follow_transport:
+            raise ValueError("following JACK transport needs the Python callback "
+                             "(render_ahead=0)")
+        #: Frames the render thread keeps ahead of the compiled callback (0: the Python
+        #: callback renders the player itself).
+        self.render_ahead = int(render_ahead)
+        self.latency_frames = int(self.render_ahead if latency_frames is None
+                                  else latency_frames)
+        self._rt: Any = None
+        self._render: Any = None
+        self._ring_origin = 0
         self._player: Player | None = None
         self._takes: TakeController | None = None
         self._durations = np.zeros(TIMING_RING, np.int64)
         self._entry = np.zeros(TIMING_RING, np.int64)
         self._calls = 0
-        self.first_frame_time = -1
-        #: JACK frame time minus player position, updated every cycle (moves on xruns).
-        self.frame_offset = 0
+        self._first_frame_time = -1
+        self._frame_offset = 0
         #: Why the server dropped this client ("" while connected).
         self.shutdown_reason = ""
         #: Times :meth:`reconnect` brought the client back after the server went away.
@@ -140,6 +150,25 @@ class JackOutput:
         self.sample_rate = int(self.client.samplerate)
         self.blocksize = int(self.client.blocksize)
 
+    @property
+    def frame_offset(self) -> int:
+        """JACK frame time minus player position of the same sample, as of the latest cycle
+        (moves on xruns and, with render-ahead, on underruns). Any thread."""
+        if self._rt is None:
+            return self._frame_offset
+        played = self._rt.played_at()
+        if played is None:
+            return 0
+        frame, ring_frame = played
+        return frame - (ring_frame + self._ring_origin)
+
+    @property
+    def first_frame_time(self) -> int:
+        """The JACK frame time of the first cycle; -1 before it. Any thread."""
+        if self._rt is None:
+            return self._first_frame_time
+        return 0 if self._rt.calls else -1
+
     def _open(self, name: str, exact: bool) -> Any:
         """Open a client and install every callback (control thread); raises NoJackServer."""
         jack = self._jack
@@ -149,7 +178,15 @@ class JackOutput:
         except jack.JackOpenError as exc:
             where = f"named {self.server!r} " if self.server else ""
             raise NoJackServer(f"no JACK server {where}is running ({exc}); {START_HINT}") from None
-        client.set_process_callback(self._process)
+        if self.render_ahead:
+            from protocols.audio import jack_rt
+
+            if self._rt is None:
+                ring = 1 << max(12, (self.render_ahead + 2 * int(client.blocksize)).bit_length())
+                self._rt = jack_rt.RtTable(len(self.port_names), ring)
+            jack_rt.install(client, self._rt)
+        else:
+            client.set_process_callback(self._process)
         client.set_xrun_callback(self._xrun)
         client.set_shutdown_callback(self._shutdown)
         from protocols.audio import jack_c
@@ -170,6 +207,11 @@ class JackOutput:
             port = self.client.outports.register(name)
             self.ports.append(port)
             self._ports = (*self._ports, port)  # published whole: the callback sees old or new
+        if self._rt is not None:
+            from protocols.audio import jack_rt
+
+            self._rt.set_ports(jack_rt.raw_pointer(self.client),
+                               [jack_rt.raw_pointer(p) for p in self.ports])
         for owner in self._owners:
             owner.register(self.client)
 
@@ -177,6 +219,9 @@ class JackOutput:
         """Host ``owner``'s ports on this client (a JACK MIDI input): ``owner.register(client)``
         now if active (and after every server restart), ``owner.process(frames)`` in every
         process callback after the audio. Control thread."""
+        if self.render_ahead:
+            raise RiffError("JACK MIDI ports on the engine's client need the Python callback "
+                            "(render_ahead=0)")
         self._owners.append(owner)
         if self._active:
             owner.register(self.client)
@@ -201,6 +246,16 @@ class JackOutput:
                              f"{self.sample_rate} Hz")
         self._takes = takes
         self._player = player
+        if self._rt is not None and self._render is None:
+            from protocols.audio import jack_rt
+
+            self._ring_origin = player.position() - int(self._rt.ctl[jack_rt.WRITE])
+            self._render = jack_rt.RenderAhead(self._rt, player.render, self.render_ahead,
+                                               self.blocksize, self.sample_rate)
+            self._render.position = player.position
+            self._render.tap = self._tap
+            self._render.fill()  # the first cycles find frames ready
+            self._render.start()
         self.activate()
         connected: list[str] = []
         if connect:
@@ -216,6 +271,12 @@ class JackOutput:
     def set_takes(self, takes: TakeController | None) -> None:
         """Tap every period's output into ``takes`` from the next cycle on (control thread)."""
         self._takes = takes
+
+    def _tap(self, buffers: list[np.ndarray], position: int) -> None:
+        """Render-ahead: hand each rendered block to the take (render thread)."""
+        takes = self._takes
+        if takes is not None:
+            takes.write_channels(buffers, position)
 
     def connect(self, port: str, other: str, source: bool = True) -> None:
         """Connect our port ``port`` (short name) to ``other`` (a full port name; ``source``
@@ -280,6 +341,8 @@ class JackOutput:
 
     def close(self) -> None:
         """Deactivate and close the client (ports disappear); safe to call twice."""
+        if self._render is not None:
+            self._render.stop()
         if self._active:
             self._active = False
             if not self.shutdown_reason:
@@ -291,6 +354,11 @@ class JackOutput:
 
     def callback_durations(self) -> np.ndarray:
         """Durations of the most recent process callbacks in nanoseconds (a copy)."""
+        if self._rt is not None:
+            from protocols.audio import jack_rt
+
+            n = min(self._rt.calls, jack_rt.DURATIONS)
+            return self._rt.durations[:n] * 1000
         n = min(self._calls, TIMING_RING)
         return self._durations[:n].copy()
 
@@ -298,6 +366,8 @@ class JackOutput:
         """For the most recent callbacks: microseconds from the start of the JACK cycle to the
         end of our callback (waiting for the GIL included). Under the period means this
         client was never the reason for an xrun."""
+        if self._rt is not None:  # no cycle-start offset is measured there
+            return self.callback_durations() / 1e3
         n = min(self._calls, TIMING_RING)
         return self._entry[:n] * (1e6 / self.sample_rate) + self._durations[:n] / 1e3
 
@@ -318,7 +388,12 @@ class JackOutput:
     @property
     def callbacks(self) -> int:
         """Process callbacks run so far."""
-        return self._calls
+        return self._rt.calls if self._rt is not None else self._calls
+
+    @property
+    def ring_underruns(self) -> int:
+        """Render-ahead: periods the compiled callback found the ring short (0 otherwise)."""
+        return self._rt.underruns if self._rt is not None else 0
 
     # ---- JACK threads -----------------------------------------------------------------------
 
@@ -333,15 +408,15 @@ class JackOutput:
         t0 = time.perf_counter_ns()
         client = self.client
         entry = client.frames_since_cycle_start  # includes any wait for the GIL
-        if self.first_frame_time < 0:
-            self.first_frame_time = client.last_frame_time
+        if self._first_frame_time < 0:
+            self._first_frame_time = client.last_frame_time
         player = self._player
         ports = self._ports
         if player is None:
             for port in ports:
                 port.get_array().fill(0.0)
         else:
-            self.frame_offset = client.last_frame_time - player.position()
+            self._frame_offset = client.last_frame_time - player.position()
             if self.follow_transport:
                 self._publish_bbt(player.position())
             buffers = [port.get_array() for port in ports]

@@ -44,6 +44,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "crossfade_ms": 10.0,
     "sample_rate": 48000,
     "on_master_stop": "stop",
+    "render_ahead": 2048,
 }
 
 
@@ -112,6 +113,11 @@ def register(subparsers: Any) -> None:
                           "clock with --midi-clock) stops: stop too (default), or play on at "
                           "its last tempo on the internal clock")
     out.add_argument("--crossfade-ms", type=float, help="crossfade at clip changes (default 10)")
+    out.add_argument("--render-ahead", type=int, metavar="FRAMES",
+                     help="frames a render thread keeps ahead of JACK's compiled, GIL-free "
+                          "callback (default 2048; reported as the ports' latency); 0: a "
+                          "Python callback renders each period itself (always so with "
+                          "--jack-transport or a JACK MIDI input)")
     out.add_argument("--output", type=Path, metavar="FILE.wav",
                      help="render into this audio file instead of JACK")
     out.add_argument("--offline", action="store_true",
@@ -254,7 +260,8 @@ def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
 
         _prefer_audio()
         jack_out = JackOutput(opts["client_name"], server=opts["jack_server"],
-                              follow_transport=args.jack_transport)
+                              follow_transport=args.jack_transport,
+                              render_ahead=_render_ahead(args, opts))
         rate = jack_out.sample_rate
     else:
         rate = int(opts["sample_rate"])
@@ -267,11 +274,28 @@ def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
         gc.collect()
         gc.freeze()
         connected = jack_out.start(player, connect=not opts["no_connect"])
-        log.info("JACK: %s active at %d Hz, %d frames per period, silent until the first "
-                 "clip%s", ", ".join(p.name for p in jack_out.ports), rate,
+        log.info("JACK: %s active at %d Hz, %d frames per period, %s, silent until the "
+                 "first clip%s", ", ".join(p.name for p in jack_out.ports), rate,
                  jack_out.blocksize,
+                 f"compiled callback {jack_out.render_ahead} frames behind the render thread"
+                 if jack_out.render_ahead else "Python callback",
                  f" -> {', '.join(connected)}" if connected else " (not connected)")
     return _Daemon(args, opts, loop, stop, jack_out, rate, player, client)
+
+
+def _render_ahead(args: argparse.Namespace, opts: dict[str, Any]) -> int:
+    """Frames of render-ahead for the compiled JACK callback, or 0 for the Python callback,
+    which following JACK transport and JACK MIDI ports on the client still need."""
+    ahead = int(opts["render_ahead"])
+    if not 0 <= ahead <= 65536:
+        raise InvalidRequest(f"--render-ahead must be 0..65536 frames, not {ahead}")
+    jack_midi = any(str(spec).split(":", 1)[0] == "jack"
+                    for spec in getattr(args, "midi_in", None) or ())
+    if ahead and (args.jack_transport or jack_midi):
+        log.info("JACK: the Python process callback renders each period (%s needs it)",
+                 "--jack-transport" if args.jack_transport else "JACK MIDI input")
+        return 0
+    return ahead
 
 
 async def _run_daemon(d: _Daemon, state: Any) -> bool:
@@ -384,6 +408,9 @@ def _log_summary(d: _Daemon) -> None:
                      "finished within the cycle by at most %.0f us of a %.0f us period",
                      t["callbacks"], t["duration_p50_us"], t["duration_p99_us"],
                      t["duration_max_us"], t["finish_max_us"], t["period_us"])
+        if d.jack_out.render_ahead:
+            log.info("JACK render-ahead: %d periods found the ring short",
+                     d.jack_out.ring_underruns)
     # "late" is the scheduler's (clips that missed their bar line), as in the per-bar status
     # lines and /riff/status/late; silence by design is counted apart from underruns.
     s = d.engine.scheduler.counters
