@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -222,6 +223,18 @@ class RenderAhead:
         if self._thread.is_alive():
             self._thread.join(5)
 
+    #: SCHED_FIFO priority asked for the render thread: under JACK's (10 by default), above
+    #: every ordinary thread, so it gets the CPU as soon as the GIL is handed to it.
+    PRIORITY = 5
+
+    def _raise_priority(self) -> None:
+        """Make this (the render) thread real-time where allowed (Linux: pid 0 is the calling
+        thread); otherwise it stays at normal priority, which is logged."""
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.PRIORITY))
+        except (OSError, AttributeError) as exc:
+            log.info("the render thread runs at normal priority (%s)", exc)
+
     def fill(self) -> None:
         """Render blocks until the ring holds ``ahead`` frames (render thread; also called
         once on the control thread before activation)."""
@@ -242,6 +255,7 @@ class RenderAhead:
 
     def _run(self) -> None:
         period = self.block / self.sample_rate
+        self._raise_priority()
         try:
             while not self._stop.is_set():
                 self.fill()
