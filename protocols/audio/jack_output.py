@@ -391,6 +391,11 @@ class JackOutput:
         return self._rt.calls if self._rt is not None else self._calls
 
     @property
+    def render_error(self) -> BaseException | None:
+        """Render-ahead: the exception that ended the render thread, if it died."""
+        return self._render.error if self._render is not None else None
+
+    @property
     def ring_underruns(self) -> int:
         """Render-ahead: periods the compiled callback found the ring short (0 otherwise)."""
         return self._rt.underruns if self._rt is not None else 0

@@ -510,6 +510,8 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
             return
         if rejoin is not None:
             rejoin.poll()
+            if jack_out.render_error is not None:
+                raise RiffError(f"the JACK render thread failed: {jack_out.render_error!r}")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
 
