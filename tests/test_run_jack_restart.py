@@ -43,6 +43,15 @@ def test_ports_are_wired_at_once_and_a_server_restart_is_survived() -> None:
         log = daemon.text()
         assert log.index("active at 48000 Hz") < log.index("ready (pid")
         watcher.close()
+        from protocols.audio import jack_c
+
+        probe = Recorder(server.name, seconds=0.1)
+        try:  # the compiled callback's look-ahead is the outputs' reported latency
+            port = probe.client.get_port_by_name(f"{client}:out_L")
+            assert jack_c.port_latency(port, jack_c.CAPTURE) == (2048, 2048)
+        finally:
+            probe.client.close()
+        assert "compiled callback 2048 frames" in daemon.text()
         before = _record(server.name, client)
         assert np.nanmax(np.abs(before)) > 0.1  # the tones play
 

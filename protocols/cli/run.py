@@ -187,6 +187,9 @@ def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     from engine.live.sync import SyncConfig
 
     SyncConfig(on_stop=opts["on_master_stop"])  # a bad config value is refused here too
+    ahead = opts["render_ahead"]
+    if isinstance(ahead, bool) or not isinstance(ahead, int) or not 0 <= ahead <= 65536:
+        raise InvalidRequest(f"--render-ahead must be 0..65536 frames, not {ahead!r}")
     if args.offline and args.output is None:
         raise InvalidRequest("--offline needs --output FILE")
     if args.duration_bars is not None and (args.output is None or args.duration_bars < 1):
@@ -287,8 +290,6 @@ def _render_ahead(args: argparse.Namespace, opts: dict[str, Any]) -> int:
     """Frames of render-ahead for the compiled JACK callback, or 0 for the Python callback,
     which following JACK transport and JACK MIDI ports on the client still need."""
     ahead = int(opts["render_ahead"])
-    if not 0 <= ahead <= 65536:
-        raise InvalidRequest(f"--render-ahead must be 0..65536 frames, not {ahead}")
     jack_midi = any(str(spec).split(":", 1)[0] == "jack"
                     for spec in getattr(args, "midi_in", None) or ())
     if ahead and (args.jack_transport or jack_midi):
