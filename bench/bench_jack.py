@@ -1,17 +1,32 @@
-"""JACK callback duration (p50/p99) against the period, and xruns over a run with the generator
-kept busy; prints JSON.
+"""JACK callback cost and xruns: a C reference client, the engine idle, the engine under GIL
+stress, on one private dummy server in one run; prints JSON.
 
-Runs ``riff run`` as a subprocess on a private ``jackd -d dummy`` (or the server named by
-``--server``) with a generator that is always working (look-ahead 2, short clips), for
-``--seconds`` (default 20; ``--minutes 5`` for the full soak), then stops it with SIGTERM and
-reads its closing statistics.
+Default (``--cases``): for ``--seconds`` each, on the same private ``jackd -d dummy``
+(48 kHz, ``--period`` frames), one after the other:
 
-Baseline (same run, same server, same duration, before the engine): a minimal Python JACK
-client whose callback only zero-fills its two ports. Its xruns say how well this machine keeps
-real time on its own; its callback time is the floor any Python client pays.
+- ``c_reference``: ``jack_simple_client`` from jackd2's examples (a sine into two ports);
+- ``engine_idle``: the engine's real-time path in this process: ``JackOutput`` with its
+  compiled callback (render-ahead 2048 frames) playing a ``Player`` that loops a clip, clips
+  arriving from a test-tones worker process through shared memory every 2 s;
+- ``engine_stressed``: the same while the process is stressed: a thread holding the GIL in
+  pure-Python loops (allocating), 12 MB clips (8 bars at 60 BPM) arriving every 0.3 s and
+  scheduled on the player, and a full ``gc.collect()`` every second;
+- ``python_callback_idle`` / ``python_callback_stressed``: the same two with the Python
+  process callback (``render_ahead=0``, the path ``--jack-transport`` and JACK MIDI still use).
 
-    python bench/bench_jack.py [--seconds 20 | --minutes 5] [--model test-tones|tiny]
-        [--period 256] [--server NAME]
+Measured for each: xruns (a watcher client without a process callback counts them), the
+server's DSP load sampled every 50 ms (``jack_cpu_load``: the graph's cycle time against the
+period, comparable between a C and a Python client), and for the engine its own callback
+durations and cycle finish times and, with render-ahead, the periods that found the ring short
+(``ring_underruns``: the render thread, which needs the GIL, fell more than the look-ahead
+behind; audible as a gap, but not an xrun: the callback itself kept time). Goal of issue 12:
+``engine_stressed`` no more xruns than ``c_reference`` and its DSP load p99 within 2x.
+
+``--daemon`` runs the older soak instead: ``riff run`` as a subprocess against a trivial
+Python client (``--minutes 5`` for the README's soak table).
+
+    python bench/bench_jack.py [--seconds 20] [--period 256] [--server NAME]
+    python bench/bench_jack.py --daemon [--seconds 20 | --minutes 5] [--model test-tones|tiny]
 """
 
 from __future__ import annotations
@@ -121,6 +136,178 @@ def engine_run(server: str, seconds: float, model: str) -> dict[str, float]:
             "worker_restarts": restarts, "xruns": xruns, "xruns_per_min": xruns * 60.0 / seconds}
 
 
+class Watcher:
+    """A client with no process callback: counts the server's xruns and samples its DSP load
+    (its notification thread and a sampling thread; it adds nothing to the graph's work)."""
+
+    def __init__(self, server: str) -> None:
+        import threading
+
+        import jack
+
+        self.client = jack.Client(f"bench-watch-{uuid.uuid4().hex[:4]}", no_start_server=True,
+                                  servername=server)
+        self.xruns = 0
+        self.loads: list[float] = []
+        self.client.set_xrun_callback(self._xrun)
+        self.client.activate()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _xrun(self, delay: float) -> None:
+        self.xruns += 1
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.loads.append(float(self.client.cpu_load()))
+
+    def window(self, seconds: float) -> dict[str, float]:
+        """Count and sample for ``seconds``; the window's figures."""
+        self.xruns, self.loads = 0, []
+        self._stop.clear()
+        import threading
+
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        time.sleep(seconds)
+        self._stop.set()
+        self._thread.join()
+        loads = np.asarray(self.loads or [0.0])
+        return {"xruns": self.xruns, "dsp_load_p50_pct": round(float(np.percentile(loads, 50)), 2),
+                "dsp_load_p99_pct": round(float(np.percentile(loads, 99)), 2),
+                "dsp_load_max_pct": round(float(loads.max()), 2)}
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def c_reference(server: str, watcher: Watcher, seconds: float) -> dict[str, float]:
+    """jack_simple_client (C, from jackd2's examples) alone on the server."""
+    exe = shutil.which("jack_simple_client")
+    if exe is None:
+        return {"skipped": 1.0}
+    env = {**os.environ, "JACK_NO_START_SERVER": "1", "JACK_DEFAULT_SERVER": server}
+    proc = subprocess.Popen([exe, f"bench-c-{uuid.uuid4().hex[:4]}", server], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # connected and running
+        if proc.poll() is not None:
+            raise SystemExit(f"jack_simple_client exited with {proc.returncode}")
+        return watcher.window(seconds)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
+                ahead: int = 2048) -> dict[str, float]:
+    """The engine's real-time path in this process (see the module docstring)."""
+    import asyncio
+    import gc
+    import threading
+
+    from engine.live.jobs import ClipSpec, GenerationJob
+    from engine.live.player import Player, PlayerConfig
+    from engine.live.worker import TEST_TONES, WorkerClient, WorkerConfig
+    from engine.model.request import InferenceRequest
+    from protocols.audio.jack_output import JackOutput
+
+    sys.setswitchinterval(0.0005)  # as riff run does
+    out = JackOutput(f"bench-riff-{uuid.uuid4().hex[:4]}", server=server, render_ahead=ahead)
+    player = Player(PlayerConfig(sample_rate=out.sample_rate))
+    bars, tempo = (8, 60.0) if stressed else (2, 120.0)
+    every = 0.3 if stressed else 2.0
+    stop = threading.Event()
+    counts = {"clips": 0, "gc": 0, "spins": 0}
+
+    def spin() -> None:
+        """Hold the GIL in pure-Python loops (allocating), as busy control code would."""
+        while not stop.is_set():
+            junk = [{"i": i, "s": str(i)} for i in range(2000)]
+            junk.append(junk)  # a cycle: work for the collector
+            counts["spins"] += 1
+
+    async def feed() -> None:
+        client = WorkerClient(WorkerConfig(model=TEST_TONES, tone_step_s=0.0))
+        await client.start()
+        try:
+            n = round(bars * 4 * 60.0 / tempo * out.sample_rate)
+            spec = ClipSpec(tempo=tempo, bars=bars, beats_per_bar=4,
+                            sample_rate=out.sample_rate, num_samples=n)
+            job_id = 0
+            next_gc = time.monotonic() + 1.0
+            end = time.monotonic() + seconds + 1.0
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                job_id += 1
+                request = InferenceRequest.from_dict({
+                    "alpha": 0.25, "num_inference_steps": 1, "seed_image_id": "og_beat",
+                    "start": {"prompt": "x", "seed": job_id},
+                    "end": {"prompt": "x", "seed": job_id + 1}})
+                clip = await client.generate(GenerationJob(job_id, request, spec, 0, 0.0))
+                player.schedule(clip, player.position() + out.sample_rate // 10)
+                player.poll()
+                counts["clips"] += 1
+                if stressed and time.monotonic() >= next_gc:
+                    gc.collect()
+                    counts["gc"] += 1
+                    next_gc += 1.0
+                await asyncio.sleep(max(0.0, every - (time.monotonic() - t0)))
+        finally:
+            await client.close()
+
+    out.start(player, connect=True)
+    threads = [threading.Thread(target=spin, daemon=True)] if stressed else []
+    for t in threads:
+        t.start()
+    feeder = threading.Thread(target=lambda: asyncio.run(feed()), daemon=True)
+    feeder.start()
+    try:
+        time.sleep(1.0)  # the first clip plays
+        figures = watcher.window(seconds)
+    finally:
+        stop.set()
+        feeder.join(60)
+        for t in threads:
+            t.join(10)
+        timing = out.timing_summary()
+        out.close()
+    return {**figures, "callbacks": int(timing["callbacks"]),
+            "duration_p50_us": round(timing["duration_p50_us"], 1),
+            "duration_p99_us": round(timing["duration_p99_us"], 1),
+            "duration_max_us": round(timing["duration_max_us"], 1),
+            "finish_p99_us": round(timing["finish_p99_us"], 1),
+            "finish_max_us": round(timing["finish_max_us"], 1),
+            "clips_arrived": counts["clips"], "gc_collects": counts["gc"],
+            "clip_mb": round(bars * 4 * 60.0 / tempo * out.sample_rate * 8 / 2**20, 1),
+            "render_ahead_frames": ahead, "ring_underruns": out.ring_underruns,
+            "player_xruns": player.counters()["xruns"],
+            "player_underruns": player.counters()["underruns"]}
+
+
+def cases(server: str, seconds: float, period: int) -> dict[str, object]:
+    watcher = Watcher(server)
+    try:
+        results = {"c_reference": c_reference(server, watcher, seconds),
+                   "engine_idle": engine_case(server, watcher, seconds, stressed=False),
+                   "engine_stressed": engine_case(server, watcher, seconds, stressed=True),
+                   "python_callback_idle": engine_case(server, watcher, seconds,
+                                                       stressed=False, ahead=0),
+                   "python_callback_stressed": engine_case(server, watcher, seconds,
+                                                           stressed=True, ahead=0)}
+    finally:
+        watcher.close()
+    ref, hot = results["c_reference"], results["engine_stressed"]
+    goal = {}
+    if "xruns" in ref:
+        goal = {"xruns_not_above_reference": hot["xruns"] <= ref["xruns"],
+                "dsp_load_p99_within_2x": hot["dsp_load_p99_pct"]
+                <= 2 * max(ref["dsp_load_p99_pct"], 0.01)}
+    return {"benchmark": "jack_rt_path", "seconds": seconds, "period_frames": period,
+            "period_us": round(period / RATE * 1e6, 1), "results": results, "goal": goal}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0)
@@ -128,6 +315,8 @@ def main() -> None:
     ap.add_argument("--model", default="test-tones", help="test-tones (default) or tiny")
     ap.add_argument("--period", type=int, default=256)
     ap.add_argument("--server", help="use this running JACK server instead of a private one")
+    ap.add_argument("--daemon", action="store_true",
+                    help="the older soak: riff run against a trivial Python client")
     args = ap.parse_args()
     seconds = args.minutes * 60 if args.minutes else args.seconds
     server_proc = None
@@ -138,6 +327,9 @@ def main() -> None:
             raise SystemExit("jackd is not installed")
         server, server_proc = start_server(args.period)
     try:
+        if not args.daemon:
+            print(json.dumps(cases(server, seconds, args.period), indent=2))
+            return
         base = baseline(server, seconds)
         eng = engine_run(server, seconds, args.model)
     finally:

@@ -216,9 +216,11 @@ class ControlSurfaces:
 
 async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *,
                                  clock_observer: ClockObserver | None = None,
-                                 frame_offset: Callable[[], int] | None = None
-                                 ) -> ControlSurfaces:
-    """Start OSC and MIDI per ``config`` on the running loop; see the module docstring."""
+                                 frame_offset: Callable[[], int] | None = None,
+                                 jack_host: Any = None) -> ControlSurfaces:
+    """Start OSC and MIDI per ``config`` on the running loop; see the module docstring.
+    ``jack_host``: the engine's JACK client (``JackOutput``), which then holds the JACK MIDI
+    ports (``riff:midi_in``) instead of a client of their own."""
     library = PresetLibrary(config.preset_dirs)
     image_ids = (library_id_check(SeedImageLibrary(config.seed_image_dirs))
                  if config.check_image_ids else None)
@@ -237,7 +239,7 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
             surfaces.router = router
             commands.learn = router.start_learn
             for n, spec in enumerate(config.midi_in):
-                midi_input = _open_input(spec, n, router, config)
+                midi_input = _open_input(spec, n, router, config, jack_host)
                 surfaces.inputs.append(midi_input)
                 if config.midi_feedback:
                     fb = MidiFeedback(lambda: router.map, midi_input.send)
@@ -314,26 +316,28 @@ def _clock_timebase(engine: ControlTarget, config: ControlConfig, surfaces: Cont
     return AgeTimebase(rate, transport.now)
 
 
-def _open_input(spec: str, n: int, router: MidiRouter, config: ControlConfig) -> Any:
+def _open_input(spec: str, n: int, router: MidiRouter, config: ControlConfig,
+                jack_host: Any = None) -> Any:
     try:
-        return _open_input_unchecked(spec, n, router, config)
+        return _open_input_unchecked(spec, n, router, config, jack_host)
     except RiffError:
         raise
     except Exception as exc:  # jack.JackOpenError, rtmidi/mido errors: one line for the CLI
         raise SurfaceUnavailable(f"MIDI input {spec!r} cannot start: {exc}") from exc
 
 
-def _open_input_unchecked(spec: str, n: int, router: MidiRouter, config: ControlConfig
-                          ) -> Any:
+def _open_input_unchecked(spec: str, n: int, router: MidiRouter, config: ControlConfig,
+                          jack_host: Any = None) -> Any:
     kind, _, name = spec.partition(":")
     suffix = f"-{n}" if n else ""
     if kind == "jack":
         from protocols.midi.jack_input import JackMidiInput
 
         jack_input = JackMidiInput(router.handle, client_name=f"{config.client_name}-midi{suffix}",
+                                   port_name=f"midi_in{suffix}",
                                    connect=(name,) if name else (),
                                    servername=config.jack_server,
-                                   feedback=config.midi_feedback)
+                                   feedback=config.midi_feedback, host=jack_host)
         jack_input.start()
         return jack_input
     from protocols.midi.rtmidi_input import RtMidiInput

@@ -31,7 +31,9 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
                         (["--tempo", "500", "--output", str(tmp_path / "a.wav")], "tempo"),
                         (["--duration-bars", "0", "--output", str(tmp_path / "b.wav")], "bar"),
                         (["--generator", "ftp://gpu-box", "--output", str(tmp_path / "c.wav")],
-                         "generator URL")):
+                         "generator URL"),
+                        (["--render-ahead", "-1", "--output", str(tmp_path / "d.wav")],
+                         "--render-ahead")):
         r = riff("run", *args)
         assert r.returncode == 1, r.stderr
         lines = r.stderr.strip().splitlines()

@@ -431,7 +431,8 @@ def test_jack_midi_clock_puts_bar_lines_on_the_exact_sample(jack_server: str) ->
                            client_name=f"riff-test-{uuid.uuid4().hex[:6]}",
                            jack_server=jack_server)
     surfaces = lt.run(start_control_surfaces(engine, config,
-                                             frame_offset=lambda: out.frame_offset))
+                                             frame_offset=lambda: out.frame_offset,
+                                             jack_host=out))
     sender = ClockSender(jack_server, out.sample_rate * 60 // 120 // 24)
     try:
         (midi_in,) = surfaces.inputs

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,12 +29,13 @@ def test_no_server_gives_a_clear_error() -> None:
         JackOutput("riff-test", server=f"absent-{uuid.uuid4().hex[:8]}")
 
 
-def test_plays_clip_at_its_exact_frame(jack_server: str) -> None:
-    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server)
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-render-ahead"])
+def test_plays_clip_at_its_exact_frame(jack_server: str, ahead: int) -> None:
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, render_ahead=ahead)
     try:
-        assert [p.shortname for p in out.ports] == ["out_L", "out_R"]
         player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
         connected = out.start(player, connect=True)
+        assert [p.shortname for p in out.ports] == ["out_L", "out_R"]
         assert connected == ["system:playback_1", "system:playback_2"]
         rec = Recorder(jack_server, seconds=1.0)
         rec.start([p.name for p in out.ports])
@@ -106,3 +109,256 @@ def test_follows_jack_transport_bbt(jack_server: str) -> None:
         out.close()
         master.deactivate()
         master.close()
+
+
+def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``pred()`` holds (the server updates its graph asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+class PortWatcher:
+    """A second JACK client that polls ``get_ports`` from another thread and connects each of
+    ``client``'s output ports to a recorder input the moment it appears, as a patchbay does
+    on "port registered". Records every connection error."""
+
+    def __init__(self, server: str, client: str, seconds: float = 2.0) -> None:
+        import threading
+
+        self.rec = Recorder(server, seconds=seconds)
+        self.rec.start([])
+        self.client = client
+        self.errors: list[str] = []
+        self.connected: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        import jack
+
+        while not self._stop.is_set() and len(self.connected) < 2:
+            for port in self.rec.client.get_ports(f"^{self.client}:out_", is_audio=True,
+                                                  is_output=True):
+                if port.name in self.connected:
+                    continue
+                target = self.rec.ports[len(self.connected)]
+                try:
+                    self.rec.client.connect(port, target)
+                except jack.JackError as exc:
+                    self.errors.append(f"{port.name}: {exc}")
+                self.connected.append(port.name)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self.rec.close()
+
+
+def test_ports_are_connectable_the_moment_they_appear(jack_server: str) -> None:
+    """A client polling get_ports connects to each port as soon as it is listed: no error,
+    and what arrives is silence (no player attached yet)."""
+    name = f"riff-{uuid.uuid4().hex[:6]}"
+    watcher = PortWatcher(jack_server, name)
+    out = JackOutput(name, server=jack_server)
+    try:
+        assert out.ports == []  # nothing registered before activation
+        out.activate()
+        watcher.thread.join(10)
+        assert watcher.connected == [f"{name}:out_L", f"{name}:out_R"]
+        assert watcher.errors == []
+        assert watcher.rec.full.wait(20)
+        got = watcher.rec.buf
+        assert np.isfinite(got).mean() > 0.5
+        assert np.all(got[np.isfinite(got)] == 0.0)
+    finally:
+        watcher.close()
+        out.close()
+
+
+def test_output_ports_report_their_latency(jack_server: str) -> None:
+    """Capture latency of the outputs is the engine's look-ahead (set from the latency
+    callback); their playback latency is the downstream path's."""
+    import jack
+
+    from protocols.audio import jack_c
+
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, latency_frames=1234)
+    other = jack.Client(f"lat-{uuid.uuid4().hex[:6]}", no_start_server=True,
+                        servername=jack_server)
+    try:
+        player = Player(PlayerConfig(sample_rate=out.sample_rate))
+        out.start(player, connect=True)
+        port = other.get_port_by_name(out.ports[0].name)
+        system = other.get_port_by_name("system:playback_1")
+        downstream = jack_c.port_latency(system, jack_c.PLAYBACK)
+        assert downstream[0] > 0
+        # The server recomputes latencies after a graph change, asynchronously: poll.
+        eventually(lambda: jack_c.port_latency(port, jack_c.CAPTURE) == (1234, 1234))
+        eventually(lambda: jack_c.port_latency(port, jack_c.PLAYBACK) == downstream)
+        out.set_latency(77)
+        eventually(lambda: jack_c.port_latency(port, jack_c.CAPTURE) == (77, 77))
+    finally:
+        other.close()
+        out.close()
+
+
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-render-ahead"])
+def test_survives_a_server_restart_on_the_same_ports(ahead: int) -> None:
+    """jackd is killed mid-clip and started again: the output reconnects under the same
+    port names, re-makes the connection it made, and the clip plays on from where it was."""
+    from tests.jack_server import PrivateJack
+
+    server = PrivateJack("riff-restart")
+    server.start()
+    out = None
+    try:
+        out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=server.name,
+                         render_ahead=ahead)
+        player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
+        out.start(player, connect=False)
+        out.connect("out_L", "system:playback_1")
+        n = 4800
+        left = ((np.arange(n) % 89) + 1).astype(np.float32) / 100
+        player.schedule(Clip(np.stack([left, -left], axis=1)), 0)
+        while player.position() < 3 * n:
+            time.sleep(0.01)
+        server.kill()
+        deadline = time.monotonic() + 10
+        while not out.shutdown_reason:
+            assert time.monotonic() < deadline, "no shutdown callback"
+            time.sleep(0.01)
+        assert not out.reconnect()  # no server yet: nothing changes
+        frozen = player.position()
+        server.start()
+        deadline = time.monotonic() + 10
+        while not out.reconnect():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert player.position() - frozen < out.sample_rate + ahead  # its clock waited
+        assert [p.name for p in out.ports] == [f"{out.name}:out_L", f"{out.name}:out_R"]
+        assert out.reconnects == 1 and out.shutdown_reason == ""
+        rec = Recorder(server.name, seconds=0.5)
+        try:
+            conns = rec.client.get_all_connections(f"{out.name}:out_L")
+            assert [c.name for c in conns] == ["system:playback_1"]
+            rec.start([p.name for p in out.ports])
+            assert rec.full.wait(20)
+        finally:
+            rec.close()
+        got = rec.buf[0, rec.buf.shape[1] // 2:]  # the recorder connects after its start
+        ok = np.isfinite(got)
+        assert ok.mean() > 0.5
+        # Every recorded sample is a sample of the clip (it loops on), none is silence.
+        assert np.all(np.isin(got[ok], left))
+        assert out.callbacks > 0
+    finally:
+        if out is not None:
+            out.close()
+        server.stop()
+
+
+def test_midi_ports_live_on_the_same_client_and_survive_a_restart() -> None:
+    """JACK MIDI input hosted by the output: ``name:midi_in`` on the one client, events with
+    their frame times through the same process callback; after a jackd restart the port and
+    the connection it made from the sender's port are back."""
+    import asyncio
+
+    import jack
+
+    from protocols.midi.jack_input import JackMidiInput
+    from tests.control_surface_helpers import LoopThread
+    from tests.jack_server import PrivateJack
+
+    server = PrivateJack("riff-midi-host")
+    server.start()
+    got: list[tuple[bytes, float]] = []
+    lt = LoopThread()
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=server.name)
+    sender = None
+    try:
+        out.start(Player(PlayerConfig(sample_rate=out.sample_rate)), connect=False)
+
+        send_name = f"send-{uuid.uuid4().hex[:6]}"
+
+        def send_client() -> tuple[Any, Any]:
+            client = jack.Client(send_name, no_start_server=True, servername=server.name)
+            port = client.midi_outports.register("out")
+            queue: list[bytes] = []
+
+            def process(frames: int) -> None:
+                port.clear_buffer()
+                while queue:
+                    port.write_midi_event(0, queue.pop(0))
+
+            client.set_process_callback(process)
+            client.activate()
+            return client, queue
+
+        sender, queue = send_client()
+
+        async def start() -> JackMidiInput:
+            inp = JackMidiInput(lambda data, t: got.append((data, t)), host=out,
+                                connect=(f"{sender.name}:out",))
+            inp.start()
+            return inp
+
+        inp = lt.run(start())
+        assert inp.port_name == f"{out.name}:midi_in"
+        names = {p.name.split(":")[0] for p in sender.get_ports()}
+        assert names == {"system", out.name, sender.name}  # no second engine client
+        queue.append(bytes([0xB0, 1, 64]))
+        eventually(lambda: len(got) == 1)
+        assert got[0][0] == bytes([0xB0, 1, 64]) and got[0][1] > 0
+
+        sender.close()
+        sender = None
+        server.kill()
+        eventually(lambda: bool(out.shutdown_reason))
+        # A first try while no server answers releases the dead client: libjack must not
+        # open another client in this process (the sender) before that.
+        assert not lt.call(out.reconnect)
+        server.start()
+        sender, queue = send_client()
+        # The sender is back first, so the connection the engine made can be re-made.
+        eventually(lambda: lt.call(out.reconnect))
+        assert [c.name for c in sender.get_all_connections(f"{out.name}:midi_in")] == \
+            [f"{sender.name}:out"]
+        queue.append(bytes([0x90, 60, 100]))
+        eventually(lambda: len(got) == 2)
+        assert got[1][0] == bytes([0x90, 60, 100])
+        lt.call(inp.close)
+        asyncio.set_event_loop(None)
+    finally:
+        if sender is not None:
+            sender.close()
+        lt.close()
+        out.close()
+        server.stop()
+
+
+def test_the_compiled_callback_runs_while_python_holds_the_gil(jack_server: str) -> None:
+    """The same GIL hold (a C-level loop that never releases it) against both callbacks, in
+    one run: the compiled one keeps running every period, the Python one cannot."""
+    counts = {}
+    for ahead in (0, 2048):
+        out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server,
+                         render_ahead=ahead)
+        try:
+            out.start(Player(PlayerConfig(sample_rate=out.sample_rate)), connect=False)
+            eventually(lambda o=out: o.callbacks > 20)  # type: ignore[misc]
+            before = out.callbacks
+            t0 = time.perf_counter()
+            sum(range(30_000_000))  # holds the GIL throughout
+            held = time.perf_counter() - t0
+            during = out.callbacks - before  # read right after: what ran while it was held
+            counts[ahead] = (during, held * out.sample_rate / out.blocksize)
+        finally:
+            out.close()
+    compiled, expected = counts[2048]
+    python, _ = counts[0]
+    assert expected > 20, counts  # the hold lasted many periods
+    assert compiled >= 0.5 * expected, counts
+    assert python <= 0.25 * counts[0][1], counts

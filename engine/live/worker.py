@@ -9,16 +9,24 @@ fails the job it was doing (the scheduler retries it).
 Protocol (plain data, so it can run over a network later), one duplex pipe per worker; jobs
 use the one JSON wire format of :mod:`engine.live.wire`:
 
-    daemon -> worker  {"op": "job", "job": wire.job_to_json(job)}
+    daemon -> worker  {"op": "job", "job": wire.job_to_json(job), "slot": str | None}
                       {"op": "cancel", "job_id"}
                       {"op": "stop"}
     worker -> daemon  {"op": "ready", "model": str, "device": str, "pid": int}
                       {"op": "fatal", "error": str, "message": str}   (model failed to load)
                       {"op": "progress", "job_id", "step", "total"}
-                      {"op": "clip", "job_id", "audio": bytes, "shape": [n, ch], "seconds",
-                       "reused": bool}
+                      {"op": "clip", "job_id", "slot": str, "shape": [n, ch], "seconds",
+                       "reused": bool}    (the audio is in the job's shared memory slot)
+                      {"op": "clip", "job_id", "audio": bytes, "shape", "seconds", "reused"}
+                                         (no slot, or it did not fit: the audio is inline)
                       {"op": "error", "job_id", "error": class name, "message": str}
                       {"op": "cancelled", "job_id"}
+
+Clip audio travels through shared memory (:mod:`engine.live.shm`): the daemon gives each
+job a slot from its pool, the worker copies the clip into it once and sends only the header;
+the daemon copies it out in a thread (the loop never blocks on a big ``recv``) and recycles
+the slot. Without a slot (``WorkerConfig.shm`` false, or ``/dev/shm`` full) the audio comes
+inline, pickled.
 
 Job flow. The worker runs one job at a time and reads the pipe between denoising steps, so a
 ``cancel`` for the running job stops it at the next step boundary, and a ``cancel`` for a job
@@ -62,6 +70,7 @@ import numpy as np
 from engine import errors
 from engine.errors import InvalidRequest, ModelUnavailable, RiffError
 from engine.live.jobs import Clip, ClipSpec, GenerationJob, ProgressCallback
+from engine.live.shm import SlotPool, SlotWriter
 from engine.live.wire import job_to_json, parse_job
 from engine.model.request import InferenceRequest
 
@@ -96,6 +105,8 @@ class WorkerConfig:
     nice: int = 10
     keep: int = 16
     tone_step_s: float = TONE_STEP_S
+    #: Clip audio through shared memory slots (False: pickled through the pipe).
+    shm: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.keep <= 1024:
@@ -193,6 +204,7 @@ class _WorkerLoop:
     def __init__(self, conn: multiprocessing.connection.Connection, model: _Model) -> None:
         self.conn = conn
         self.model = model
+        self.slots = SlotWriter()
         self.waiting: collections.deque[dict[str, Any]] = collections.deque()
         self.running = -1
         self.running_cancelled = False
@@ -286,9 +298,14 @@ class _WorkerLoop:
         finally:
             if not nested:
                 self.running, self.running_cancelled = -1, False
-        self.conn.send({"op": "clip", "job_id": job_id, "audio": audio.tobytes(),
-                        "shape": list(audio.shape), "seconds": time.monotonic() - t0,
-                        "reused": reused})
+        header = {"op": "clip", "job_id": job_id, "shape": list(audio.shape),
+                  "seconds": time.monotonic() - t0, "reused": reused}
+        slot = msg.get("slot")
+        if isinstance(slot, str) and self.slots.write(slot, np.ascontiguousarray(audio)):
+            header["slot"] = slot  # one copy, into the daemon's slot
+        else:
+            header["audio"] = audio.tobytes()
+        self.conn.send(header)
 
 
 def worker_main(conn: multiprocessing.connection.Connection, config: WorkerConfig) -> None:
@@ -312,7 +329,11 @@ def worker_main(conn: multiprocessing.connection.Connection, config: WorkerConfi
         return
     conn.send({"op": "ready", "model": config.model, "device": model.device,
                "pid": os.getpid()})
-    _WorkerLoop(conn, model).run()
+    worker = _WorkerLoop(conn, model)
+    try:
+        worker.run()
+    finally:
+        worker.slots.close()
 
 # ---- the daemon side --------------------------------------------------------------------------
 
@@ -355,6 +376,10 @@ class WorkerClient:
         self._closing = False
         self._fatal: Exception | None = None
         self._restart_task: asyncio.Task[None] | None = None
+        #: Shared memory slots for clip audio (None: audio over the pipe).
+        self.slots = SlotPool() if config.shm else None
+        self._slot_of: dict[int, str] = {}  # job id -> its slot while the job runs
+        self._copies: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Start the process and wait until the model is loaded (raises ModelUnavailable or
@@ -394,8 +419,13 @@ class WorkerClient:
         self._pending[job.job_id] = future
         if progress is not None:
             self._progress[job.job_id] = progress
+        slot = None
+        if self.slots is not None:
+            slot = self.slots.acquire(job.spec.num_samples * self.config.channels * 4)
+            if slot is not None:
+                self._slot_of[job.job_id] = slot
         try:
-            self._conn.send({"op": "job", "job": job_to_json(job)})
+            self._conn.send({"op": "job", "job": job_to_json(job), "slot": slot})
         except OSError as exc:
             self._forget(job.job_id)
             raise WorkerCrashed(f"{self.name}: cannot send job {job.job_id}: {exc}") from exc
@@ -420,6 +450,13 @@ class WorkerClient:
     def _forget(self, job_id: int) -> None:
         self._pending.pop(job_id, None)
         self._progress.pop(job_id, None)
+
+    def _release_slot(self, job_id: int) -> None:
+        """The job's slot is free again: the job ended (error, cancelled, crash) or its clip
+        was copied out. Loop thread."""
+        slot = self._slot_of.pop(job_id, None)
+        if slot is not None and self.slots is not None:
+            self.slots.release(slot)
 
     def _on_readable(self, conn: multiprocessing.connection.Connection) -> None:
         """Dispatch every message waiting on the pipe (loop thread; must not block)."""
@@ -461,15 +498,46 @@ class WorkerClient:
                 self.generated += 1
         future = self._pending.get(job_id)
         if future is None or future.done():
+            self._release_slot(job_id)
             return  # a cancelled job finishing or dropped; nobody waits for it
         if op == "clip":
-            audio = np.frombuffer(msg["audio"], np.float32).reshape(msg["shape"]).copy()
             self._seconds[job_id] = float(msg["seconds"])
-            future.set_result(audio)
-        elif op == "error":
+            shape = tuple(int(n) for n in msg["shape"])
+            slot = msg.get("slot")
+            if slot is None:
+                self._release_slot(job_id)
+                audio = np.frombuffer(msg["audio"], np.float32).reshape(shape).copy()
+                future.set_result(audio)
+            elif self._slot_of.pop(job_id, None) != slot:
+                self._release_slot(job_id)
+                future.set_exception(WorkerCrashed(f"{self.name}: job {job_id} answered in "
+                                                   f"slot {slot}, not its own"))
+            else:
+                task = asyncio.get_running_loop().create_task(
+                    self._copy_out(job_id, str(slot), shape, future))
+                self._copies.add(task)
+                task.add_done_callback(self._copies.discard)
+            return
+        self._release_slot(job_id)
+        if op == "error":
             future.set_exception(_error_from_wire(msg["error"], msg["message"]))
         elif op == "cancelled":
             future.set_exception(errors.Cancelled(f"job {job_id} was cancelled"))
+
+    async def _copy_out(self, job_id: int, slot: str, shape: tuple[int, ...],
+                        future: asyncio.Future[np.ndarray]) -> None:
+        """Copy the clip out of its slot (in a thread: the loop goes on; the slot is free
+        afterwards) and hand it to the waiting ``generate``. Loop thread."""
+        assert self.slots is not None
+        try:
+            audio = await self.slots.copy_out(slot, shape)
+        except ValueError as exc:  # a header that does not fit its slot: retried
+            log.error("%s: job %d: %s", self.name, job_id, exc)
+            if not future.done():
+                future.set_exception(WorkerCrashed(f"{self.name}: job {job_id}: {exc}"))
+            return
+        if not future.done():
+            future.set_result(audio)
 
     def _on_exit(self, proc: Any) -> None:
         """The worker process ended (loop thread): fail its job and start a new one."""
@@ -488,6 +556,8 @@ class WorkerClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(crashed)
+        for job_id in list(self._slot_of):  # nothing will come in them any more
+            self._release_slot(job_id)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(crashed)
             self._ready.exception()  # reported here; a cancelled start() will not read it
@@ -513,6 +583,7 @@ class WorkerClient:
         self._closing = True
         proc, conn = self._proc, self._conn
         if proc is None:
+            await self._close_slots()
             return
         if conn is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -530,4 +601,14 @@ class WorkerClient:
                     loop.remove_reader(conn.fileno())
                 conn.close()
             self._proc = self._conn = None
+        await self._close_slots()
         log.info("%s stopped", self.name)
+
+    async def _close_slots(self) -> None:
+        """Let clip copies finish, then unlink every shared memory slot (loop thread)."""
+        if self._copies:
+            await asyncio.wait(list(self._copies))
+        for job_id in list(self._slot_of):
+            self._release_slot(job_id)
+        if self.slots is not None:
+            self.slots.close()

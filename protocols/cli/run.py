@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
@@ -45,6 +46,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "sample_rate": 48000,
     "on_master_stop": "stop",
     "quality": None,
+    "render_ahead": 2048,
 }
 
 
@@ -114,6 +116,11 @@ def register(subparsers: Any) -> None:
                           "clock with --midi-clock) stops: stop too (default), or play on at "
                           "its last tempo on the internal clock")
     out.add_argument("--crossfade-ms", type=float, help="crossfade at clip changes (default 10)")
+    out.add_argument("--render-ahead", type=int, metavar="FRAMES",
+                     help="frames a render thread keeps ahead of JACK's compiled, GIL-free "
+                          "callback (default 2048; reported as the ports' latency); 0: a "
+                          "Python callback renders each period itself (always so with "
+                          "--jack-transport or a JACK MIDI input)")
     out.add_argument("--output", type=Path, metavar="FILE.wav",
                      help="render into this audio file instead of JACK")
     out.add_argument("--offline", action="store_true",
@@ -200,6 +207,9 @@ def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     from engine.live.sync import SyncConfig
 
     SyncConfig(on_stop=opts["on_master_stop"])  # a bad config value is refused here too
+    ahead = opts["render_ahead"]
+    if isinstance(ahead, bool) or not isinstance(ahead, int) or not 0 <= ahead <= 65536:
+        raise InvalidRequest(f"--render-ahead must be 0..65536 frames, not {ahead!r}")
     if args.offline and args.output is None:
         raise InvalidRequest("--offline needs --output FILE")
     if args.duration_bars is not None and (args.output is None or args.duration_bars < 1):
@@ -235,8 +245,6 @@ async def _main(args: argparse.Namespace, state: Any, opts: dict[str, Any]) -> i
     _log_summary(d)
     if d.file_out is not None and d.file_out.error is not None:
         raise RiffError(f"writing {args.output} failed: {d.file_out.error}")
-    if d.jack_out is not None and d.jack_out.shutdown_reason:
-        raise RiffError(f"the JACK server went away: {d.jack_out.shutdown_reason}")
     return 0
 
 
@@ -262,8 +270,11 @@ class _Daemon:
 
 def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
                  loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> _Daemon:
-    """The JACK client (or the file output's rate), the player and the generator client,
-    none of them started yet. Loop thread."""
+    """The JACK client (or the file output's rate), the player and the generator client.
+
+    With JACK the client is activated here, before the model loads: its ports exist and
+    are connectable from now on and play silence until the first clip (a patchbay or session
+    manager that wires the engine when its ports appear finds them ready). Loop thread."""
     from engine.live.player import Player, PlayerConfig
 
     jack_out = None
@@ -272,13 +283,40 @@ def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
 
         _prefer_audio()
         jack_out = JackOutput(opts["client_name"], server=opts["jack_server"],
-                              follow_transport=args.jack_transport)
+                              follow_transport=args.jack_transport,
+                              render_ahead=_render_ahead(args, opts))
         rate = jack_out.sample_rate
     else:
         rate = int(opts["sample_rate"])
     player = Player(PlayerConfig.with_crossfade_ms(rate, float(opts["crossfade_ms"])))
     client = _make_generator(args, opts)
+    if jack_out is not None:
+        # Keep what exists now out of the collector's full passes, which would otherwise
+        # hold the GIL for milliseconds while JACK's thread waits for it. The one full
+        # collection runs here, before the JACK client is activated, never while it plays.
+        gc.collect()
+        gc.freeze()
+        connected = jack_out.start(player, connect=not opts["no_connect"])
+        log.info("JACK: %s active at %d Hz, %d frames per period, %s, silent until the "
+                 "first clip%s", ", ".join(p.name for p in jack_out.ports), rate,
+                 jack_out.blocksize,
+                 f"compiled callback {jack_out.render_ahead} frames behind the render thread"
+                 if jack_out.render_ahead else "Python callback",
+                 f" -> {', '.join(connected)}" if connected else " (not connected)")
     return _Daemon(args, opts, loop, stop, jack_out, rate, player, client)
+
+
+def _render_ahead(args: argparse.Namespace, opts: dict[str, Any]) -> int:
+    """Frames of render-ahead for the compiled JACK callback, or 0 for the Python callback,
+    which following JACK transport and JACK MIDI ports on the client still need."""
+    ahead = int(opts["render_ahead"])
+    jack_midi = any(str(spec).split(":", 1)[0] == "jack"
+                    for spec in getattr(args, "midi_in", None) or ())
+    if ahead and (args.jack_transport or jack_midi):
+        log.info("JACK: the Python process callback renders each period (%s needs it)",
+                 "--jack-transport" if args.jack_transport else "JACK MIDI input")
+        return 0
+    return ahead
 
 
 async def _run_daemon(d: _Daemon, state: Any) -> bool:
@@ -294,10 +332,8 @@ async def _run_daemon(d: _Daemon, state: Any) -> bool:
         log.info("stopped while the model was loading")
         return False
     _build_engine(d, state)
-    # Keep what exists now out of the collector's full passes, which would otherwise hold
-    # the GIL for milliseconds while JACK's thread waits for it. The one full collection
-    # runs here, before the JACK client is activated, never while it plays.
-    gc.collect()
+    if d.jack_out is None:
+        gc.collect()  # JACK is not running: one full collection, then keep it out of passes
     gc.freeze()
     _start_playing(d)
     d.engine_task = asyncio.ensure_future(d.engine.run())
@@ -341,15 +377,15 @@ def _build_engine(d: _Daemon, state: Any) -> None:
 
 
 def _start_playing(d: _Daemon) -> None:
-    """Activate JACK (or start the file output), start playing and, with ``--record``,
-    recording. Loop thread; from here on the player renders in the output's thread."""
+    """Tap JACK's output for takes (the client is active since :func:`_open_daemon`) or
+    start the file output, start playing and, with ``--record``, recording. Loop thread; the
+    player renders in the output's thread."""
     args, engine = d.args, d.engine
     if d.jack_out is not None:
-        connected = d.jack_out.start(d.player, connect=not d.opts["no_connect"], takes=d.takes)
+        d.jack_out.set_takes(d.takes)
         ports = ", ".join(p.name for p in d.jack_out.ports)
-        log.info("JACK: playing on %s at %d Hz, %d frames per period%s", ports, d.rate,
-                 d.jack_out.blocksize, f" -> {', '.join(connected)}" if connected else
-                 " (not connected)")
+        log.info("JACK: playing on %s at %d Hz, %d frames per period", ports, d.rate,
+                 d.jack_out.blocksize)
     engine.play()
     if args.record is not None:
         engine.record_start()
@@ -401,6 +437,9 @@ def _log_summary(d: _Daemon) -> None:
                      "finished within the cycle by at most %.0f us of a %.0f us period",
                      t["callbacks"], t["duration_p50_us"], t["duration_p99_us"],
                      t["duration_max_us"], t["finish_max_us"], t["period_us"])
+        if d.jack_out.render_ahead:
+            log.info("JACK render-ahead: %d periods found the ring short",
+                     d.jack_out.ring_underruns)
     # "late" is the scheduler's (clips that missed their bar line), as in the per-bar status
     # lines and /riff/status/late; silence by design is counted apart from underruns.
     s = d.engine.scheduler.counters
@@ -447,8 +486,9 @@ async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
 async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str, Any],
                           jack_out: Any = None) -> list[Callable[[], Awaitable[None]]]:
     """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present;
-    JACK MIDI uses the same server and client name as the audio, and with JACK audio its
-    clock events land on the audio clock by frame time (sample-exact phase)."""
+    with JACK audio the JACK MIDI ports live on the same client (``riff:midi_in``), handled
+    in the same process callback, and MIDI clock events land on the audio clock by frame time
+    (sample-exact phase)."""
     surfaces = _surfaces_module()
     if surfaces is None:
         return []
@@ -460,8 +500,11 @@ async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str,
         # A remote generator has its own seed image library: it checks the ids itself.
         config = dataclasses.replace(cast(Any, config),
                                      check_image_ids=args.generator is None)
-    frame_offset = (lambda: jack_out.frame_offset) if jack_out is not None else None
-    started = await surfaces.start_control_surfaces(engine, config, frame_offset=frame_offset)
+    if jack_out is None:
+        started = await surfaces.start_control_surfaces(engine, config)
+    else:  # JACK MIDI ports go on the engine's own client
+        started = await surfaces.start_control_surfaces(
+            engine, config, frame_offset=lambda: jack_out.frame_offset, jack_host=jack_out)
     return [started.close]
 
 
@@ -474,6 +517,7 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
     follower = JackTransportFollower(engine.sync) if jack_out is not None and \
         jack_out.follow_transport else None
     last_error = ""
+    rejoin = _JackRejoin(jack_out) if jack_out is not None else None
     while not stop.is_set():
         events = player.poll()
         if follower is not None:
@@ -500,9 +544,10 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
         if file_out is not None and file_out.done:
             log.info("output finished: %s", file_out.path)
             return
-        if jack_out is not None and jack_out.shutdown_reason:
-            log.error("JACK server shut down: %s", jack_out.shutdown_reason)
-            return
+        if rejoin is not None:
+            rejoin.poll()
+            if jack_out.render_error is not None:
+                raise RiffError(f"the JACK render thread failed: {jack_out.render_error!r}")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
 
@@ -517,6 +562,43 @@ def _take_line(status: Any) -> str:
     if status.get("record_error"):
         text += f", failed: {status['record_error']}"
     return text
+
+
+class _JackRejoin:
+    """Survives the JACK server going away: logs it, retries with backoff (0.25 s doubling
+    to 5 s) and logs when the client is back on the same ports. The engine, the player and
+    the worker keep their state meanwhile (the player's clock stands still). Loop thread."""
+
+    FIRST_S, MAX_S = 0.25, 5.0
+
+    def __init__(self, jack_out: Any) -> None:
+        self.jack_out = jack_out
+        self.down_since = -1.0
+        self.next_try = 0.0
+        self.wait_s = self.FIRST_S
+        self.tries = 0
+
+    def poll(self) -> None:
+        """Check once per status tick; at most one reconnection attempt when due."""
+        out = self.jack_out
+        if not out.shutdown_reason:
+            return
+        now = time.monotonic()
+        if self.down_since < 0:
+            log.error("JACK server went away (%s); the engine keeps its state and reconnects "
+                      "as %s when a server is back", out.shutdown_reason, out.name)
+            self.down_since, self.next_try, self.wait_s, self.tries = now, now, self.FIRST_S, 0
+        if now < self.next_try:
+            return
+        self.tries += 1
+        if out.reconnect():
+            log.info("JACK: back on %s after %.1f s (%d tries)%s",
+                     ", ".join(p.name for p in out.ports), now - self.down_since, self.tries,
+                     ", connections re-made" if out.connections() else "")
+            self.down_since = -1.0
+            return
+        self.next_try = now + self.wait_s
+        self.wait_s = min(self.wait_s * 2, self.MAX_S)
 
 
 def _offline_gate(engine: Any, player: Any, loop: asyncio.AbstractEventLoop

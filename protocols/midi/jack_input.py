@@ -1,5 +1,11 @@
 """JACK MIDI input: a JACK port whose events reach the asyncio loop with sample timestamps.
 
+One client: under ``riff run`` the ports live on the engine's own JACK client (``riff:midi_in``,
+``host=`` the :class:`~protocols.audio.jack_output.JackOutput`), and its process callback
+handles them in the same cycle as the audio: no second client, no second callback. Without a
+host (tests, tools) the input opens a client of its own. Either way the ports are registered
+after the client is active, so they are connectable the moment they appear.
+
 The JACK process callback copies each event (up to 3 bytes; SysEx is counted and skipped)
 into a preallocated ring and, when the ring was idle, writes one byte to a non-blocking pipe
 that wakes the loop. The loop drains the ring and hands ``(bytes, seconds)`` to the handler,
@@ -39,13 +45,24 @@ MIDI_EVENT = np.dtype([("data", np.uint8, (3,)), ("size", np.uint8), ("frame", n
 
 
 class JackMidiInput:
-    """A JACK client with one MIDI input port feeding ``handler`` on the asyncio loop."""
+    """A MIDI input port (and with ``feedback`` a ``midi_out`` port) feeding ``handler`` on
+    the asyncio loop: on ``host``'s JACK client when given, else on a client of its own.
+
+    Threads: the constructor, :meth:`start`, :meth:`close`, :meth:`send` and the draining run
+    on the asyncio loop; :meth:`process` runs on JACK's process thread (called by the host's
+    callback, or by its own client's).
+    """
 
     def __init__(self, handler: MidiHandler, *, client_name: str = "riff-midi",
                  port_name: str = "midi_in", connect: Sequence[str] = (),
                  servername: str | None = None, capacity: int = 4096,
-                 feedback: bool = False) -> None:
+                 feedback: bool = False, host: Any = None) -> None:
         self.handler = handler
+        self._host = host
+        self.port_name_short = port_name
+        self.feedback = feedback
+        self.port: Any = None
+        self.out_port: Any = None
         self.capacity = capacity
         self._in = SpscRing(capacity, dtype=MIDI_EVENT)  # JACK thread -> loop
         self._wake_pending = False
@@ -55,19 +72,58 @@ class JackMidiInput:
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._rfd, False)
         os.set_blocking(self._wfd, False)
-        self.client = jack.Client(client_name, no_start_server=True, servername=servername)
-        self.port = self.client.midi_inports.register(port_name)
+        self._own: Any = None
+        if host is None:
+            self._own = jack.Client(client_name, no_start_server=True, servername=servername)
         self.samplerate = float(self.client.samplerate)
-        self.out_port = self.client.midi_outports.register("midi_out") if feedback else None
         self._out = SpscRing(capacity, dtype=MIDI_EVENT)  # loop -> JACK thread
         self._out_refused = 0
         self._last_raw: int | None = None
         self._frame_base = 0
-        self.xruns = 0
+        self._xruns = 0
         self.shutdown_reason: str | None = None
-        self.client.set_process_callback(self._process)
-        self.client.set_xrun_callback(self._xrun)
-        self.client.set_shutdown_callback(self._shutdown)
+        if self._own is not None:
+            self._own.set_process_callback(self.process)
+            self._own.set_xrun_callback(self._xrun)
+            self._own.set_shutdown_callback(self._shutdown)
+
+    @property
+    def xruns(self) -> int:
+        """Xruns reported to the client the ports live on (a missed period loses its
+        events)."""
+        return self._xruns if self._host is None else int(self._host.xruns)
+
+    @property
+    def client(self) -> Any:
+        """The JACK client the ports live on (the host's current one, which a server restart
+        replaces)."""
+        return self._own if self._host is None else self._host.client
+
+    # ---- PortOwner (protocols.audio.jack_output): the host calls these -------------------
+
+    def register(self, client: Any) -> None:
+        """Register the ports on ``client`` (active already: connectable at once). Loop
+        thread; the host calls it again after a server restart."""
+        port = client.midi_inports.register(self.port_name_short)
+        out = client.midi_outports.register(self._out_name()) if self.feedback else None
+        self.out_port = out
+        self.port = port  # last: the process callback checks it
+
+    def unregister(self) -> None:
+        """Unregister the ports (loop thread)."""
+        port, out = self.port, self.out_port
+        self.port = self.out_port = None
+        for p in (out, port):
+            if p is not None:
+                p.unregister()
+
+    def port_names(self) -> list[str]:
+        """The short names of the ports."""
+        return [self.port_name_short] + ([self._out_name()] if self.feedback else [])
+
+    def _out_name(self) -> str:
+        return self.port_name_short.replace("midi_in", "midi_out", 1) \
+            if "midi_in" in self.port_name_short else f"{self.port_name_short}_out"
 
     @property
     def drained(self) -> bool:
@@ -90,20 +146,32 @@ class JackMidiInput:
         return str(self.port.name)
 
     def start(self) -> None:
-        """Activate on the running loop and connect the configured source ports."""
+        """Register the ports (on the host, or on its own client after activating it) on the
+        running loop and connect the configured source ports."""
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._rfd, self._drain)
-        self.client.activate()
+        if self._host is not None:
+            self._host.add_ports(self)
+            for source in self._connect:  # the host re-makes them after a server restart
+                self._host.connect(self.port_name_short, source, source=False)
+                log.info("JACK MIDI: %s -> %s", source, self.port_name)
+            return
+        self._own.activate()
+        self.register(self._own)
         for source in self._connect:
-            self.client.connect(source, self.port)
+            self._own.connect(source, self.port)
             log.info("JACK MIDI: %s -> %s", source, self.port_name)
 
     def close(self) -> None:
-        """Deactivate, close the client and the pipe (loop thread)."""
+        """Remove the ports from the host (or deactivate and close its own client), close
+        the pipe (loop thread)."""
         if self._loop is not None:
             self._loop.remove_reader(self._rfd)
-        self.client.deactivate()
-        self.client.close()
+        if self._host is not None:
+            self._host.remove_ports(self)
+        else:
+            self._own.deactivate()
+            self._own.close()
         os.close(self._rfd)
         os.close(self._wfd)
         if self.overflows or self.skipped_sysex or self.xruns:
@@ -125,15 +193,19 @@ class JackMidiInput:
 
     def _xrun(self, delay_usecs: float) -> None:
         """JACK notification thread: count (a missed period loses that period's events)."""
-        self.xruns += 1
+        self._xruns += 1
 
     def _shutdown(self, status: Any, reason: str) -> None:
         """JACK thread, when the server drops this client: remember and log (no JACK calls)."""
         self.shutdown_reason = reason
         log.error("JACK MIDI input %s was shut down by the server: %s", self.port_name, reason)
 
-    def _process(self, frames: int) -> None:
-        """JACK process thread: copy events into/out of the rings; no locks, logging, waits."""
+    def process(self, frames: int) -> None:
+        """JACK process thread: copy events into/out of the rings; no locks, logging, waits.
+        Called by the host's process callback (or its own client's)."""
+        port = self.port
+        if port is None:
+            return
         if self.out_port is not None:
             self.out_port.clear_buffer()
             out = self._out
@@ -144,7 +216,7 @@ class JackMidiInput:
         base = self.client.last_frame_time
         ring = self._in
         before = ring.head
-        for offset, buf in self.port.incoming_midi_events():
+        for offset, buf in port.incoming_midi_events():
             size = len(buf)
             if size > 3 or size == 0:
                 self.skipped_sysex += 1
