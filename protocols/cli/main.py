@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "protocols.cli.rerender",
     "protocols.cli.control",
     "protocols.cli.codec",
+    "protocols.cli.doctor",
 )
 
 
