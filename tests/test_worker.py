@@ -192,3 +192,62 @@ def test_the_worker_ignores_sigint() -> None:
             await client.close()
 
     asyncio.run(main())
+
+
+def test_a_hung_worker_is_killed_and_restarted_and_its_job_fails() -> None:
+    """A worker that says nothing for longer than ``stall_timeout_s`` with a job pending (a
+    CUDA call that never returns) is killed; its exit fails the job and restarts it."""
+
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model=TEST_TONES, tone_step_s=4.0,
+                                           stall_timeout_s=0.5))
+        try:
+            await client.start()
+            first_pid = client.pid
+            with pytest.raises(WorkerCrashed):
+                await asyncio.wait_for(client.generate(make_job(1, steps=3)), 30)
+            assert client.restarts == 1
+            await _wait_for(lambda: client.pid not in (-1, first_pid))
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_worker_dying_while_loading_is_retried_with_backoff_then_given_up() -> None:
+    """Deaths while loading (the OOM killer, a broken driver) restart the worker after a
+    growing delay; after ``max_load_failures`` in a row every job fails with the reason."""
+
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model="tiny", device="cpu", load_backoff_s=0.05,
+                                           max_load_failures=3))
+        start = asyncio.ensure_future(client.start())
+        killed: set[int] = set()
+        try:
+            while len(killed) < 3:  # kill each process the moment it exists
+                proc = client._proc
+                if proc is not None and proc.pid not in killed and proc.is_alive():
+                    proc.kill()
+                    killed.add(proc.pid)
+                await asyncio.sleep(0.005)
+            with pytest.raises(WorkerCrashed):
+                await start
+            await _wait_for(lambda: client._fatal is not None, 30)
+            await asyncio.sleep(0.5)  # no fourth process is started
+            assert client._proc is None and client.restarts == 2
+            with pytest.raises(WorkerCrashed, match="3 times in a row while loading"):
+                await client.generate(make_job(2))
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("field", ["stall_timeout_s", "load_backoff_s", "load_backoff_max_s"])
+def test_worker_supervision_settings_are_checked(field: str) -> None:
+    from engine.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=field):
+        WorkerConfig(**{field: 0})
+    with pytest.raises(InvalidRequest, match="max_load_failures"):
+        WorkerConfig(max_load_failures=0)

@@ -107,8 +107,23 @@ class WorkerConfig:
     tone_step_s: float = TONE_STEP_S
     #: Clip audio through shared memory slots (False: pickled through the pipe).
     shm: bool = True
+    #: A worker that sends nothing for this long while a job is pending is hung (a CUDA call
+    #: that never returns): it is killed and restarted, and the job fails (and is retried).
+    stall_timeout_s: float = 300.0
+    #: A worker that dies while loading is restarted after 0.5 s, 1 s, 2 s ... (at most
+    #: ``load_backoff_max_s``); after ``max_load_failures`` deaths in a row it is given up on
+    #: and every job fails with the reason, instead of restarting in a tight loop.
+    load_backoff_s: float = 0.5
+    load_backoff_max_s: float = 30.0
+    max_load_failures: int = 5
 
     def __post_init__(self) -> None:
+        for name in ("stall_timeout_s", "load_backoff_s", "load_backoff_max_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value < 1e6:
+                raise InvalidRequest(f"worker {name} must be a positive number of seconds")
+        if not isinstance(self.max_load_failures, int) or self.max_load_failures < 1:
+            raise InvalidRequest("worker max_load_failures must be at least 1")
         if not 0 <= self.keep <= 1024:
             raise InvalidRequest(f"keep must be 0..1024 images, not {self.keep}")
         if not 0.0 <= self.tone_step_s <= 10.0:
@@ -376,6 +391,9 @@ class WorkerClient:
         self._closing = False
         self._fatal: Exception | None = None
         self._restart_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._last_heard = 0.0  # loop time of the worker's last message
+        self._load_failures = 0  # deaths while loading, in a row
         #: Shared memory slots for clip audio (None: audio over the pipe).
         self.slots = SlotPool() if config.shm else None
         self._slot_of: dict[int, str] = {}  # job id -> its slot while the job runs
@@ -396,6 +414,9 @@ class WorkerClient:
         loop.add_reader(self._proc.sentinel, self._on_exit, self._proc)
         log.info("%s: process %d started (model %s)", self.name, self._proc.pid,
                  self.config.model)
+        self._last_heard = loop.time()
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = loop.create_task(self._watch())
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.config.start_timeout_s)
         except TimeoutError:
@@ -472,7 +493,9 @@ class WorkerClient:
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
+        self._last_heard = asyncio.get_running_loop().time()
         if op == "ready":
+            self._load_failures = 0
             self.pid, self.device = int(msg["pid"]), str(msg["device"])
             log.info("%s: ready (pid %d, model %s on %s)", self.name, self.pid,
                      msg["model"], self.device)
@@ -558,29 +581,68 @@ class WorkerClient:
                 future.set_exception(crashed)
         for job_id in list(self._slot_of):  # nothing will come in them any more
             self._release_slot(job_id)
-        if self._ready is not None and not self._ready.done():
+        loading = self._ready is not None and not self._ready.done()
+        if loading:
+            assert self._ready is not None
             self._ready.set_exception(crashed)
             self._ready.exception()  # reported here; a cancelled start() will not read it
         self._ready = None
         self._proc = None
         if self._closing or self._fatal is not None:
             return
+        delay = 0.0
+        if loading:
+            self._load_failures += 1
+            if self._load_failures >= self.config.max_load_failures:
+                self._fatal = WorkerCrashed(
+                    f"{self.name} died {self._load_failures} times in a row while loading "
+                    f"the model (last exit code {code}); not restarting it")
+                log.error("%s", self._fatal)
+                return
+            delay = min(self.config.load_backoff_s * 2 ** (self._load_failures - 1),
+                        self.config.load_backoff_max_s)
         self.restarts += 1
-        log.error("%s (pid %d) died with exit code %s; restarting it (restart %d)",
-                  self.name, proc.pid, code, self.restarts)
-        self._restart_task = loop.create_task(self._restart())
+        log.error("%s (pid %d) died with exit code %s%s; restarting it%s (restart %d)",
+                  self.name, proc.pid, code, " while loading" if loading else "",
+                  f" in {delay:.1f} s" if delay else "", self.restarts)
+        self._restart_task = loop.create_task(self._restart(delay))
 
-    async def _restart(self) -> None:
+    async def _restart(self, delay: float = 0.0) -> None:
         try:
+            if delay:
+                await asyncio.sleep(delay)
             async with self._lock:
-                if self._ready is None and not self._closing:
+                if self._ready is None and not self._closing and self._fatal is None:
                     await self.start()
         except Exception as exc:  # logged and counted; the next generate() tries again
             log.error("%s: restart failed: %s", self.name, exc)
 
+    async def _watch(self) -> None:
+        """Kill a hung worker: one that has a job and has said nothing (no progress, no
+        clip) for ``stall_timeout_s``. Its exit then fails the job and restarts it. Loop
+        thread; ends with :meth:`close`."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.stall_timeout_s
+        while not self._closing:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            proc = self._proc
+            if (proc is None or not self._pending or self._ready is None
+                    or not self._ready.done()):
+                continue
+            silent = loop.time() - self._last_heard
+            if silent > timeout:
+                log.error("%s (pid %d) has not answered for %.1f s with a job pending: hung; "
+                          "killing it", self.name, proc.pid, silent)
+                self._last_heard = loop.time()
+                proc.kill()
+
     async def close(self) -> None:
         """Stop the worker process (waits up to 5 s, then kills it)."""
         self._closing = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
         proc, conn = self._proc, self._conn
         if proc is None:
             await self._close_slots()
