@@ -89,7 +89,8 @@ def register(subparsers: Any) -> None:
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
     req = parser.add_argument_group("request (override --request)")
     req.add_argument(
-        "--request", type=Path, help="Riffusion InferenceInput JSON file ('-' reads stdin)"
+        "--request", type=Path, help="Riffusion InferenceInput JSON file, or Replicate's "
+        "riffusion input ({\"input\": {\"prompt_a\": ...}}); '-' reads stdin"
     )
     req.add_argument("--prompt", help="start prompt; (word:1.3), (word), [word] weight words "
                      "(default without --request: empty, a variation of the seed image)")
@@ -144,6 +145,10 @@ def build_request(args: argparse.Namespace) -> Any:
             raise InvalidRequest(f"{name}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if not isinstance(data, dict):
             raise InvalidRequest(f"{name}: must hold a JSON object")
+        if "prompt_a" in data or set(data) == {"input"}:  # Replicate's riffusion input
+            from engine.model.compat import replicate_request
+
+            data = replicate_request(data).to_dict()
     elif args.prompt is None:
         # No prompt at all: an unconditioned variation of the seed image (the empty prompt is
         # what classifier-free guidance steers away from, so the seed image's style remains).

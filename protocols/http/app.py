@@ -15,6 +15,9 @@ Routes (OpenAPI schema at ``/openapi.json``, browsable at ``/docs``):
   :mod:`protocols.http.upload`) transformed window by window
   (:mod:`engine.takes.audio_to_audio`); JSON with a float WAV of the input's length and rate
   (and the spectrogram PNG on request), or the WAV itself with ``Accept: audio/wav``.
+- ``POST /predictions``, ``GET /health-check``: Replicate's (Cog's) protocol for its
+  riffusion model (``prompt_a``, ``prompt_b``, ``alpha``, ...; see
+  :mod:`protocols.http.cog`).
 - ``GET /health``, ``GET /metrics`` (Prometheus text).
 
 Every body is read with a size limit (413), parsed as JSON (400) and validated by the
@@ -173,6 +176,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
     _add_clip_route(app, service, auth)
     _add_status_routes(app, service, auth)
     _add_audio_routes(app, service, auth)
+    _add_cog_routes(app, service, auth)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     app.state.metrics = service.metrics
     return app
@@ -396,6 +400,23 @@ def _add_audio_routes(app: FastAPI, service: _Service, auth: list[Any]) -> None:
     async def audio_to_audio(request: Request) -> Any:
         """The uploaded audio transformed: same length, rate and channels."""
         return await audio_to_audio_answer(service, request)
+
+
+def _add_cog_routes(app: FastAPI, service: _Service, auth: list[Any]) -> None:
+    """Replicate's (Cog's) ``POST /predictions`` and ``GET /health-check``."""
+    from protocols.http.cog import predict
+
+    @app.post("/predictions", responses=_ERRORS, dependencies=auth)
+    async def predictions(request: Request) -> dict[str, Any]:
+        """Replicate's riffusion: ``{"input": {prompt_a, prompt_b, alpha, ...}}`` in,
+        ``{"status": "succeeded", "output": {"audio", "spectrogram"}}`` (data URIs) out."""
+        return await predict(service, request)
+
+    @app.get("/health-check")
+    async def health_check() -> dict[str, Any]:
+        """Cog's readiness probe (no token needed)."""
+        busy = service.queue().busy
+        return {"status": "BUSY" if busy else "READY", "setup": {"status": "succeeded"}}
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
