@@ -231,3 +231,11 @@ def test_request_from_dict_validates_fields() -> None:
         AudioToAudioRequest.from_dict({"start": {"prompt": "a"}, "tempo": 3})
     with pytest.raises(InvalidRequest, match="needs 'start'"):
         AudioToAudioRequest.from_dict({})
+
+
+def test_prompt_embedding_is_finite_when_its_mean_is_zero(gen: RiffusionGenerator) -> None:
+    """The tiny model's encoder gave "piano funk" a mean of exactly 0, and the weighting's
+    mean rescale turned the embedding into NaN (and the window into silence)."""
+    embedding = gen.text_embedding("piano funk")
+    assert torch.isfinite(embedding).all()
+    assert torch.isfinite(gen.text_embedding("(piano:1.3) funk")).all()
