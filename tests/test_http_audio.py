@@ -99,3 +99,19 @@ def test_bad_uploads_get_clear_4xx(renderer: Renderer) -> None:
         bad_part = client.post(post, files={"audio": ("x.flac", _flac(8000, 4000)),
                                             "request": (None, "{nope")})
         assert bad_part.status_code == 400 and "not JSON" in bad_part.json()["detail"]
+
+
+def test_bpm_auto_finds_the_tempo_of_the_upload(renderer: Renderer) -> None:
+    from tests.test_tempo import clicks
+
+    buf = io.BytesIO()
+    sf.write(buf, clicks(120.0, 0.3, 44100, seconds=9.0).T, 44100, format="WAV")
+    request = {"start": {"prompt": "x", "denoising": 0.0}, "bpm": "auto"}
+    with serving(create_app(renderer)) as url:
+        r = httpx.post(f"{url}/v1/audio_to_audio", timeout=120, files={
+            "audio": ("in.wav", buf.getvalue()), "request": (None, json.dumps(request))})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["request"]["bpm"] == pytest.approx(120.0, rel=0.005)
+    assert answer["windows_s"][1] == pytest.approx(0.3, abs=0.03)  # the first beat
+    assert answer["num_samples"] == 9 * 44100

@@ -168,6 +168,16 @@ class AudioToAudioRequest:
         return dataclasses.asdict(self)
 
 
+def with_detected_tempo(request: AudioToAudioRequest, audio: np.ndarray,
+                        sample_rate: int) -> AudioToAudioRequest:
+    """``request`` with ``bpm`` and ``downbeat_s`` estimated from ``audio``
+    (:func:`engine.dsp.tempo.estimate_tempo`); InvalidAudio when no tempo can be found."""
+    from engine.dsp.tempo import estimate_tempo
+
+    found = estimate_tempo(audio, sample_rate)
+    return dataclasses.replace(request, bpm=round(found.bpm, 3), downbeat_s=found.downbeat_s)
+
+
 def _finite(value: object, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidRequest(f"{field} must be a finite number, not {value!r}")

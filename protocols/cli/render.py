@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
     a2a.add_argument("--init-audio", type=Path, metavar="IN",
                      help="audio file to transform (any format soundfile reads, any rate); "
                      "--out gets its length and rate, --image its spectrogram")
-    a2a.add_argument("--bpm", type=float, help="cut windows on bar lines at this tempo")
+    a2a.add_argument("--bpm", type=_bpm, help="cut windows on bar lines at this tempo; "
+                     "'auto' estimates it (and the first beat) from the audio")
     a2a.add_argument("--beats-per-bar", type=int, default=4, help="with --bpm (default 4)")
     a2a.add_argument("--downbeat", type=float, default=0.0, metavar="SECONDS",
                      help="with --bpm: where the first bar line is (default 0)")
@@ -84,6 +85,16 @@ def register(subparsers: Any) -> None:
     )
     tiny.add_argument("folder", type=Path, help="folder to write (created)")
     tiny.set_defaults(func=run_tiny_model)
+
+
+def _bpm(value: str) -> float | str:
+    """``--bpm``: a number or ``auto``."""
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a tempo or 'auto': {value!r}") from None
 
 
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
@@ -286,7 +297,8 @@ def audio_request(args: argparse.Namespace) -> Any:
     base = build_request(args)
     return AudioToAudioRequest(
         start=base.start, end=base.end, num_inference_steps=base.num_inference_steps,
-        window_px=args.window_px, overlap_s=args.overlap, bpm=args.bpm,
+        window_px=args.window_px, overlap_s=args.overlap,
+        bpm=None if args.bpm == "auto" else args.bpm,
         beats_per_bar=args.beats_per_bar, downbeat_s=args.downbeat,
         scheduler=base.scheduler, mask_image_id=base.mask_image_id, phase=args.phase)
 
@@ -296,10 +308,14 @@ def run_audio_to_audio(args: argparse.Namespace) -> int:
     on the terminal)."""
     from engine.dsp.audio_io import write_audio
     from engine.dsp.spectrogram import save_image
-    from engine.takes.audio_to_audio import audio_to_audio, read_input
+    from engine.takes.audio_to_audio import audio_to_audio, read_input, with_detected_tempo
 
     request = audio_request(args)
     audio, rate = read_input(args.init_audio)
+    if args.bpm == "auto":
+        request = with_detected_tempo(request, audio, rate)
+        print(f"tempo {request.bpm:.2f} BPM, first beat at {request.downbeat_s:.2f} s "
+              f"(estimated)")
     generator = _load(args)
     device = "cpu" if generator.device.type == "mps" else str(generator.device)
     bar: Any = None

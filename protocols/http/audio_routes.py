@@ -17,7 +17,12 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from engine.errors import InvalidRequest
-from engine.takes.audio_to_audio import AudioToAudioRequest, read_input, windows_seconds
+from engine.takes.audio_to_audio import (
+    AudioToAudioRequest,
+    read_input,
+    windows_seconds,
+    with_detected_tempo,
+)
 from protocols.http.guard import HttpProblem, until_disconnected
 from protocols.http.media import audio_bytes, png_bytes
 from protocols.http.upload import read_body, split_upload
@@ -44,10 +49,13 @@ async def audio_to_audio_answer(service: _Service, request: Request) -> Any:
     config = service.config
     body = await read_body(request, config.max_upload_bytes)
     raw, fields, want_image = split_upload(request.headers.get("content-type", ""), body)
-    req = _validated(service, fields)
+    detect = fields.get("bpm") == "auto"
+    req = _validated(service, {**fields, "bpm": None} if detect else fields)
     audio, rate = await asyncio.to_thread(read_input, io.BytesIO(raw),
                                           max_seconds=config.max_audio_seconds,
                                           max_rate=config.max_audio_rate)
+    if detect:
+        req = await asyncio.to_thread(with_detected_tempo, req, audio, rate)
     ticket = service.queue().enqueue(
         lambda cancel, progress: run(req, audio, rate, cancel=cancel, progress=progress))
     result = await until_disconnected(request, ticket)
