@@ -3,7 +3,8 @@
 ``app`` builds the FastAPI application; ``models`` are its pydantic request bodies; ``guard``
 checks size, JSON shape and the bearer token; ``queue`` is the bounded in-order generation
 queue (503 with Retry-After when full); ``media`` encodes JPEG, PNG and audio data URIs;
-``metrics`` counts for ``/metrics``.
+``metrics`` counts for ``/metrics``; ``upload`` and ``audio_routes`` serve
+``/v1/audio_to_audio``; ``cog`` answers Replicate's ``/predictions``.
 
 Threading model: handlers run on uvicorn's asyncio loop; generation runs one request at a time
 on the queue's single generation thread, never on the loop.
