@@ -19,3 +19,13 @@ translate into the typed commands defined here.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``from engine import RiffusionPipeline`` (the guide's usage), imported lazily so that
+    ``import engine`` stays free of torch (the daemon process never loads it)."""
+    if name in ("RiffusionPipeline", "spectrogram_to_audio"):
+        from engine.model import compat
+
+        return getattr(compat, name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

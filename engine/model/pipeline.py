@@ -194,13 +194,17 @@ class RiffusionGenerator:
         *,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        init_image: Image.Image | None = None,
     ) -> GenerationResult:
         """Render ``request`` at its own alpha. Raises Cancelled if ``cancel()`` turns true.
 
         ``progress`` and ``cancel`` run on the calling thread, between denoising steps, while
         the generator's lock is held: they must be quick and must not call the generator.
+        ``init_image``: an image to start from instead of the request's ``seed_image_id``
+        (audio to audio encodes the user's audio to one; see :meth:`generate_alphas`).
         """
-        return self.generate_alphas(request, [request.alpha], progress=progress, cancel=cancel)[0]
+        return self.generate_alphas(request, [request.alpha], progress=progress, cancel=cancel,
+                                    init_image=init_image)[0]
 
     def generate_alphas(
         self,
@@ -209,12 +213,19 @@ class RiffusionGenerator:
         *,
         progress: ProgressFn | None = None,
         cancel: CancelFn | None = None,
+        init_image: Image.Image | None = None,
     ) -> list[GenerationResult]:
         """Render ``request`` at each of ``alphas``, batching them into shared UNet calls.
 
         Alphas whose strength gives the same start step and that agree on whether guidance is
         on run as one batch; each result equals ``generate`` at that alpha within float
         tolerance (exactly the same random draws; ancestral schedulers excepted).
+
+        ``init_image`` (RGB, any size; cropped to multiples of 8 px) replaces the seed image
+        that ``seed_image_id`` names, with the same semantics (VAE-encoded, sampled with the
+        start seed's generator, noised to the strength's step): an image passed directly is
+        an image loaded by id. Its latents are not cached (it has no file to key them on).
+        Requests by id are unchanged, so they stay Riffusion-exact.
         """
         if not alphas:
             raise InvalidRequest("no alphas to render")
@@ -222,7 +233,7 @@ class RiffusionGenerator:
         with self._lock, torch.no_grad():
             start = time.perf_counter()
             self._seamless.enabled = request.seamless
-            plan = self._plan(request)
+            plan = self._plan(request, init_image)
             groups: dict[tuple[int, bool], list[int]] = {}
             for index, req in enumerate(requests):
                 groups.setdefault(self._group_key(req, plan), []).append(index)
@@ -279,11 +290,13 @@ class RiffusionGenerator:
         ).input_ids
         return self.parts.text_encoder(ids.to(self.device))[0]
 
-    def _plan(self, request: InferenceRequest) -> _Plan:
+    def _plan(self, request: InferenceRequest, init_image: Image.Image | None = None) -> _Plan:
         """Validate the request against the model and prepare its seed latents and mask."""
         name = request.scheduler or self.scheduler_name
         if name is not None:
             name = models.scheduler_name(name)
+        if init_image is not None:
+            return self._plan_image(request, name, init_image)
         if request.seed_image_id is None:
             if request.mask_image_id is not None:
                 raise InvalidRequest("a mask needs a seed image (seed_image_id is null)")
@@ -318,6 +331,21 @@ class RiffusionGenerator:
         shape = tuple(dist.mean.shape)
         return _Plan(name, dist, mask, (shape[0], shape[1], shape[2], shape[3]), image, loop)
 
+    def _plan_image(self, request: InferenceRequest, name: str | None,
+                    image: Image.Image) -> _Plan:
+        """The plan of a request whose seed image was passed directly (not looked up by id)."""
+        width = request.width or image.width - image.width % 8
+        height = image.height - image.height % 8
+        if width < 8 or height < 8:
+            raise InvalidImage(f"init image is too small: {image.size}")
+        dist = self._encode(image, width, height)
+        mask = None
+        if request.mask_image_id is not None:
+            mask_image = self.seed_images.load(request.mask_image_id, "mask")
+            mask = self._mask_tensor(mask_image, width, height)
+        shape = tuple(dist.mean.shape)
+        return _Plan(name, dist, mask, (shape[0], shape[1], shape[2], shape[3]), image)
+
     def _seed_latent_dist(self, path: Path, image: Image.Image, width: int, height: int) -> Any:
         """The VAE's latent distribution of a seed image (cached by file, size and dtype).
 
@@ -330,16 +358,20 @@ class RiffusionGenerator:
         if cached is not None:
             self._latent_cache.move_to_end(key)
             return cached
+        dist = self._encode(image, width, height)
+        self._latent_cache[key] = dist
+        while len(self._latent_cache) > _LATENT_CACHE:
+            self._latent_cache.popitem(last=False)
+        return dist
+
+    def _encode(self, image: Image.Image, width: int, height: int) -> Any:
+        """The VAE's latent distribution of ``image`` resized to ``width`` x ``height``."""
         if image.size != (width, height):
             image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
         array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         pixels = torch.from_numpy(array[None].transpose(0, 3, 1, 2).copy()) * 2.0 - 1.0
         pixels = pixels.to(device=self.device, dtype=self.parts.dtype)
-        dist = self.parts.vae.encode(pixels).latent_dist
-        self._latent_cache[key] = dist
-        while len(self._latent_cache) > _LATENT_CACHE:
-            self._latent_cache.popitem(last=False)
-        return dist
+        return self.parts.vae.encode(pixels).latent_dist
 
     def _mask_tensor(self, mask: Image.Image, width: int, height: int) -> torch.Tensor:
         """(1, 4, h, w) with 1 where the mask is black (keep) and 0 where white (repaint)."""

@@ -185,5 +185,8 @@ def weighted_embedding(
         before = embedding.float().mean(dim=[-2, -1]).to(embedding.dtype)
         embedding = embedding * weight[None, :, None]
         after = embedding.float().mean(dim=[-2, -1]).to(embedding.dtype)
-        embedding = embedding * (before / after)[:, None, None]
+        # A mean of exactly 0 (a layer-normed encoder with zero biases, as the tiny model's)
+        # would give 0/0 = NaN: the rescale is then the identity, as it is for equal means.
+        ratio = torch.where(after == 0, torch.ones_like(after), before / after)
+        embedding = embedding * ratio[:, None, None]
     return embedding

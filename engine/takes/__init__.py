@@ -4,7 +4,8 @@
 ``control_log`` writes and reads the JSON Lines log of commands, requests and clip starts;
 ``recording`` pairs them as one take; ``rerender`` replays a take's log with the model to
 reproduce its audio; ``render`` is the one-shot request -> image + audio (or clip) renderer
-that ``riff render`` and ``riff serve`` use.
+that ``riff render`` and ``riff serve`` use; ``audio_to_audio`` riffs on a recording window by
+window.
 
 Threading model: the audio thread calls only ``Recording.write``/``Recorder.write`` (a copy
 into the ring, no allocation, no lock); the recorder's writer thread drains the ring to disk

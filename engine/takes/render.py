@@ -117,6 +117,16 @@ class Renderer:
         return Rendered(image, np.asarray(audio, dtype=np.float32), params.sample_rate,
                         time.perf_counter() - started)
 
+    def audio_to_audio(self, request: Any, audio: np.ndarray, sample_rate: int, *,
+                       cancel: Cancel | None = None, progress: Progress | None = None) -> Any:
+        """Transform ``audio`` with ``request`` (an AudioToAudioRequest), window by window;
+        the result is an :class:`engine.takes.audio_to_audio.AudioToAudioResult`.
+        ``progress`` reports denoising steps, as :meth:`render` does."""
+        from engine.takes.audio_to_audio import audio_to_audio
+
+        return audio_to_audio(self.generator, audio, sample_rate, request, cancel=cancel,
+                              step_progress=progress, device=self.device)
+
     def render_clip(self, job: GenerationJob, *, cancel: Cancel | None = None,
                     progress: Progress | None = None) -> Clip:
         """Generate ``job`` and conform it to its clip spec (tempo lock, seamless loop).

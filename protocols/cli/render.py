@@ -35,6 +35,20 @@ def register(subparsers: Any) -> None:
     render.add_argument("--alpha", type=float, help="interpolation position 0..1 (default 0)")
     render.add_argument("--out", type=Path, help="audio file to write (.wav, .flac, .ogg, .mp3)")
     render.add_argument("--image", type=Path, help="spectrogram image to write (.png)")
+    a2a = render.add_argument_group(
+        "audio to audio (--init-audio: img2img on your own sound, window by window)")
+    a2a.add_argument("--init-audio", type=Path, metavar="IN",
+                     help="audio file to transform (any format soundfile reads, any rate); "
+                     "--out gets its length and rate, --image its spectrogram")
+    a2a.add_argument("--bpm", type=_bpm, help="cut windows on bar lines at this tempo; "
+                     "'auto' estimates it (and the first beat) from the audio")
+    a2a.add_argument("--beats-per-bar", type=int, default=4, help="with --bpm (default 4)")
+    a2a.add_argument("--downbeat", type=float, default=0.0, metavar="SECONDS",
+                     help="with --bpm: where the first bar line is (default 0)")
+    a2a.add_argument("--window-px", type=int, default=512,
+                     help="window width in px, a multiple of 8 (default 512 = 5.11 s)")
+    a2a.add_argument("--overlap", type=float, default=0.2, metavar="SECONDS",
+                     help="equal-power crossfade at each join (default 0.2)")
     render.set_defaults(func=run_render)
 
     interp = subparsers.add_parser(
@@ -73,10 +87,21 @@ def register(subparsers: Any) -> None:
     tiny.set_defaults(func=run_tiny_model)
 
 
+def _bpm(value: str) -> float | str:
+    """``--bpm``: a number or ``auto``."""
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a tempo or 'auto': {value!r}") from None
+
+
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
     req = parser.add_argument_group("request (override --request)")
     req.add_argument(
-        "--request", type=Path, help="Riffusion InferenceInput JSON file ('-' reads stdin)"
+        "--request", type=Path, help="Riffusion InferenceInput JSON file, or Replicate's "
+        "riffusion input ({\"input\": {\"prompt_a\": ...}}); '-' reads stdin"
     )
     req.add_argument("--prompt", help="start prompt; (word:1.3), (word), [word] weight words "
                      "(default without --request: empty, a variation of the seed image)")
@@ -131,6 +156,10 @@ def build_request(args: argparse.Namespace) -> Any:
             raise InvalidRequest(f"{name}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if not isinstance(data, dict):
             raise InvalidRequest(f"{name}: must hold a JSON object")
+        if "prompt_a" in data or set(data) == {"input"}:  # Replicate's riffusion input
+            from engine.model.compat import replicate_request
+
+            data = replicate_request(data).to_dict()
     elif args.prompt is None:
         # No prompt at all: an unconditioned variation of the seed image (the empty prompt is
         # what classifier-free guidance steers away from, so the seed image's style remains).
@@ -232,6 +261,10 @@ def run_render(args: argparse.Namespace) -> int:
     from engine.dsp.spectrogram import save_image
 
     _check_outputs(args.out, args.image)
+    if args.init_audio is not None:
+        return run_audio_to_audio(args)
+    if args.bpm is not None:
+        raise InvalidRequest("--bpm needs --init-audio")
     request = build_request(args)
     generator = _load(args)
     bar = _Progress(not args.no_progress and not args.quiet, "render")
@@ -248,6 +281,70 @@ def run_render(args: argparse.Namespace) -> int:
         write_audio(args.out, audio, params.sample_rate)
         written.append(f"{args.out} ({audio.shape[1] / params.sample_rate:.2f} s)")
     print(f"rendered in {result.seconds:.1f} s: {', '.join(written)}")
+    return 0
+
+
+def audio_request(args: argparse.Namespace) -> Any:
+    """The AudioToAudioRequest of ``riff render --init-audio``: the prompts, seeds, denoising,
+    guidance, steps, scheduler and mask of :func:`build_request`, plus the window flags."""
+    from engine.takes.audio_to_audio import AudioToAudioRequest
+
+    for flag, why in (("seed_image", "the audio is the seed image"),
+                      ("width", "use --window-px"), ("alpha", "alpha ramps over the file")):
+        if getattr(args, flag, None) is not None:
+            raise InvalidRequest(f"--{flag.replace('_', '-')} does not go with --init-audio "
+                                 f"({why})")
+    base = build_request(args)
+    return AudioToAudioRequest(
+        start=base.start, end=base.end, num_inference_steps=base.num_inference_steps,
+        window_px=args.window_px, overlap_s=args.overlap,
+        bpm=None if args.bpm == "auto" else args.bpm,
+        beats_per_bar=args.beats_per_bar, downbeat_s=args.downbeat,
+        scheduler=base.scheduler, mask_image_id=base.mask_image_id, phase=args.phase)
+
+
+def run_audio_to_audio(args: argparse.Namespace) -> int:
+    """``riff render --init-audio IN``: transform a file window by window (a bar of windows
+    on the terminal)."""
+    from engine.dsp.audio_io import write_audio
+    from engine.dsp.spectrogram import save_image
+    from engine.takes.audio_to_audio import audio_to_audio, read_input, with_detected_tempo
+
+    request = audio_request(args)
+    audio, rate = read_input(args.init_audio)
+    if args.bpm == "auto":
+        request = with_detected_tempo(request, audio, rate)
+        print(f"tempo {request.bpm:.2f} BPM, first beat at {request.downbeat_s:.2f} s "
+              f"(estimated)")
+    generator = _load(args)
+    device = "cpu" if generator.device.type == "mps" else str(generator.device)
+    bar: Any = None
+    if not args.no_progress and not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="audio to audio", unit="window", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    try:
+        result = audio_to_audio(generator, audio, rate, request, progress=progress,
+                                device=device)
+    finally:
+        if bar is not None:
+            bar.close()
+    written = []
+    if args.image is not None:
+        save_image(result.spectrogram(), args.image)
+        written.append(str(args.image))
+    if args.out is not None:
+        write_audio(args.out, result.audio, result.sample_rate)
+        written.append(f"{args.out} ({result.audio.shape[1] / rate:.2f} s, "
+                       f"{result.audio.shape[0]} channel(s), {rate} Hz)")
+    print(f"transformed {len(result.windows)} window(s) in {result.seconds:.1f} s: "
+          f"{', '.join(written)}")
     return 0
 
 

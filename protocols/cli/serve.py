@@ -44,6 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "Off by default")
     p.add_argument("--queue", type=int, default=4,
                    help="requests that may wait for the model; more get 503 (default 4)")
+    p.add_argument("--max-audio-seconds", type=float, default=120.0,
+                   help="longest upload /v1/audio_to_audio accepts (default 120)")
     p.add_argument("--max-width", type=int, default=2048,
                    help="largest image width in pixels a request may ask for (default 2048)")
     _register_ray(p)
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"--port must be between 0 and 65535, not {args.port}")
     token = args.token if args.token is not None else os.environ.get("RIFF_TOKEN") or None
     config = ServeConfig(queue=args.queue, token=token, cors_origins=tuple(args.cors_origin),
-                         max_width=args.max_width)
+                         max_width=args.max_width, max_audio_seconds=args.max_audio_seconds)
     for folder in args.seed_images:
         if not folder.is_dir():
             raise InvalidRequest(f"--seed-images {folder} is not a folder")

@@ -11,6 +11,13 @@ Routes (OpenAPI schema at ``/openapi.json``, browsable at ``/docs``):
 - ``POST /v1/clip``: a :class:`~engine.live.jobs.GenerationJob` (request + clip spec); streams
   NDJSON events (queued, progress, then the conformed clip as a base64 float WAV, or an
   error). This is what ``riff run --generator http://...`` talks to.
+- ``POST /v1/audio_to_audio``: the user's own audio (multipart upload or base64 JSON, see
+  :mod:`protocols.http.upload`) transformed window by window
+  (:mod:`engine.takes.audio_to_audio`); JSON with a float WAV of the input's length and rate
+  (and the spectrogram PNG on request), or the WAV itself with ``Accept: audio/wav``.
+- ``POST /predictions``, ``GET /health-check``: Replicate's (Cog's) protocol for its
+  riffusion model (``prompt_a``, ``prompt_b``, ``alpha``, ...; see
+  :mod:`protocols.http.cog`).
 - ``GET /health``, ``GET /metrics`` (Prometheus text).
 
 Every body is read with a size limit (413), parsed as JSON (400) and validated by the
@@ -40,6 +47,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from engine import __version__
 from engine.errors import (
     Cancelled,
+    InvalidAudio,
     InvalidImage,
     InvalidRequest,
     ModelUnavailable,
@@ -99,6 +107,9 @@ class ServeConfig:
     #: Requests handed to the backend at once: 1 for one local model; the pool's capacity
     #: for a backend that forwards to many generators (riff serve --ray).
     concurrency: int = 1
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_audio_seconds: float = 120.0
+    max_audio_rate: int = 192000
 
     def __post_init__(self) -> None:
         if not 1 <= self.queue <= 1000:
@@ -115,6 +126,12 @@ class ServeConfig:
             raise InvalidRequest("max_clip_seconds must be between 0 and 3600")
         if not 1 <= self.concurrency <= 1000:
             raise InvalidRequest(f"concurrency must be between 1 and 1000, not {self.concurrency}")
+        if not 1024 <= self.max_upload_bytes <= 1024**3:
+            raise InvalidRequest("max_upload_bytes must be between 1 KiB and 1 GiB")
+        if not 0 < self.max_audio_seconds <= 3600:
+            raise InvalidRequest("max_audio_seconds must be between 0 and 3600")
+        if not 8000 <= self.max_audio_rate <= 384000:
+            raise InvalidRequest("max_audio_rate must be between 8000 and 384000 Hz")
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
 
 
@@ -122,7 +139,8 @@ class ServeConfig:
 HEARTBEAT_S = 5.0
 
 #: Engine errors -> HTTP status. Unknown ids are the client's mistake, as in Riffusion (400).
-STATUS = {InvalidRequest: 422, InvalidImage: 422, UnknownId: 400, ModelUnavailable: 503}
+STATUS = {InvalidRequest: 422, InvalidImage: 422, InvalidAudio: 422, UnknownId: 400,
+          ModelUnavailable: 503}
 
 
 def status_of(exc: BaseException) -> int:
@@ -162,6 +180,8 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> FastAPI:
     _add_render_routes(app, service, auth)
     _add_clip_route(app, service, auth)
     _add_status_routes(app, service, auth)
+    _add_audio_routes(app, service, auth)
+    _add_cog_routes(app, service, auth)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     app.state.metrics = service.metrics
     return app
@@ -373,6 +393,36 @@ def _add_status_routes(app: FastAPI, service: _Service, auth: list[Any]) -> None
         q = service.queue()
         text = service.metrics.render(queue_depth=q.depth, busy=q.busy, queue_limit=q.limit)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+def _add_audio_routes(app: FastAPI, service: _Service, auth: list[Any]) -> None:
+    """``POST /v1/audio_to_audio``: riff on an uploaded file, within this server's limits
+    (upload size 413, duration and sample rate 422, steps 422; unreadable audio 422)."""
+    from protocols.http.audio_routes import audio_to_audio_answer
+
+    @app.post("/v1/audio_to_audio", responses={
+        **_ERRORS, 415: {"model": models.Problem, "description": "not multipart or JSON"},
+        200: {"content": {"audio/wav": {}}}}, dependencies=auth)
+    async def audio_to_audio(request: Request) -> Any:
+        """The uploaded audio transformed: same length, rate and channels."""
+        return await audio_to_audio_answer(service, request)
+
+
+def _add_cog_routes(app: FastAPI, service: _Service, auth: list[Any]) -> None:
+    """Replicate's (Cog's) ``POST /predictions`` and ``GET /health-check``."""
+    from protocols.http.cog import predict
+
+    @app.post("/predictions", responses=_ERRORS, dependencies=auth)
+    async def predictions(request: Request) -> dict[str, Any]:
+        """Replicate's riffusion: ``{"input": {prompt_a, prompt_b, alpha, ...}}`` in,
+        ``{"status": "succeeded", "output": {"audio", "spectrogram"}}`` (data URIs) out."""
+        return await predict(service, request)
+
+    @app.get("/health-check")
+    async def health_check() -> dict[str, Any]:
+        """Cog's readiness probe (no token needed)."""
+        busy = service.queue().busy
+        return {"status": "BUSY" if busy else "READY", "setup": {"status": "succeeded"}}
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -23,7 +23,7 @@ from protocols.http.metrics import Metrics
 log = logging.getLogger(__name__)
 
 #: Paths that monitors poll: logged at debug level only.
-_QUIET_PATHS = frozenset({"/health", "/metrics"})
+_QUIET_PATHS = frozenset({"/health", "/health-check", "/metrics"})
 
 
 class HttpProblem(Exception):
