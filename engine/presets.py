@@ -259,10 +259,17 @@ class PresetLibrary:
         path = self.resolve(ident)
         return Preset.from_data(read_toml(path, "preset"))
 
-    def save(self, ident: str, preset: Preset) -> Path:
-        """Write preset ``ident`` atomically into :attr:`save_folder`; returns its path."""
+    def save(self, ident: str, preset: Preset, *, overwrite: bool = False) -> Path:
+        """Write preset ``ident`` atomically into :attr:`save_folder`; returns its path.
+
+        A user preset of that name is replaced only with ``overwrite`` (a performer's
+        preset is not lost to a slip of the finger); shadowing a shipped one needs no flag.
+        """
         check_plain_id(ident, "preset")
         path = self.save_folder / f"{ident}.toml"
+        if path.exists() and not overwrite:
+            raise InvalidRequest(f"preset {ident!r} exists in {self.save_folder}; save it with "
+                                 f"the overwrite flag to replace it (/riff/preset/save {ident} 1)")
         write_text_atomic(path, preset.to_toml())
         return path
 

@@ -143,9 +143,11 @@ class Commands:
         log.info("preset %s loaded", name)
         return preset
 
-    def save_preset(self, name: str) -> None:
-        """Save every current parameter as preset ``name``."""
-        path = self.presets.save(name, Preset.from_state(self.engine.state))
+    def save_preset(self, name: str, overwrite: bool = False) -> None:
+        """Save every current parameter as preset ``name`` (replacing the user's preset of
+        that name only with ``overwrite``)."""
+        path = self.presets.save(name, Preset.from_state(self.engine.state),
+                                 overwrite=overwrite)
         log.info("preset %s saved to %s", name, path)
 
     def start_learn(self, address: str) -> None:

@@ -197,6 +197,25 @@ def test_presets_save_and_load(osc: Served, tmp_path: Path) -> None:
     assert not (tmp_path.parent / "mine.toml").exists()
 
 
+def test_saving_over_a_user_preset_needs_the_overwrite_flag(osc: Served, tmp_path: Path) -> None:
+    client = osc.client()
+    client.send("/riff/prompt", "first take")
+    client.send("/riff/preset/save", "keep")
+    assert client.messages_until_pong() == []
+    client.send("/riff/prompt", "second thoughts")
+    client.send("/riff/preset/save", "keep")
+    replies = client.messages_until_pong()
+    assert [(r[0], r[1][0]) for r in replies] == [("/riff/error", "/riff/preset/save")]
+    assert "/riff/preset/save keep 1" in replies[0][1][1]
+    assert "first take" in (tmp_path / "keep.toml").read_text()  # nothing lost
+    for bad in (2, "yes", 0.5):
+        client.send("/riff/preset/save", "keep", bad)
+        assert [r[0] for r in client.messages_until_pong()] == ["/riff/error"], bad
+    client.send("/riff/preset/save", "keep", 1)
+    assert client.messages_until_pong() == []
+    assert "second thoughts" in (tmp_path / "keep.toml").read_text()
+
+
 def test_broken_preset_changes_nothing(osc: Served, tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text('[parameters]\nprompt = "x"\nsteps = 999\n')
     client = osc.client()

@@ -428,8 +428,16 @@ class OscServer(asyncio.DatagramProtocol):
         self.commands.load_preset(self._one_string(address, args))
 
     def _preset_save(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        """``/riff/preset/save name [overwrite]``: 1 (or T) replaces an existing user preset."""
         self._writes_files(address)
-        self.commands.save_preset(self._one_string(address, args))
+        self._arity(address, args, 1, 2)
+        name = args[0]
+        if not isinstance(name, str):
+            raise InvalidRequest(f"{address} takes a string, got {type(name).__name__}")
+        overwrite = args[1] if len(args) > 1 else 0
+        if not (isinstance(overwrite, bool) or (_number(overwrite) and overwrite in (0, 1))):
+            raise InvalidRequest(f"{address}: the overwrite flag is 0 or 1, not {overwrite!r}")
+        self.commands.save_preset(name, overwrite=bool(overwrite))
 
     def _learn(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
         self._writes_files(address)
