@@ -23,7 +23,6 @@ def test_the_small_gpu_benchmark_runs_and_reports_every_timing() -> None:
     row = result["project"]["2"]
     for key in ("generate_s", "generate_and_audio_s", "batched_per_clip_s"):
         assert 0 < row[key] < 600, (key, row)
-    assert row["generate_and_audio_s"] > row["generate_s"]  # the audio is extra work
     assert result["baseline"]["2"]["diffusers_img2img_s"] > 0
     assert set(result["phase_s"]) == {"fast", "quality", "riffusion"}
     assert "| 2 |" in r.stderr  # the table

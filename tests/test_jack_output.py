@@ -57,7 +57,8 @@ def test_plays_clip_at_its_exact_frame(jack_server: str, ahead: int) -> None:
         ok = np.isfinite(got)  # frames lost to an xrun of a loaded machine stay NaN
         assert ok.mean() > 0.9
         np.testing.assert_array_equal(got[ok], expect[ok])
-        assert out.callbacks > 0 and out.callback_durations().min() > 0
+        durations = out.callback_durations()  # the compiled callback counts whole microseconds
+        assert out.callbacks > 0 and durations.min() >= 0 and durations.max() > 0
     finally:
         out.close()
 
