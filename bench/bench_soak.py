@@ -238,7 +238,9 @@ def soak(seconds: float, workdir: Path, *, model: str = "test-tones", interval: 
     wall_s = stopped_at - started_at - (stopped_at - stop_sent)  # start reply .. stop sent
     summary = re.findall(r"stopped: (\d+) clips started, (\d+) late, (\d+) xruns, "
                          r"(\d+) worker restarts", log)
-    clips, late, _xruns, restarts = (int(x) for x in summary[-1]) if summary else (0, -1, -1, -1)
+    clips, _late, _xruns, restarts = (int(x) for x in summary[-1]) if summary else (0, -1, -1, -1)
+    off_grid = re.findall(r"(\d+) started after their bar line", log)
+    late = int(off_grid[-1]) if off_grid else -1
     warm = [s for s in samples if s[0] >= warmup_s] or samples
     late_lines = [int(x) for x in re.findall(r"\| late (\d+) \|", log)]
     return {

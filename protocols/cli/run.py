@@ -445,9 +445,10 @@ def _log_summary(d: _Daemon) -> None:
     s = d.engine.scheduler.counters
     log.info("stopped: %d clips started, %d late, %d xruns, %d worker restarts, "
              "%d underruns, %d silent blocks (before the first clip or after stop), "
-             "%d repeated bar lines, %d generated, %d from the clip cache, %d re-conformed",
+             "%d repeated bar lines, %d generated, %d from the clip cache, %d re-conformed, "
+             "%d started after their bar line",
              c["started"], s.late, c["xruns"], d.client.restarts, c["underruns"], c["silent"],
-             s.repeated, s.generated, s.cached, s.reconformed)
+             s.repeated, s.generated, s.cached, s.reconformed, c["late"])
     if d.args.generator is not None:
         log.info("remote generator: %d requests, %d failed, %d retried", d.client.attempts,
                  d.client.failures, d.client.retried)
