@@ -248,6 +248,27 @@ def test_tempo_change_applies_at_the_next_bar_line() -> None:
     assert rig.engine.status()["tempo"] == 60.0
 
 
+def test_a_tempo_change_after_the_next_lines_clip_was_scheduled_waits_one_bar() -> None:
+    """The clip for a bar line is handed to the player a margin before it; a tempo change in
+    that margin would put an old-length clip on a new-length bar (off the grid for a bar).
+    It lands one bar later instead, where every scheduled clip fits."""
+
+    async def body(rig: Rig) -> None:
+        await rig.clock.advance(5.99)  # 10 ms before bar 3's line (bars are 2 s)
+        assert rig.engine.scheduler.decided_bar == 3
+        rig.engine.state.set("tempo", 60.0)
+        await rig.clock.advance(20.0)
+
+    rig = run({}, body)
+    t = rig.engine.transport
+    assert [t.bar_start(b) for b in (3, 4, 5)] == [3 * BAR, 4 * BAR, 4 * BAR + 2 * BAR]
+    assert_on_grid_without_gaps(rig)
+    for s in rig.sink.scheduled:  # every clip is as long as the bar it starts on
+        bar = t.bar_at(s.start)
+        if t.bar_start(bar) == s.start:
+            assert s.clip.spec.num_samples == t.bar_start(bar + 1) - t.bar_start(bar), s
+
+
 def test_stop_drops_work_and_play_restarts_the_jam() -> None:
     async def body(rig: Rig) -> None:
         await rig.clock.advance(3.5)

@@ -144,9 +144,10 @@ class Engine:
             if self.sync.forwards:  # a Link session: the grid follows its next position
                 self.sync.forward(name, float(value))
             elif name == "tempo":
-                self.transport.set_tempo(tempo=float(value))
+                self.transport.set_tempo(tempo=float(value), after_bar=self.scheduler.decided_bar)
             else:
-                self.transport.set_tempo(beats_per_bar=int(value))
+                self.transport.set_tempo(beats_per_bar=int(value),
+                                         after_bar=self.scheduler.decided_bar)
             # No re-planning: the scheduler sees the new grid at its next tick and
             # re-conforms what is planned and playing (the requests stay the same).
         elif name == "bars" or self.planner.relevant(name, self.state.snapshot()):

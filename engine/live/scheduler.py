@@ -715,6 +715,12 @@ class Scheduler:
         return {"playing": playing, "upcoming": upcoming}
 
     @property
+    def decided_bar(self) -> int | None:
+        """The last bar line whose clip has been handed to the player (its length is fixed
+        now); None while stopped. A tempo change lands after it (see ``Transport.set_tempo``)."""
+        return self._decided_bar if self.running else None
+
+    @property
     def playing_job(self) -> int:
         """Job id of the clip playing (or repeating), -1 before the first."""
         return self._playing.clip.job_id if self._playing is not None else -1

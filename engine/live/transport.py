@@ -257,10 +257,15 @@ class Transport:
         self.running = False
 
     def set_tempo(
-        self, tempo: float | None = None, beats_per_bar: int | None = None
+        self, tempo: float | None = None, beats_per_bar: int | None = None, *,
+        after_bar: int | None = None,
     ) -> tuple[int, int]:
         """Change tempo and/or meter at the next bar line; returns that ``(bar, sample)``.
 
+        ``after_bar``: the change lands after this bar's line at the earliest. The scheduler
+        passes the last bar line whose clip it has already handed to the player, so a change
+        that arrives in the moments before a line (the clip for it is already scheduled at
+        the old length) takes effect one bar later, on a grid every scheduled clip fits.
         Several changes before the same bar line merge (the latest values win). Raises
         InvalidRequest (changing nothing) for bad values or while following an external master.
         """
@@ -270,6 +275,9 @@ class Transport:
         new_tempo = last.tempo if tempo is None else _check_tempo(tempo)
         new_meter = last.beats_per_bar if beats_per_bar is None else _check_meter(beats_per_bar)
         bar, sample = self.next_bar_line(self.now())
+        if after_bar is not None and bar <= after_bar:
+            bar = after_bar + 1
+            sample = self.bar_start(bar)
         # Latest wins: a change still pending at (or after) that bar line is replaced.
         while len(self._segments) > 1 and self._segments[-1].bar >= bar:
             self._segments.pop()
