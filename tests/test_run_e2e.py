@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import importlib.util
 import os
 import re
 import signal
@@ -49,8 +48,8 @@ def baseline_xruns(server: str, seconds: float) -> int:
 
 
 def no_surfaces() -> list[str]:
-    """Options that keep control surfaces (when present) off shared ports."""
-    return ["--osc-port", "0"] if importlib.util.find_spec("protocols.surfaces") else []
+    """Options that keep the control surfaces off shared ports."""
+    return ["--osc-port", "0"]
 
 
 class Daemon:

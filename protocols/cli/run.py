@@ -67,10 +67,8 @@ def _prefer_audio() -> None:
 
 
 def _surfaces_module() -> Any:
-    try:
-        return importlib.import_module("protocols.surfaces")
-    except ImportError:
-        return None
+    """:mod:`protocols.surfaces`, imported when first needed (it loads mido and python-osc)."""
+    return importlib.import_module("protocols.surfaces")
 
 
 def register(subparsers: Any) -> None:
@@ -139,9 +137,7 @@ def register(subparsers: Any) -> None:
                         "(default ./takes, created on the first take)")
     p.add_argument("--stdin", action="store_true",
                    help="read 'NAME VALUE', 'play' and 'stop' lines from standard input")
-    surfaces = _surfaces_module()
-    if surfaces is not None:
-        surfaces.add_control_arguments(p)
+    _surfaces_module().add_control_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -486,13 +482,10 @@ async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
 
 async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str, Any],
                           jack_out: Any = None) -> list[Callable[[], Awaitable[None]]]:
-    """Start the control surfaces (OSC, MIDI) when :mod:`protocols.surfaces` is present;
-    with JACK audio the JACK MIDI ports live on the same client (``riff:midi_in``), handled
-    in the same process callback, and MIDI clock events land on the audio clock by frame time
-    (sample-exact phase)."""
+    """Start the control surfaces (OSC, MIDI); with JACK audio the JACK MIDI ports live on
+    the same client (``riff:midi_in``), handled in the same process callback, and MIDI clock
+    events land on the audio clock by frame time (sample-exact phase)."""
     surfaces = _surfaces_module()
-    if surfaces is None:
-        return []
     config = surfaces.control_config_from_args(args)
     if dataclasses.is_dataclass(config) and hasattr(config, "jack_server"):
         config = dataclasses.replace(cast(Any, config), jack_server=opts["jack_server"],
