@@ -23,9 +23,9 @@ from engine.takes.audio_to_audio import (
     windows_seconds,
     with_detected_tempo,
 )
-from protocols.http.guard import HttpProblem, until_disconnected
+from protocols.http.guard import HttpProblem, read_body, until_disconnected
 from protocols.http.media import audio_bytes, png_bytes
-from protocols.http.upload import read_body, split_upload
+from protocols.http.upload import split_upload
 
 if TYPE_CHECKING:
     from protocols.http.app import _Service

@@ -22,23 +22,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
-from fastapi import Request
-
 from engine.errors import InvalidAudio, InvalidRequest
 from protocols.http.guard import HttpProblem
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes (413) before and while reading."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise HttpProblem(413, f"request body is larger than {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HttpProblem(413, f"request body is larger than {limit} bytes")
-    return bytes(body)
 
 
 def split_upload(content_type: str, body: bytes) -> tuple[bytes, dict[str, Any], bool]:
