@@ -153,16 +153,30 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def _rss_and_fds(pid: int) -> tuple[int, int]:
-    """(RSS in bytes, open fds) of ``pid`` and its children together."""
+def _rss_and_fds(pid: int) -> tuple[int, int, set[str]]:
+    """(RSS in bytes, open fds, clip slot segments) of ``pid`` and its children together.
+
+    The fds that map the daemon's clip slots in ``/dev/shm`` (:mod:`engine.live.shm`) are
+    counted apart, as the set of segment names: the pool makes a second slot the first time
+    two clips are in flight at once, which may happen minutes into a take and is bounded, not
+    a leak. Every other fd must stay level."""
     rss = fds = 0
+    slots: set[str] = set()
     for p in [pid, *_children(pid)]:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     rss += int(line.split()[1]) * 1024
-            fds += len(os.listdir(f"/proc/{p}/fd"))
-    return rss, fds
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{p}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("/dev/shm/riff-"):
+                    slots.add(target)
+                else:
+                    fds += 1
+    return rss, fds, slots
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -183,6 +197,8 @@ def soak(seconds: float, workdir: Path, *, model: str = "test-tones", interval: 
                      "--osc-port", str(port)])
     client: OscClient | None = None
     samples: list[tuple[float, int, int]] = []
+    slots: set[str] = set()
+    max_slots = 0
     rtts: list[float] = []
     sent = 0
     try:
@@ -218,8 +234,9 @@ def soak(seconds: float, workdir: Path, *, model: str = "test-tones", interval: 
                 got_at, _ = client.wait_reply("/riff/pong", pings_before + 1, timeout=interval)
                 rtts.append((got_at - ping_at) * 1000)
             if now - last_sample >= 1.0:
-                rss, fds = _rss_and_fds(daemon.proc.pid)
+                rss, fds, slots = _rss_and_fds(daemon.proc.pid)
                 samples.append((now - t0, rss, fds))
+                max_slots = max(max_slots, len(slots))
                 last_sample = now
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
@@ -264,6 +281,8 @@ def soak(seconds: float, workdir: Path, *, model: str = "test-tones", interval: 
                    "growth": round((samples[-1][1] - warm[0][1]) / 2**20, 1)},
         "fds": {"after_warmup": warm[0][2], "end": samples[-1][2],
                 "max": max(s[2] for s in samples), "growth": samples[-1][2] - warm[0][2]},
+        # Clip slot segments in /dev/shm (not counted in fds): bounded by the pool.
+        "clip_slots": {"end": len(slots), "max": max_slots},
         "samples": len(samples),
         "log_tail": log.splitlines()[-3:],
     }

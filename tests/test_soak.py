@@ -1,6 +1,7 @@
 """A short soak of the real daemon in CI (bench/bench_soak.py for 30 s): OSC changes every
 100 ms and a take recorded throughout; no errors, no clip off its bar line, the take as long
-as the wall time, no growth in memory or open files. The long version is the bench itself."""
+as the wall time, no growth in memory or open files, clip slots within the pool's bound.
+The long version is the bench itself."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.bench_soak import soak
+from engine.live.shm import KEEP_FREE
 
 pytestmark = pytest.mark.slow
 
@@ -25,4 +27,7 @@ def test_short_soak(tmp_path: Path) -> None:
     assert r["samples"] >= 20
     assert r["rss_mb"]["growth"] < 30, r["rss_mb"]
     assert r["fds"]["growth"] <= 2 and r["fds"]["max"] - r["fds"]["after_warmup"] <= 4, r["fds"]
+    # The clip slot pool keeps KEEP_FREE free segments and one per clip in flight (a planned
+    # job and a re-conform at most).
+    assert 1 <= r["clip_slots"]["max"] <= KEEP_FREE + 2, r["clip_slots"]
     assert r["ping_rtt_ms"]["answered"] >= r["osc_sent"] // 4  # the loop kept answering
