@@ -13,8 +13,8 @@ same components and request (a Riffusion request: og_beat, denoising 0.75, guida
   ``riffusion``) on the device;
 - the fast path (:mod:`engine.model.unet_graphs`): one UNet evaluation at batch 2 eager and
   replayed from its CUDA graph, the one-off capture (warm-up) time, and a clip at each step
-  count with the fast path off. On the CPU the graphs are the rerun stand-in, so those
-  figures only show that the path runs.
+  count with the graphs off (the weights stay channels-last). On the CPU the graphs are the
+  rerun stand-in, so those figures only show that the path runs.
 
 Prints JSON, then a table. ``--small`` runs the tiny model on the CPU in seconds (the test
 suite runs it, so the script cannot rot); without it, a CUDA device is expected (a CPU run of
