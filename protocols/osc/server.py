@@ -149,9 +149,11 @@ def _number(value: object) -> bool:
 class OscServer(asyncio.DatagramProtocol):
     """The ``/riff`` OSC endpoint; create with :meth:`start`, stop with :meth:`close`."""
 
-    def __init__(self, commands: Commands, config: OscConfig) -> None:
+    def __init__(self, commands: Commands, config: OscConfig, *, source: str = "OSC") -> None:
         self.commands = commands
         self.config = config
+        #: Who sends, in log lines ("OSC", or "monitor page" for the web's commands).
+        self.source = source
         self.counters = OscCounters()
         self.transport: asyncio.DatagramTransport | None = None
         self.feedback: Feedback | None = None
@@ -313,7 +315,8 @@ class OscServer(asyncio.DatagramProtocol):
         """Count and log one refusal; returns ``(address, reason)``."""
         if count:
             self.counters.errors += 1
-        log.warning("OSC %s from %s:%s refused: %s", address or "datagram", *peer, reason)
+        log.warning("%s %s from %s:%s refused: %s", self.source, address or "datagram", *peer,
+                    reason)
         return address, reason
 
     # -- dispatch --------------------------------------------------------------------------

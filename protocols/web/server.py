@@ -131,7 +131,8 @@ async def start_web(commands: Commands, config: WebConfig,
     host_info = HostInfo(config.service_name, osc_host, osc_port)
     oscquery = OscQuery(state.snapshot, engine.status, host_info)
     # The OSC server's handlers, not bound to a socket: the page's commands take OSC's path.
-    dispatch = OscServer(commands, OscConfig(host=config.host, port=0, allow=config.allow))
+    dispatch = OscServer(commands, OscConfig(host=config.host, port=0, allow=config.allow),
+                         source="monitor page")
     clip_of = getattr(getattr(engine, "scheduler", None), "clip", None)
     pictures = Pictures(clip_of, CLIP_PATH) if callable(clip_of) else None
     monitor = Monitor(engine, state.snapshot, dispatch, pictures)
