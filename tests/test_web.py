@@ -362,7 +362,15 @@ def test_websocket_from_another_origin_is_refused(rig: Rig) -> None:
     host = rig.base.removeprefix("http://")
     with _socket(rig, origin=f"http://{host}") as ws:  # the page's own origin
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
-    assert rig.surfaces.web is not None and rig.surfaces.web.counters.denied == 1
+    # DNS rebinding: a page whose own name resolves to 127.0.0.1 sends its own name as Host
+    # and Origin; the loopback server wants a loopback Host.
+    port = int(host.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, \
+            pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://rebound.example:{port}/monitor/ws", sock=sock,
+                origin=f"http://rebound.example:{port}", open_timeout=10)  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    assert rig.surfaces.web is not None and rig.surfaces.web.counters.denied == 2
 
 
 def test_websocket_outside_the_allowed_networks_is_refused(tmp_path: Path) -> None:
@@ -452,3 +460,23 @@ def clock_deadline(seconds: float = 10.0) -> Any:
         return time.monotonic() > end
 
     return passed
+
+
+def test_the_page_controls_the_engine_with_osc_off(tmp_path: Path) -> None:
+    """--osc-port 0 --http PORT: the page's commands still take the OSC handlers' checks."""
+    lt = LoopThread()
+    engine = EngineDouble()
+    config = ControlConfig(osc=None, web=WebConfig(port=0), preset_dirs=(tmp_path,),
+                           check_image_ids=False)
+    surfaces = lt.run(start_control_surfaces(engine, config))
+    try:
+        assert surfaces.osc is None and surfaces.web is not None
+        url = f"ws://127.0.0.1:{surfaces.web.address[1]}/monitor/ws"
+        with connect(url, open_timeout=10) as ws:
+            assert _command(ws, 1, "/riff/tempo", 97.5)["ok"]
+            assert "must be between" in _command(ws, 2, "/riff/tempo", 1e6)["errors"][0][
+                "reason"]
+        assert lt.call(lambda: engine.state.snapshot()["tempo"]) == 97.5
+    finally:
+        lt.run(surfaces.close())
+        lt.close()

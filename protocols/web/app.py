@@ -8,11 +8,12 @@ A FastAPI app, as ``riff serve``'s, served by uvicorn on the daemon's own loop
   and the page's commands (see :mod:`protocols.web.monitor`);
 - everything else: OSCQuery (:mod:`protocols.web.oscquery`), GET and HEAD.
 
-The WebSocket changes the engine, so it is guarded twice before it is accepted: the peer
-must be inside the allowed networks (the OSC server's rule: ``--osc-allow``, else loopback
-for a loopback bind, else this machine's networks), and a browser's ``Origin`` must be this
-server itself. Browsers let any web page open a WebSocket to any address, so without the
-origin check a page from anywhere, open in a browser on this machine, could play the engine.
+The WebSocket changes the engine, so it is guarded before it is accepted: the peer must be
+inside the allowed networks (the OSC server's rule: ``--osc-allow``, else loopback for a
+loopback bind, else this machine's networks), and a browser's ``Origin`` must be this server
+itself. Browsers let any web page open a WebSocket to any address, so without the origin
+check a page from anywhere, open in a browser on this machine, could play the engine. On a
+loopback bind the ``Host`` header must also be a loopback name (against DNS rebinding).
 Refused handshakes are answered 403 and counted (:attr:`WebCounters.denied`).
 
 Thread: every route runs on the asyncio loop; none blocks.
@@ -33,6 +34,7 @@ from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect
 
 from protocols.osc.access import AccessControl
+from protocols.web.advertise import is_loopback
 from protocols.web.monitor import (
     CLIP_PATH,
     PAGE_PATH,
@@ -59,6 +61,16 @@ class WebCounters:
     refused: int = 0
 
 
+def local_host_header(host: str | None) -> bool:
+    """Whether a ``Host`` header names this machine by a loopback name or address. A server
+    bound to loopback requires it of WebSockets: a page whose own name was made to resolve to
+    127.0.0.1 (DNS rebinding) sends its own name, and so passes the origin check alone."""
+    if host is None:
+        return False
+    name = urlsplit(f"//{host}").hostname
+    return name is not None and is_loopback(name)
+
+
 def same_origin(origin: str | None, host: str | None) -> bool:
     """Whether a handshake's ``Origin`` header is this server (``Host``), or absent (not a
     browser: a script or a controller, which the network allow-list already admitted)."""
@@ -77,8 +89,10 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def build_app(monitor: Monitor, oscquery: OscQuery, access: AccessControl,
-              pictures: Pictures | None, counters: WebCounters) -> FastAPI:
-    """The app over the running engine's monitor and OSCQuery views."""
+              pictures: Pictures | None, counters: WebCounters, *,
+              loopback: bool = True) -> FastAPI:
+    """The app over the running engine's monitor and OSCQuery views; ``loopback``: the
+    server listens on a loopback address only (see :func:`local_host_header`)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.api_route(PAGE_PATH, methods=["GET", "HEAD"], include_in_schema=False)
@@ -104,8 +118,10 @@ def build_app(monitor: Monitor, oscquery: OscQuery, access: AccessControl,
     async def socket(websocket: WebSocket) -> None:
         client = websocket.client
         peer = (client.host, client.port) if client is not None else ("", 0)
-        if not access.allows(peer[0]) or not same_origin(websocket.headers.get("origin"),
-                                                          websocket.headers.get("host")):
+        host = websocket.headers.get("host")
+        if not access.allows(peer[0]) \
+                or not same_origin(websocket.headers.get("origin"), host) \
+                or (loopback and not local_host_header(host)):
             counters.denied += 1
             log.warning("monitor WebSocket from %s (origin %s) refused", peer[0],
                         websocket.headers.get("origin"))

@@ -138,7 +138,8 @@ async def start_web(commands: Commands, config: WebConfig,
     monitor = Monitor(engine, state.snapshot, dispatch, pictures)
     access = AccessControl(parse_networks(config.allow) or default_networks(config.host))
     counters = WebCounters()
-    app = build_app(monitor, oscquery, access, pictures, counters)
+    app = build_app(monitor, oscquery, access, pictures, counters,
+                    loopback=is_loopback(config.host))
     sock = bind(config.host, config.port)
     address: tuple[str, int] = sock.getsockname()[:2]
     server = _EmbeddedServer(uvicorn.Config(
