@@ -1,7 +1,9 @@
 """OSCQuery, mDNS advertising and the monitor page of ``riff run``, over real sockets.
 
 The surfaces start as ``riff run`` starts them (``start_control_surfaces`` with OSC and the
-web side on ephemeral ports); requests go over real HTTP (httpx), changes over real OSC UDP.
+web side on ephemeral ports); requests go over real HTTP (httpx), the page's feed and commands
+over a real WebSocket (websockets' client, and a real headless Chromium where one is
+installed), changes over real OSC UDP.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def test_host_info_names_the_osc_port(rig: Rig) -> None:
     assert info["NAME"].startswith("riff on ")
 
 
-def test_http_responder_edges(rig: Rig) -> None:
+def test_http_edges(rig: Rig) -> None:
     assert httpx.head(rig.base + "/riff/alpha").content == b""
     assert httpx.post(rig.base + "/riff/alpha", content=b"x").status_code == 405
     # Keep-alive: several requests on one connection.
