@@ -20,7 +20,7 @@ the plain server gets the same through ``OMP_NUM_THREADS``) and a queue of ``--q
 no performer is turned away at 8. One server runs at a time. The table goes to stderr, the
 JSON to stdout.
 
-    python bench/bench_serve_scale.py [--model tiny] [--levels 1,2,4,8] [--seconds 20]
+    python bench/bench_serve_scale.py [--model tiny] [--levels 1,2,4,8] [--seconds 30]
     python bench/bench_serve_scale.py --quick     # a few seconds per server (the test's run)
 """
 
@@ -249,16 +249,19 @@ def levels_on(url: str, levels: Sequence[int], workload: Workload, seconds: floa
 
 def table(result: dict[str, Any]) -> str:
     """The Markdown table of one run (the README's)."""
-    rows = ["| performers | serve: clips/s | serve: p95 latency | Ray + batching: clips/s "
-            "| Ray: p95 latency | Ray: batches formed (size: count) |",
+    rows = ["| performers | serve: clips/s (each) | serve: p95 latency (worst performer) "
+            "| Ray + batching: clips/s (each) | Ray: p95 latency (worst performer) "
+            "| Ray: batches formed (size: count) |",
             "|---|---|---|---|---|---|"]
+
+    def cells(row: dict[str, Any]) -> str:
+        return (f"{row['clips_per_s']:.2f} ({row['clips_per_s_per_performer']:.2f}) "
+                f"| {row['latency_p95_s']:.2f} s ({row['worst_performer_latency_p95_s']:.2f} s)")
+
     for n in result["levels"]:
         s, r = result["serve"][str(n)], result["ray"][str(n)]
         batches = ", ".join(f"{k}: {v}" for k, v in r["batches"].items())
-        rows.append(f"| {n} | {s['clips_per_s']:.2f} ({s['clips_per_s_per_performer']:.2f} each) "
-                    f"| {s['latency_p95_s']:.2f} s | {r['clips_per_s']:.2f} "
-                    f"({r['clips_per_s_per_performer']:.2f} each) | {r['latency_p95_s']:.2f} s "
-                    f"| {batches} |")
+        rows.append(f"| {n} | {cells(s)} | {cells(r)} | {batches} |")
     return "\n".join(rows)
 
 
@@ -268,27 +271,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="device of both servers (default cpu)")
     parser.add_argument("--levels", default="1,2,4,8",
                         help="concurrent performers, comma-separated (default 1,2,4,8)")
-    parser.add_argument("--seconds", type=float, default=20.0,
-                        help="how long each level asks for clips (default 20)")
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--tempo", type=float, default=120.0)
-    parser.add_argument("--bars", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=30.0,
+                        help="how long each level asks for clips (default 30)")
+    parser.add_argument("--width", type=int, default=256,
+                        help="image width of each request, px (default 256)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="denoising steps of each request (default 4)")
+    parser.add_argument("--tempo", type=float, default=120.0,
+                        help="tempo of each clip, BPM, 4/4 (default 120)")
+    parser.add_argument("--bars", type=int, default=1, help="bars per clip (default 1)")
     parser.add_argument("--queue", type=int, default=8,
                         help="requests that may wait in either server (default 8)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (and Ray CPUs) per model (default 1)")
-    parser.add_argument("--replicas", type=int, default=1, help="Ray generator replicas")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="Ray generator replicas (default 1)")
     parser.add_argument("--batch-size", type=int, default=4, help="Ray batch size (default 4)")
     parser.add_argument("--batch-wait-ms", type=float, default=50.0,
                         help="Ray batch wait (default 50)")
-    parser.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--ray-object-store-mb", type=int, default=200)
+    parser.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 1,
+                        help="CPUs of the local Ray (default: this machine's)")
+    parser.add_argument("--ray-object-store-mb", type=int, default=200,
+                        help="object store of the local Ray (default 200)")
+    parser.add_argument("--servers", default="serve,ray",
+                        help="which servers to measure: serve, ray or serve,ray (default; "
+                             "the table needs both)")
     parser.add_argument("--quick", action="store_true",
                         help="1 and 2 performers, 1 s each, 64 px, 2 steps, 1 s clips")
     args = parser.parse_args(argv)
     if args.quick:
         args.levels, args.seconds, args.width, args.steps, args.tempo = "1,2", 1.0, 64, 2, 240.0
+    servers = set(args.servers.split(","))
+    if not servers or not servers <= {"serve", "ray"}:
+        parser.error("--servers: serve, ray or serve,ray")
     levels = [int(n) for n in args.levels.split(",")]
     if not levels or min(levels) < 1 or max(levels) > len(PROMPTS) * 100:
         parser.error("--levels: counts of performers, at least 1")
@@ -309,22 +324,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "python": platform.python_version(), "loadavg_before": os.getloadavg()},
     }
     # One server at a time: neither runs beside the other's idle processes.
-    t0 = time.perf_counter()
-    with plain_serve(args.model, args.device, args.queue, args.threads) as plain_url:
-        url = plain_url()
-        result["serve_start_s"] = time.perf_counter() - t0
-        print(f"plain riff serve (up in {result['serve_start_s']:.1f} s):", file=sys.stderr)
-        result["serve"] = levels_on(url, levels, workload, args.seconds)
-    t0 = time.perf_counter()
-    with ray_serve_pool(args.model, args.device, args.queue, args) as (url, batch_sizes):
-        result["ray_start_s"] = time.perf_counter() - t0
-        print(f"riff serve --ray (up in {result['ray_start_s']:.1f} s):", file=sys.stderr)
-        result["ray"] = levels_on(url, levels, workload, args.seconds, batch_sizes)
-    result["ray_vs_serve_clips_per_s"] = {
-        str(n): result["ray"][str(n)]["clips_per_s"] / result["serve"][str(n)]["clips_per_s"]
-        for n in levels}
+    if "serve" in servers:
+        t0 = time.perf_counter()
+        with plain_serve(args.model, args.device, args.queue, args.threads) as plain_url:
+            url = plain_url()
+            result["serve_start_s"] = time.perf_counter() - t0
+            print(f"plain riff serve (up in {result['serve_start_s']:.1f} s):",
+                  file=sys.stderr)
+            result["serve"] = levels_on(url, levels, workload, args.seconds)
+    if "ray" in servers:
+        t0 = time.perf_counter()
+        with ray_serve_pool(args.model, args.device, args.queue, args) as (url, batch_sizes):
+            result["ray_start_s"] = time.perf_counter() - t0
+            print(f"riff serve --ray (up in {result['ray_start_s']:.1f} s):", file=sys.stderr)
+            result["ray"] = levels_on(url, levels, workload, args.seconds, batch_sizes)
     result["machine"]["loadavg_after"] = os.getloadavg()
-    print(table(result), file=sys.stderr)
+    if servers == {"serve", "ray"}:
+        result["ray_vs_serve_clips_per_s"] = {
+            str(n): result["ray"][str(n)]["clips_per_s"]
+            / result["serve"][str(n)]["clips_per_s"] for n in levels}
+        print(table(result), file=sys.stderr)
     print(json.dumps(result, indent=2), file=out)
     out.close()
     return 0
