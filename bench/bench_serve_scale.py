@@ -226,7 +226,10 @@ def ray_serve_pool(model: str, device: str, queue: int, args: argparse.Namespace
 
         yield f"http://127.0.0.1:{port}", batch_sizes
     finally:
-        ray_serve.shutdown()
+        # The whole private Ray goes: no need for Serve's graceful shutdown (seconds) first.
+        import ray
+
+        ray.shutdown()
 
 
 def levels_on(url: str, levels: Sequence[int], workload: Workload, seconds: float,
