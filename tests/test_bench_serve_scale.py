@@ -1,7 +1,7 @@
 """bench/bench_serve_scale.py --quick runs (so the scaling benchmark cannot rot): both
 servers, every level, every performer served, and the Ray pool's batches account for every
-clip. It starts its own private Ray (loopback only) once the Ray test module has stopped its
-own; about 30-45 s on a 2-core machine, most of it Ray starting and stopping."""
+clip. It starts its own private Ray (loopback only), as ``riff serve --ray`` does; 45 to 60 s
+on a 2-core machine loaded by other work, most of it Ray and the two servers starting."""
 
 from __future__ import annotations
 
