@@ -89,7 +89,7 @@ class JackOutput:
 
     def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2,
                  follow_transport: bool = False, latency_frames: int | None = None,
-                 render_ahead: int = 0) -> None:
+                 render_ahead: int = 0, max_render_ahead: int | None = None) -> None:
         import jack  # lazily: `riff --help` and file output do not need libjack
 
         self._jack = jack
@@ -106,6 +106,11 @@ class JackOutput:
         #: Frames the render thread keeps ahead of the compiled callback (0: the Python
         #: callback renders the player itself).
         self.render_ahead = int(render_ahead)
+        #: How far the render thread may fill ahead while it is being starved (adaptive
+        #: look-ahead, see :class:`~protocols.audio.jack_rt.RenderAhead`); ``render_ahead``
+        #: when not given (fixed).
+        self.max_render_ahead = max(self.render_ahead, int(
+            self.render_ahead if max_render_ahead is None else max_render_ahead))
         self.latency_frames = int(self.render_ahead if latency_frames is None
                                   else latency_frames)
         self._rt: Any = None
@@ -182,7 +187,8 @@ class JackOutput:
             from protocols.audio import jack_rt
 
             if self._rt is None:
-                ring = 1 << max(12, (self.render_ahead + 2 * int(client.blocksize)).bit_length())
+                ring = 1 << max(12, (self.max_render_ahead
+                                      + 2 * int(client.blocksize)).bit_length())
                 self._rt = jack_rt.RtTable(len(self.port_names), ring)
             jack_rt.install(client, self._rt)
         else:
@@ -251,7 +257,8 @@ class JackOutput:
 
             self._ring_origin = player.position() - int(self._rt.ctl[jack_rt.WRITE])
             self._render = jack_rt.RenderAhead(self._rt, player.render, self.render_ahead,
-                                               self.blocksize, self.sample_rate)
+                                               self.blocksize, self.sample_rate,
+                                               max_ahead=self.max_render_ahead)
             self._render.position = player.position
             self._render.tap = self._tap
             self._render.fill()  # the first cycles find frames ready
@@ -394,6 +401,18 @@ class JackOutput:
     def render_error(self) -> BaseException | None:
         """Render-ahead: the exception that ended the render thread, if it died."""
         return self._render.error if self._render is not None else None
+
+    def render_stats(self) -> dict[str, float]:
+        """Render-ahead: how the render thread kept up (its wakes, the longest gap between
+        two in ms, the fewest frames a wake found in the ring, wakes that found it under a
+        quarter full, its look-ahead target now); empty with the Python callback. Any
+        thread (a snapshot of plain counters)."""
+        r = self._render
+        if r is None:
+            return {}
+        return {"wakes": r.wakes, "max_gap_ms": round(r.max_gap_s * 1e3, 2),
+                "min_level_frames": r.min_level, "late_wakes": r.late_wakes,
+                "target_frames": r.target}
 
     @property
     def ring_underruns(self) -> int:
