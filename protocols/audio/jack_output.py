@@ -89,7 +89,8 @@ class JackOutput:
 
     def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2,
                  follow_transport: bool = False, latency_frames: int | None = None,
-                 render_ahead: int = 0, max_render_ahead: int | None = None) -> None:
+                 render_ahead: int = 0, max_render_ahead: int | None = None,
+                 compiled_player: bool = True) -> None:
         import jack  # lazily: `riff --help` and file output do not need libjack
 
         self._jack = jack
@@ -113,6 +114,10 @@ class JackOutput:
             self.render_ahead if max_render_ahead is None else max_render_ahead))
         self.latency_frames = int(self.render_ahead if latency_frames is None
                                   else latency_frames)
+        #: With render-ahead: the callback mixes the player's clips itself from a table of
+        #: voices (:mod:`protocols.audio.jack_table`), or (False) copies frames a Python
+        #: thread rendered into a ring (:mod:`protocols.audio.jack_rt`).
+        self.compiled_player = bool(compiled_player)
         self._rt: Any = None
         self._render: Any = None
         self._ring_origin = 0
@@ -183,7 +188,13 @@ class JackOutput:
         except jack.JackOpenError as exc:
             where = f"named {self.server!r} " if self.server else ""
             raise NoJackServer(f"no JACK server {where}is running ({exc}); {START_HINT}") from None
-        if self.render_ahead:
+        if self.render_ahead and self.compiled_player:
+            from protocols.audio import jack_table
+
+            if self._rt is None:
+                self._rt = jack_table.VoiceTable(len(self.port_names))
+            jack_table.install(client, self._rt)
+        elif self.render_ahead:
             from protocols.audio import jack_rt
 
             if self._rt is None:
@@ -252,7 +263,17 @@ class JackOutput:
                              f"{self.sample_rate} Hz")
         self._takes = takes
         self._player = player
-        if self._rt is not None and self._render is None:
+        if self._rt is not None and self._render is None and self.compiled_player:
+            from protocols.audio import jack_table
+
+            self._rt.ctl[jack_table.CHANNELS] = player.config.channels
+            self._rt.start_at(player.position())
+            self._render = jack_table.Planner(self._rt, player, self.render_ahead,
+                                              self.blocksize, outputs=len(self.port_names))
+            self._render.tap = self._tap
+            self._render.step()  # the first cycles find their voices published
+            self._render.start()
+        elif self._rt is not None and self._render is None:
             from protocols.audio import jack_rt
 
             self._ring_origin = player.position() - int(self._rt.ctl[jack_rt.WRITE])
@@ -364,7 +385,7 @@ class JackOutput:
         if self._rt is not None:
             from protocols.audio import jack_rt
 
-            n = min(self._rt.calls, jack_rt.DURATIONS)
+            n = min(self._rt.calls, jack_rt.DURATIONS, len(self._rt.durations))
             return self._rt.durations[:n] * 1000
         n = min(self._calls, TIMING_RING)
         return self._durations[:n].copy()
@@ -410,6 +431,9 @@ class JackOutput:
         r = self._render
         if r is None:
             return {}
+        if self.compiled_player:
+            return {"skips": r.skips, "late_records": self._rt.late_records,
+                    "records": self._rt.records}
         return {"wakes": r.wakes, "max_gap_ms": round(r.max_gap_s * 1e3, 2),
                 "min_level_frames": r.min_level, "late_wakes": r.late_wakes,
                 "target_frames": r.target}
@@ -417,7 +441,9 @@ class JackOutput:
     @property
     def ring_underruns(self) -> int:
         """Render-ahead: periods the compiled callback found the ring short (0 otherwise)."""
-        return self._rt.underruns if self._rt is not None else 0
+        if self._rt is None or self.compiled_player:  # the voice table has no ring
+            return 0
+        return int(self._rt.underruns)
 
     # ---- JACK threads -----------------------------------------------------------------------
 

@@ -284,6 +284,11 @@ class VoiceTable:
         return int(self.ctl[CALLS])
 
     @property
+    def records(self) -> int:
+        """Records published so far."""
+        return int(self.ctl[REC_W])
+
+    @property
     def late_records(self) -> int:
         return int(self.ctl[LATE])
 
@@ -335,7 +340,7 @@ class Planner:
     PRIORITY = 5
 
     def __init__(self, table: VoiceTable, player: Player, ahead: int, block: int,
-                 margin: int | None = None) -> None:
+                 margin: int | None = None, outputs: int | None = None) -> None:
         self.table = table
         self.player = player
         self.ahead = ahead
@@ -348,7 +353,8 @@ class Planner:
         #: Times the callback ran past what was planned (the player's timeline jumped).
         self.skips = 0
         self._tap_ctl = table.ctl.copy()
-        self._scratch = np.zeros((len_ports(table), block), np.float32)
+        self._scratch = np.zeros((len_ports(table) if outputs is None else outputs, block),
+                                 np.float32)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="riff-plan", daemon=True)
         self.error: BaseException | None = None
