@@ -159,6 +159,13 @@ class JackOutput:
         self.name = self.client.name
         self.sample_rate = int(self.client.samplerate)
         self.blocksize = int(self.client.blocksize)
+        if self.render_ahead and self.compiled_player and self.render_ahead < 3 * self.blocksize:
+            # The planner publishes at least two periods past the callback, plus one to plan.
+            log.info("JACK: the compiled player publishes 3 periods (%d frames) ahead, not %d",
+                     3 * self.blocksize, self.render_ahead)
+            if latency_frames is None:
+                self.latency_frames = 3 * self.blocksize
+            self.render_ahead = 3 * self.blocksize
 
     @property
     def frame_offset(self) -> int:
@@ -432,7 +439,8 @@ class JackOutput:
         if r is None:
             return {}
         if self.compiled_player:
-            return {"skips": r.skips, "late_records": self._rt.late_records,
+            return {"max_gap_ms": round(r.max_gap_s * 1e3, 2), "skips": r.skips,
+                    "late_records": self._rt.late_records,
                     "records": self._rt.records}
         return {"wakes": r.wakes, "max_gap_ms": round(r.max_gap_s * 1e3, 2),
                 "min_level_frames": r.min_level, "late_wakes": r.late_wakes,

@@ -352,6 +352,10 @@ class Planner:
         self.tap: Callable[[list[np.ndarray], int], None] | None = None
         #: Times the callback ran past what was planned (the player's timeline jumped).
         self.skips = 0
+        #: The longest time between two steps of the thread, and (clock, gap) of each gap
+        #: over 20 ms (the latest 256): how long Python held it up.
+        self.max_gap_s = 0.0
+        self.gaps: list[tuple[float, float]] = []
         self._tap_ctl = table.ctl.copy()
         self._scratch = np.zeros((len_ports(table) if outputs is None else outputs, block),
                                  np.float32)
@@ -405,8 +409,15 @@ class Planner:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.PRIORITY))
         except (OSError, AttributeError) as exc:
             log.info("the planning thread runs at normal priority (%s)", exc)
+        last = time.monotonic()
         try:
             while not self._stop.is_set():
+                now = time.monotonic()
+                gap, last = now - last, now
+                self.max_gap_s = max(self.max_gap_s, gap)
+                if gap > 0.02:
+                    self.gaps.append((now, gap))
+                    del self.gaps[:-256]
                 self.step()
                 time.sleep(period / 2)
         except BaseException as exc:  # reported by the owner (JackOutput.render_error)
