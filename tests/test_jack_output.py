@@ -29,9 +29,11 @@ def test_no_server_gives_a_clear_error() -> None:
         JackOutput("riff-test", server=f"absent-{uuid.uuid4().hex[:8]}")
 
 
-@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-render-ahead"])
-def test_plays_clip_at_its_exact_frame(jack_server: str, ahead: int) -> None:
-    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, render_ahead=ahead)
+@pytest.mark.parametrize(("ahead", "table"), [(0, True), (2048, True), (2048, False)],
+                         ids=["python-callback", "compiled-player", "compiled-ring-copy"])
+def test_plays_clip_at_its_exact_frame(jack_server: str, ahead: int, table: bool) -> None:
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, render_ahead=ahead,
+                     compiled_player=table)
     try:
         player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
         connected = out.start(player, connect=True)
