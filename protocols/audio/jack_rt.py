@@ -1,4 +1,8 @@
-"""A JACK process callback in compiled code that never takes the GIL: the render-ahead path.
+"""A JACK process callback in compiled code that never takes the GIL: the ring copy.
+
+``JackOutput(compiled_player=False)``; the default is the compiled player of
+:mod:`protocols.audio.jack_table`, which mixes the clips itself, so that a Python thread held
+up longer than the look-ahead delays the next clip instead of silencing the output.
 
 Why: a Python process callback needs the GIL every period, so a full garbage collection, a busy
 Python thread or a big ``recv`` in the daemon delays it past the period (xruns). Here the
