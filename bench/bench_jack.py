@@ -5,22 +5,33 @@ Default (``--cases``): for ``--seconds`` each, on the same private ``jackd -d du
 (48 kHz, ``--period`` frames), one after the other:
 
 - ``c_reference``: ``jack_simple_client`` from jackd2's examples (a sine into two ports);
-- ``engine_idle``: the engine's real-time path in this process: ``JackOutput`` with its
-  compiled callback (render-ahead 2048 frames) playing a ``Player`` that loops a clip, clips
-  arriving from a test-tones worker process through shared memory every 2 s;
+- ``engine_idle``: the engine's real-time path in this process, configured as ``riff run``
+  does (``gc.freeze()`` after start-up, switch interval 0.5 ms): ``JackOutput`` with its
+  compiled player (the callback mixes the clips from the voice table, published 2048 frames
+  ahead) playing a ``Player`` that loops a clip, clips arriving from a test-tones worker
+  process through shared memory every 2 s;
 - ``engine_stressed``: the same while the process is stressed: a thread holding the GIL in
   pure-Python loops (allocating), 12 MB clips (8 bars at 60 BPM) arriving every 0.3 s and
   scheduled on the player, and a full ``gc.collect()`` every second;
+- ``ring_idle`` / ``ring_stressed``: the same with the compiled callback copying a ring that a
+  Python thread fills with ``Player.render`` (``compiled_player=False``);
 - ``python_callback_idle`` / ``python_callback_stressed``: the same two with the Python
   process callback (``render_ahead=0``, the path ``--jack-transport`` and JACK MIDI still use).
+
+More cases by name (``--cases``): the stressed ones without ``gc.freeze()``, with the ring's
+adaptive look-ahead (up to 8192 frames), with Python's default switch interval.
 
 Measured for each: xruns (a watcher client without a process callback counts them), the
 server's DSP load sampled every 50 ms (``jack_cpu_load``: the graph's cycle time against the
 period, comparable between a C and a Python client), and for the engine its own callback
-durations and cycle finish times and, with render-ahead, the periods that found the ring short
-(``ring_underruns``: the render thread, which needs the GIL, fell more than the look-ahead
-behind; audible as a gap, but not an xrun: the callback itself kept time). Goal of issue 12:
-``engine_stressed`` no more xruns than ``c_reference`` and its DSP load p99 within 2x.
+durations and cycle finish times, every garbage collection's pause, and what held the Python
+thread feeding the callback up: its gaps over 20 ms and how many a full collection overlaps.
+With the ring, ``ring_underruns`` are the periods that found it short (the render thread fell
+more than the look-ahead behind: a gap in the sound, not an xrun). With the voice table
+there is no such gap: ``render_skips`` counts the times the callback ran past what was
+published (it went on with the voices in force; the player's decisions moved on from there)
+and ``render_late_records`` the records it adopted after their first sample. Goal of issue
+12: ``engine_stressed`` no more xruns than ``c_reference`` and its DSP load p99 within 2x.
 
 ``--daemon`` runs the older soak instead: ``riff run`` as a subprocess against a trivial
 Python client (``--minutes 5`` for the README's soak table).
@@ -42,6 +53,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -201,8 +213,17 @@ def c_reference(server: str, watcher: Watcher, seconds: float) -> dict[str, floa
 
 
 def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
-                ahead: int = 2048) -> dict[str, float]:
-    """The engine's real-time path in this process (see the module docstring)."""
+                ahead: int = 2048, freeze: bool = True, max_ahead: int | None = None,
+                switch: float | None = 0.0005, compiled_player: bool = True) -> dict[str, Any]:
+    """The engine's real-time path in this process (see the module docstring).
+
+    ``freeze``: ``gc.freeze()`` once everything long-lived exists (as ``riff run`` does), so
+    the stress's full collections skip it; ``max_ahead``: the render thread's adaptive
+    look-ahead limit; ``switch``: ``sys.setswitchinterval`` (None: Python's default);
+    ``compiled_player``: the callback mixes the voice table (False: it copies the ring the
+    render thread fills). Every
+    collection's pause is timed (``gc.callbacks``) and each render-thread gap over 20 ms is
+    matched against them: what starved it."""
     import asyncio
     import gc
     import threading
@@ -213,8 +234,11 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
     from engine.model.request import InferenceRequest
     from protocols.audio.jack_output import JackOutput
 
-    sys.setswitchinterval(0.0005)  # as riff run does
-    out = JackOutput(f"bench-riff-{uuid.uuid4().hex[:4]}", server=server, render_ahead=ahead)
+    old_switch = sys.getswitchinterval()
+    if switch is not None:
+        sys.setswitchinterval(switch)  # riff run sets 0.0005
+    out = JackOutput(f"bench-riff-{uuid.uuid4().hex[:4]}", server=server, render_ahead=ahead,
+                     max_render_ahead=max_ahead, compiled_player=compiled_player)
     player = Player(PlayerConfig(sample_rate=out.sample_rate))
     bars, tempo = (8, 60.0) if stressed else (2, 120.0)
     every = 0.3 if stressed else 2.0
@@ -224,7 +248,7 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
     def spin() -> None:
         """Hold the GIL in pure-Python loops (allocating), as busy control code would."""
         while not stop.is_set():
-            junk = [{"i": i, "s": str(i)} for i in range(2000)]
+            junk: list[Any] = [{"i": i, "s": str(i)} for i in range(2000)]
             junk.append(junk)  # a cycle: work for the collector
             counts["spins"] += 1
 
@@ -257,6 +281,21 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
         finally:
             await client.close()
 
+    gc.collect()
+    gc.unfreeze()
+    if freeze:
+        gc.freeze()
+    pauses: list[tuple[float, float, int]] = []  # (start, end, generation)
+    began = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        """gc.callbacks hook: time each collection (whichever thread triggered it)."""
+        if phase == "start":
+            began[0] = time.monotonic()
+        else:
+            pauses.append((began[0], time.monotonic(), info["generation"]))
+
+    gc.callbacks.append(timed)
     out.start(player, connect=True)
     threads = [threading.Thread(target=spin, daemon=True)] if stressed else []
     for t in threads:
@@ -272,8 +311,31 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
         for t in threads:
             t.join(10)
         timing = out.timing_summary()
+        render = out.render_stats()
+        gaps = list(getattr(out._render, "gaps", []))
+        gc.callbacks.remove(timed)
         out.close()
-    return {**figures, "callbacks": int(timing["callbacks"]),
+        sys.setswitchinterval(old_switch)
+        gc.unfreeze()
+    full = [e - b for b, e, g in pauses if g == 2]
+    young = [e - b for b, e, g in pauses if g < 2]
+    in_gc = sum(1 for t, gap in gaps
+                if any(b < t and e > t - gap for b, e, g in pauses if g == 2))
+    starve = {"render_gaps_over_20ms": len(gaps),
+              "render_gaps_over_20ms_with_a_full_gc": in_gc,
+              "render_gap_p50_ms": round(float(np.median([g for _, g in gaps])) * 1e3, 1)
+              if gaps else 0.0,
+              "full_gc_pauses": len(full),
+              "full_gc_pause_p50_ms": round(float(np.median(full)) * 1e3, 1) if full else 0.0,
+              "full_gc_pause_max_ms": round(max(full) * 1e3, 1) if full else 0.0,
+              "young_gc_pauses": len(young),
+              "young_gc_pause_max_ms": round(max(young) * 1e3, 2) if young else 0.0}
+    mixer = ("python callback" if not ahead else "compiled player (voice table)"
+             if compiled_player else "compiled ring copy (render thread)")
+    return {**figures, "mixer": mixer, "gc_freeze": freeze,
+            "switch_interval_s": sys.getswitchinterval() if switch is None else switch,
+            **{f"render_{k}": v for k, v in render.items()},
+            **starve, "callbacks": int(timing["callbacks"]),
             "duration_p50_us": round(timing["duration_p50_us"], 1),
             "duration_p99_us": round(timing["duration_p99_us"], 1),
             "duration_max_us": round(timing["duration_max_us"], 1),
@@ -283,24 +345,54 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
             "clip_mb": round(bars * 4 * 60.0 / tempo * out.sample_rate * 8 / 2**20, 1),
             "render_ahead_frames": ahead, "ring_underruns": out.ring_underruns,
             "player_xruns": player.counters()["xruns"],
-            "player_underruns": player.counters()["underruns"]}
+            "player_underruns": player.counters()["underruns"],
+            "player_late": player.counters()["late"],
+            "player_short_fades": player.counters()["short_fades"]}
 
 
-def cases(server: str, seconds: float, period: int) -> dict[str, object]:
+#: Each case: (stressed, keyword arguments of engine_case); ``engine_*`` is the daemon's
+#: configuration (``riff run``: gc.freeze, switch interval 0.5 ms, render-ahead 2048), the
+#: ``stressed_*`` variants take one mitigation away or change it, in the same run.
+ENGINE_CASES: dict[str, tuple[bool, dict[str, object]]] = {
+    "engine_idle": (False, {}),
+    "engine_stressed": (True, {}),
+    "python_callback_idle": (False, {"ahead": 0}),
+    "python_callback_stressed": (True, {"ahead": 0}),
+    "ring_idle": (False, {"compiled_player": False}),
+    "ring_stressed": (True, {"compiled_player": False}),
+    "stressed_no_freeze": (True, {"freeze": False}),
+    "ring_stressed_no_freeze": (True, {"freeze": False, "compiled_player": False}),
+    "ring_stressed_no_freeze_adaptive": (True, {"freeze": False, "max_ahead": 8192,
+                                                "compiled_player": False}),
+    "ring_stressed_adaptive": (True, {"max_ahead": 8192, "compiled_player": False}),
+    "ring_stressed_default_switch": (True, {"switch": None, "compiled_player": False}),
+}
+DEFAULT_CASES = ["c_reference", "engine_idle", "engine_stressed", "ring_idle", "ring_stressed",
+                 "python_callback_idle", "python_callback_stressed"]
+
+
+def cases(server: str, seconds: float, period: int,
+          names: list[str] | None = None) -> dict[str, object]:
+    names = names or DEFAULT_CASES
+    unknown = set(names) - set(ENGINE_CASES) - {"c_reference"}
+    if unknown:
+        raise SystemExit(f"unknown case(s) {sorted(unknown)}; known: c_reference, "
+                         + ", ".join(ENGINE_CASES))
     watcher = Watcher(server)
+    results: dict[str, dict[str, Any]] = {}
     try:
-        results = {"c_reference": c_reference(server, watcher, seconds),
-                   "engine_idle": engine_case(server, watcher, seconds, stressed=False),
-                   "engine_stressed": engine_case(server, watcher, seconds, stressed=True),
-                   "python_callback_idle": engine_case(server, watcher, seconds,
-                                                       stressed=False, ahead=0),
-                   "python_callback_stressed": engine_case(server, watcher, seconds,
-                                                           stressed=True, ahead=0)}
+        for name in names:
+            if name == "c_reference":
+                results[name] = c_reference(server, watcher, seconds)
+                continue
+            stressed, kw = ENGINE_CASES[name]
+            results[name] = engine_case(server, watcher, seconds, stressed=stressed,
+                                        **kw)  # type: ignore[arg-type]
     finally:
         watcher.close()
-    ref, hot = results["c_reference"], results["engine_stressed"]
+    ref, hot = results.get("c_reference", {}), results.get("engine_stressed", {})
     goal = {}
-    if "xruns" in ref:
+    if "xruns" in ref and "xruns" in hot:
         goal = {"xruns_not_above_reference": hot["xruns"] <= ref["xruns"],
                 "dsp_load_p99_within_2x": hot["dsp_load_p99_pct"]
                 <= 2 * max(ref["dsp_load_p99_pct"], 0.01)}
@@ -314,6 +406,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, help="soak length (overrides --seconds)")
     ap.add_argument("--model", default="test-tones", help="test-tones (default) or tiny")
     ap.add_argument("--period", type=int, default=256)
+    ap.add_argument("--cases", help="comma-separated cases (default: "
+                    + ",".join(DEFAULT_CASES) + "; also " + ",".join(
+                        n for n in ENGINE_CASES if n not in DEFAULT_CASES) + ")")
     ap.add_argument("--server", help="use this running JACK server instead of a private one")
     ap.add_argument("--daemon", action="store_true",
                     help="the older soak: riff run against a trivial Python client")
@@ -328,7 +423,8 @@ def main() -> None:
         server, server_proc = start_server(args.period)
     try:
         if not args.daemon:
-            print(json.dumps(cases(server, seconds, args.period), indent=2))
+            names = args.cases.split(",") if args.cases else None
+            print(json.dumps(cases(server, seconds, args.period, names), indent=2))
             return
         base = baseline(server, seconds)
         eng = engine_run(server, seconds, args.model)

@@ -46,12 +46,12 @@ def test_ports_are_wired_at_once_and_a_server_restart_is_survived() -> None:
         from protocols.audio import jack_c
 
         probe = Recorder(server.name, seconds=0.1)
-        try:  # the compiled callback's look-ahead is the outputs' reported latency
+        try:  # the compiled player's look-ahead is the outputs' reported latency
             port = probe.client.get_port_by_name(f"{client}:out_L")
             assert jack_c.port_latency(port, jack_c.CAPTURE) == (2048, 2048)
         finally:
             probe.client.close()
-        assert "compiled callback 2048 frames" in daemon.text()
+        assert "compiled player (clips published 2048 frames ahead)" in daemon.text()
         before = _record(server.name, client)
         assert np.nanmax(np.abs(before)) > 0.1  # the tones play
 

@@ -60,7 +60,7 @@ import dataclasses
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -124,6 +124,30 @@ class PlayerEvents:
 
     started: list[tuple[Any, int]]
     finished: list[Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Voices:
+    """What sounds over a stretch of the timeline, as :meth:`Player.plan` emits it: at most
+    two clips, each read at ``(sample - origin) mod its length``.
+
+    ``cur`` (None: silence) plays alone at full level, except inside the fade window
+    ``[fade_begin, fade_begin + fade_len)`` (``fade_len`` 0: no fade), where sample
+    ``fade_begin + k`` is ``cur * sin(k / fade_len * pi / 2) + old * cos(...)`` (``old``
+    None: nothing added), both gains rounded to float32 and each product and the sum
+    computed in float32, as :meth:`Player.render` does. After the window ``old`` is gone.
+    """
+
+    cur: np.ndarray | None
+    cur_origin: int
+    old: np.ndarray | None
+    old_origin: int
+    fade_begin: int
+    fade_len: int
+
+
+#: Receives :meth:`Player.plan`'s voices from timeline sample ``t`` on: ``sink(t, voices)``.
+VoiceSink = Callable[[int, Voices], None]
 
 
 class Player:
@@ -219,7 +243,8 @@ class Player:
                       "clip not scheduled", start_sample, self.config.slots)
             return
         slot = int(free[0])
-        self._audio[slot] = audio
+        # C order, so a compiled mixer can read it by address (no copy when it already is).
+        self._audio[slot] = np.ascontiguousarray(audio)
         self._length[slot] = audio.shape[0]
         self._start[slot] = start_sample
         self._seq[slot] = self._next_seq
@@ -332,7 +357,49 @@ class Player:
             done += n
         self._counters[BLOCKS] += 1
 
-    def _render_block(self, n: int) -> None:
+    def plan(self, frames: int, emit: VoiceSink) -> None:
+        """Advance the timeline by ``frames`` making exactly :meth:`render`'s decisions
+        (switches, fades, stops, late and short-fade starts, counters), but instead of mixing
+        samples call ``emit(t, voices)`` at the first sample of every stretch of the timeline
+        in which the voices do not change (see :class:`Voices`).
+
+        Why: a compiled mixer (the JACK callback reading a table of voices) then renders the
+        very samples :meth:`render` would, while Python decides only when a clip arrives, so
+        the audio goes on (loops, finishes a fade) however long Python is held up.
+
+        Thread: the audio thread's role (whoever calls it is the only renderer of this player:
+        never mix with :meth:`render` on one player). No blocking or locking.
+        """
+        done = 0
+        mb = self.config.max_block
+        while done < frames:
+            n = min(mb, frames - done)
+            self._render_block(n, emit)
+            done += n
+
+    def skip_to(self, sample: int) -> None:
+        """Move the timeline forward to ``sample`` without new decisions: what a compiled
+        mixer plays when its table runs out (the current voices go on: the clip loops, a fade
+        in progress completes). Clips waiting are seen from ``sample`` on (late, phase-locked,
+        as a late clip always is). Thread: as :meth:`plan`."""
+        t = self._pos
+        if sample <= t:
+            return
+        if self._fading and sample >= self._fade_begin + self._fade_len:
+            self._end_fade()
+        if self._cur >= 0:
+            self._count_loops(t, sample)
+        self._pos = sample
+
+    def voices(self) -> Voices:
+        """The voices sounding at :meth:`position` (as :meth:`plan` emits them)."""
+        cur, fade = self._cur, self._fade if self._fading else -1
+        return Voices(
+            self._audio[cur] if cur >= 0 else None, self._cur_origin,
+            self._audio[fade] if fade >= 0 else None, self._fade_origin,
+            self._fade_begin if self._fading else 0, self._fade_len if self._fading else 0)
+
+    def _render_block(self, n: int, emit: VoiceSink | None = None) -> None:
         t = self._pos
         end = t + n
         if self._stop_seen != self._stop_seq:
@@ -347,23 +414,28 @@ class Player:
             if self._fading:
                 seg_end = min(seg_end, self._fade_begin + self._fade_len)
             o, k = t - self._pos, seg_end - t
-            mix = self._mix[:, o:o + k]
+            if emit is not None:
+                emit(t, self.voices())
             if self._cur < 0:
-                mix[:] = 0.0
+                if emit is None:
+                    self._mix[:, o:o + k] = 0.0
                 if not self._fading or self._fade < 0:
                     silent = True
                     underrun = underrun or self._live
             else:
-                self._copy_loop(mix, self._cur, t - self._cur_origin, k)
+                if emit is None:
+                    self._copy_loop(self._mix[:, o:o + k], self._cur, t - self._cur_origin, k)
                 self._count_loops(t, seg_end)
             if self._fading:
-                f = t - self._fade_begin
-                mix *= self._fade_in[f:f + k]
-                if self._fade >= 0:
-                    tmp = self._tmp[:, :k]
-                    self._copy_loop(tmp, self._fade, t - self._fade_origin, k)
-                    tmp *= self._fade_out[f:f + k]
-                    mix += tmp
+                if emit is None:
+                    mix = self._mix[:, o:o + k]
+                    f = t - self._fade_begin
+                    mix *= self._fade_in[f:f + k]
+                    if self._fade >= 0:
+                        tmp = self._tmp[:, :k]
+                        self._copy_loop(tmp, self._fade, t - self._fade_origin, k)
+                        tmp *= self._fade_out[f:f + k]
+                        mix += tmp
                 if seg_end >= self._fade_begin + self._fade_len:
                     self._end_fade()
             t = seg_end

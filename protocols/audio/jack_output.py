@@ -89,7 +89,8 @@ class JackOutput:
 
     def __init__(self, name: str = "riff", server: str | None = None, channels: int = 2,
                  follow_transport: bool = False, latency_frames: int | None = None,
-                 render_ahead: int = 0) -> None:
+                 render_ahead: int = 0, max_render_ahead: int | None = None,
+                 compiled_player: bool = True) -> None:
         import jack  # lazily: `riff --help` and file output do not need libjack
 
         self._jack = jack
@@ -106,8 +107,17 @@ class JackOutput:
         #: Frames the render thread keeps ahead of the compiled callback (0: the Python
         #: callback renders the player itself).
         self.render_ahead = int(render_ahead)
+        #: How far the render thread may fill ahead while it is being starved (adaptive
+        #: look-ahead, see :class:`~protocols.audio.jack_rt.RenderAhead`); ``render_ahead``
+        #: when not given (fixed).
+        self.max_render_ahead = max(self.render_ahead, int(
+            self.render_ahead if max_render_ahead is None else max_render_ahead))
         self.latency_frames = int(self.render_ahead if latency_frames is None
                                   else latency_frames)
+        #: With render-ahead: the callback mixes the player's clips itself from a table of
+        #: voices (:mod:`protocols.audio.jack_table`), or (False) copies frames a Python
+        #: thread rendered into a ring (:mod:`protocols.audio.jack_rt`).
+        self.compiled_player = bool(compiled_player)
         self._rt: Any = None
         self._render: Any = None
         self._ring_origin = 0
@@ -149,6 +159,13 @@ class JackOutput:
         self.name = self.client.name
         self.sample_rate = int(self.client.samplerate)
         self.blocksize = int(self.client.blocksize)
+        if self.render_ahead and self.compiled_player and self.render_ahead < 3 * self.blocksize:
+            # The planner publishes at least two periods past the callback, plus one to plan.
+            log.info("JACK: the compiled player publishes 3 periods (%d frames) ahead, not %d",
+                     3 * self.blocksize, self.render_ahead)
+            if latency_frames is None:
+                self.latency_frames = 3 * self.blocksize
+            self.render_ahead = 3 * self.blocksize
 
     @property
     def frame_offset(self) -> int:
@@ -178,11 +195,18 @@ class JackOutput:
         except jack.JackOpenError as exc:
             where = f"named {self.server!r} " if self.server else ""
             raise NoJackServer(f"no JACK server {where}is running ({exc}); {START_HINT}") from None
-        if self.render_ahead:
+        if self.render_ahead and self.compiled_player:
+            from protocols.audio import jack_table
+
+            if self._rt is None:
+                self._rt = jack_table.VoiceTable(len(self.port_names))
+            jack_table.install(client, self._rt)
+        elif self.render_ahead:
             from protocols.audio import jack_rt
 
             if self._rt is None:
-                ring = 1 << max(12, (self.render_ahead + 2 * int(client.blocksize)).bit_length())
+                ring = 1 << max(12, (self.max_render_ahead
+                                      + 2 * int(client.blocksize)).bit_length())
                 self._rt = jack_rt.RtTable(len(self.port_names), ring)
             jack_rt.install(client, self._rt)
         else:
@@ -246,12 +270,23 @@ class JackOutput:
                              f"{self.sample_rate} Hz")
         self._takes = takes
         self._player = player
-        if self._rt is not None and self._render is None:
+        if self._rt is not None and self._render is None and self.compiled_player:
+            from protocols.audio import jack_table
+
+            self._rt.ctl[jack_table.CHANNELS] = player.config.channels
+            self._rt.start_at(player.position())
+            self._render = jack_table.Planner(self._rt, player, self.render_ahead,
+                                              self.blocksize, outputs=len(self.port_names))
+            self._render.tap = self._tap
+            self._render.step()  # the first cycles find their voices published
+            self._render.start()
+        elif self._rt is not None and self._render is None:
             from protocols.audio import jack_rt
 
             self._ring_origin = player.position() - int(self._rt.ctl[jack_rt.WRITE])
             self._render = jack_rt.RenderAhead(self._rt, player.render, self.render_ahead,
-                                               self.blocksize, self.sample_rate)
+                                               self.blocksize, self.sample_rate,
+                                               max_ahead=self.max_render_ahead)
             self._render.position = player.position
             self._render.tap = self._tap
             self._render.fill()  # the first cycles find frames ready
@@ -357,7 +392,7 @@ class JackOutput:
         if self._rt is not None:
             from protocols.audio import jack_rt
 
-            n = min(self._rt.calls, jack_rt.DURATIONS)
+            n = min(self._rt.calls, jack_rt.DURATIONS, len(self._rt.durations))
             return self._rt.durations[:n] * 1000
         n = min(self._calls, TIMING_RING)
         return self._durations[:n].copy()
@@ -395,10 +430,28 @@ class JackOutput:
         """Render-ahead: the exception that ended the render thread, if it died."""
         return self._render.error if self._render is not None else None
 
+    def render_stats(self) -> dict[str, float]:
+        """Render-ahead: how the render thread kept up (its wakes, the longest gap between
+        two in ms, the fewest frames a wake found in the ring, wakes that found it under a
+        quarter full, its look-ahead target now); empty with the Python callback. Any
+        thread (a snapshot of plain counters)."""
+        r = self._render
+        if r is None:
+            return {}
+        if self.compiled_player:
+            return {"max_gap_ms": round(r.max_gap_s * 1e3, 2), "skips": r.skips,
+                    "late_records": self._rt.late_records,
+                    "records": self._rt.records}
+        return {"wakes": r.wakes, "max_gap_ms": round(r.max_gap_s * 1e3, 2),
+                "min_level_frames": r.min_level, "late_wakes": r.late_wakes,
+                "target_frames": r.target}
+
     @property
     def ring_underruns(self) -> int:
         """Render-ahead: periods the compiled callback found the ring short (0 otherwise)."""
-        return self._rt.underruns if self._rt is not None else 0
+        if self._rt is None or self.compiled_player:  # the voice table has no ring
+            return 0
+        return int(self._rt.underruns)
 
     # ---- JACK threads -----------------------------------------------------------------------
 

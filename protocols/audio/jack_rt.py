@@ -1,4 +1,8 @@
-"""A JACK process callback in compiled code that never takes the GIL: the render-ahead path.
+"""A JACK process callback in compiled code that never takes the GIL: the ring copy.
+
+``JackOutput(compiled_player=False)``; the default is the compiled player of
+:mod:`protocols.audio.jack_table`, which mixes the clips itself, so that a Python thread held
+up longer than the look-ahead delays the next clip instead of silencing the output.
 
 Why: a Python process callback needs the GIL every period, so a full garbage collection, a busy
 Python thread or a big ``recv`` in the daemon delays it past the period (xruns). Here the
@@ -196,19 +200,51 @@ class RenderAhead:
     """Keeps ``table``'s ring filled ``ahead`` frames ahead of the callback by rendering
     ``render(buffers)`` in blocks of ``block`` frames; ``tap(buffers, position)`` (recording)
     sees each block after it is rendered. Thread: its own ("riff-render"); start/stop from
-    the control thread."""
+    the control thread.
+
+    Adaptive look-ahead (``max_ahead`` > ``ahead``): a wake that finds the ring holding less
+    than a quarter of the target (the thread was starved of the GIL for most of the
+    look-ahead) doubles the target, up to ``max_ahead``; after ``relax_s`` seconds without
+    such a wake the target halves again, down to ``ahead``. So the output runs ``ahead``
+    frames behind the player while the daemon is calm, and further only while it is not.
+
+    What starves it is measured, not guessed: every wake records how long it slept past its
+    ``period / 2`` (:attr:`max_gap_s`, the ``gaps`` over ``gap_log_s`` with their clock
+    time) and how full it found the ring (:attr:`min_level`).
+    """
 
     def __init__(self, table: RtTable, render: Callable[[list[np.ndarray]], None],
-                 ahead: int, block: int, sample_rate: int) -> None:
-        if ahead + block > table.ring.shape[1]:
+                 ahead: int, block: int, sample_rate: int, max_ahead: int | None = None,
+                 relax_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 gap_log_s: float = 0.02) -> None:
+        max_ahead = ahead if max_ahead is None else max_ahead
+        if max_ahead < ahead:
+            raise ValueError("max_ahead must be at least ahead")
+        if max_ahead + block > table.ring.shape[1]:
             raise ValueError("the ring must hold the look-ahead plus one block")
         self.table = table
         self.sample_rate = sample_rate
         self.render = render
         self.ahead = ahead
+        self.max_ahead = max_ahead
+        self.relax_s = relax_s
         self.block = block
+        #: The look-ahead the thread fills to now (``ahead`` .. ``max_ahead``).
+        self.target = ahead
         self.tap: Callable[[list[np.ndarray], int], None] | None = None
         self.position: Callable[[], int] | None = None
+        self._clock = clock
+        self._gap_log_s = gap_log_s
+        #: Wakes of the thread; the longest time between two; the fewest frames a wake found
+        #: in the ring; wakes that found under a quarter of the target; (clock, gap) of each
+        #: gap over ``gap_log_s`` (the latest 256).
+        self.wakes = 0
+        self.max_gap_s = 0.0
+        self.min_level = ahead
+        self.late_wakes = 0
+        self.gaps: list[tuple[float, float]] = []
+        self._last_wake = -1.0
+        self._last_late = -1.0
         chans = table.ring.shape[0]
         self._scratch = np.zeros((chans, block), np.float32)
         self._stop = threading.Event()
@@ -235,14 +271,37 @@ class RenderAhead:
         except (OSError, AttributeError) as exc:
             log.info("the render thread runs at normal priority (%s)", exc)
 
+    def _wake(self) -> None:
+        """Record this wake and adapt the target (render thread)."""
+        ctl = self.table.ctl
+        now = self._clock()
+        level = int(ctl[WRITE] - ctl[READ])
+        if self._last_wake >= 0:
+            gap = now - self._last_wake
+            self.max_gap_s = max(self.max_gap_s, gap)
+            if gap > self._gap_log_s:
+                self.gaps.append((now, gap))
+                del self.gaps[:-256]
+        self._last_wake = now
+        self.wakes += 1
+        self.min_level = min(self.min_level, level)
+        if level * 4 < self.target:
+            self.late_wakes += 1
+            self._last_late = now
+            self.target = min(self.max_ahead, self.target * 2)
+        elif (self.target > self.ahead and self._last_late >= 0
+              and now - self._last_late > self.relax_s):
+            self.target = max(self.ahead, self.target // 2)
+            self._last_late = now
+
     def fill(self) -> None:
-        """Render blocks until the ring holds ``ahead`` frames (render thread; also called
-        once on the control thread before activation)."""
+        """Render blocks until the ring holds the target look-ahead (render thread; also
+        called once on the control thread before activation)."""
         ctl, ring = self.table.ctl, self.table.ring
         cap = ring.shape[1]
         scratch = self._scratch
         bufs = list(scratch)
-        while ctl[WRITE] - ctl[READ] + self.block <= self.ahead:
+        while ctl[WRITE] - ctl[READ] + self.block <= self.target:
             self.render(bufs)
             if self.tap is not None and self.position is not None:
                 self.tap(bufs, self.position())
@@ -258,6 +317,7 @@ class RenderAhead:
         self._raise_priority()
         try:
             while not self._stop.is_set():
+                self._wake()
                 self.fill()
                 time.sleep(period / 2)
         except BaseException as exc:  # reported by the owner (JackOutput.render_error)

@@ -115,10 +115,11 @@ def register(subparsers: Any) -> None:
                           "its last tempo on the internal clock")
     out.add_argument("--crossfade-ms", type=float, help="crossfade at clip changes (default 10)")
     out.add_argument("--render-ahead", type=int, metavar="FRAMES",
-                     help="frames a render thread keeps ahead of JACK's compiled, GIL-free "
-                          "callback (default 2048; reported as the ports' latency); 0: a "
-                          "Python callback renders each period itself (always so with "
-                          "--jack-transport or a JACK MIDI input)")
+                     help="frames ahead of JACK's compiled, GIL-free callback that the "
+                          "player's decisions are published (default 2048, at least 3 "
+                          "periods; reported as the ports' latency); 0: a Python callback "
+                          "renders each period itself (always so with --jack-transport or a "
+                          "JACK MIDI input)")
     out.add_argument("--output", type=Path, metavar="FILE.wav",
                      help="render into this audio file instead of JACK")
     out.add_argument("--offline", action="store_true",
@@ -296,7 +297,7 @@ def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
         log.info("JACK: %s active at %d Hz, %d frames per period, %s, silent until the "
                  "first clip%s", ", ".join(p.name for p in jack_out.ports), rate,
                  jack_out.blocksize,
-                 f"compiled callback {jack_out.render_ahead} frames behind the render thread"
+                 f"compiled player (clips published {jack_out.render_ahead} frames ahead)"
                  if jack_out.render_ahead else "Python callback",
                  f" -> {', '.join(connected)}" if connected else " (not connected)")
     return _Daemon(args, opts, loop, stop, jack_out, rate, player, client)
@@ -434,8 +435,10 @@ def _log_summary(d: _Daemon) -> None:
                      t["callbacks"], t["duration_p50_us"], t["duration_p99_us"],
                      t["duration_max_us"], t["finish_max_us"], t["period_us"])
         if d.jack_out.render_ahead:
-            log.info("JACK render-ahead: %d periods found the ring short",
-                     d.jack_out.ring_underruns)
+            r = d.jack_out.render_stats()
+            log.info("JACK compiled player: %d records published, the planning thread held "
+                     "up at most %.0f ms, %d times past what it had published (the clips in "
+                     "force went on)", r["records"], r["max_gap_ms"], r["skips"])
     # "late" is the scheduler's (clips that missed their bar line), as in the per-bar status
     # lines and /riff/status/late; silence by design is counted apart from underruns.
     s = d.engine.scheduler.counters
@@ -541,7 +544,7 @@ async def _status_loop(engine: Any, player: Any, client: Any, jack_out: Any, fil
         if rejoin is not None:
             rejoin.poll()
             if jack_out.render_error is not None:
-                raise RiffError(f"the JACK render thread failed: {jack_out.render_error!r}")
+                raise RiffError(f"the JACK planning thread failed: {jack_out.render_error!r}")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.05)
 
