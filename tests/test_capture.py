@@ -240,3 +240,44 @@ def test_midi_map_capture_action() -> None:
                 {"note": 37, "last": 40, "action": "capture"}):
         with pytest.raises(InvalidRequest):
             MidiMap.from_data({"note": [bad]})
+
+
+def test_a_take_keeps_the_captured_seed_image_it_starts_with(tmp_path: Path) -> None:
+    """A take started while a captured seed image is the seed copies it into its .seeds
+    folder (riff rerender's own place to look); a built-in seed is not copied."""
+    from engine.live.player import Player, PlayerConfig
+    from engine.takes.recording import RecordingTaps, TakeController
+    from protocols.cli.rerender import take_seed_folders
+
+    async def body() -> None:
+        clock = FakeClock()
+        engine = Engine(FakeGenerator(clock), FakeSink(clock, RATE), sample_rate=RATE,
+                        clock=clock)
+        player = Player(PlayerConfig(sample_rate=RATE, channels=2))
+        taps = RecordingTaps(Transport(player.position, RATE, tempo=120.0))
+        engine.takes = TakeController(taps, tmp_path / "takes", sample_rate=RATE,
+                                      state=engine.state.snapshot)
+        capturer, _, _ = make_capturer(tmp_path)
+        capturer.state = engine.state
+        engine.capture = capturer
+        engine.record_start("plain")  # og_beat: nothing to keep
+        await asyncio.sleep(0.05)
+        await engine.record_stop()
+        folder = tmp_path / "captures"
+        folder.mkdir()
+        (folder / "mine.png").write_bytes(b"png")
+        engine.state.set("seed_image", "mine")
+        engine.record_start("set1")
+        for _ in range(100):
+            if (tmp_path / "takes" / "set1.seeds" / "mine.png").exists():
+                break
+            await asyncio.sleep(0.01)
+        await engine.record_stop()
+        await engine.close()
+
+    asyncio.run(body())
+    assert not (tmp_path / "takes" / "plain.seeds").exists()
+    assert (tmp_path / "takes" / "set1.seeds" / "mine.png").read_bytes() == b"png"
+    assert take_seed_folders(tmp_path / "takes" / "set1.jsonl") == [
+        tmp_path / "takes" / "set1.seeds"]
+    assert take_seed_folders(tmp_path / "takes" / "plain.jsonl") == []

@@ -217,8 +217,12 @@ class Engine:
         path = self.capture.keep_current()
         if path is None:
             return
-        future = asyncio.get_running_loop().run_in_executor(None, self.takes.keep_seed_image,
-                                                            path)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (scripts, tests): a copy of one image, right here
+            self.takes.keep_seed_image(path)
+            return
+        future = loop.run_in_executor(None, self.takes.keep_seed_image, path)
         self._keeping.add(future)
 
         def done(f: asyncio.Future[Path | None]) -> None:
