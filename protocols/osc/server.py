@@ -24,10 +24,10 @@ press (the sender's own port; port 1 is never an OSC listener) and 2..65535 a po
 Access: a datagram from outside the allowed networks (``OscConfig.allow``, default: see
 :mod:`protocols.osc.access`) is dropped before parsing, unanswered, counted (``denied``) and
 logged at a limited rate. Commands that write files (``/riff/record/*``,
-``/riff/preset/save``, ``/riff/midi/learn``) are refused with ``/riff/error`` when file writes
-are off (``OscConfig.file_writes``; default off unless bound to loopback). Feedback only ever
-goes to the sender's own host (``/riff/subscribe`` takes a port, not a host), which has passed
-the allow-list.
+``/riff/preset/save``, ``/riff/midi/learn``, ``/riff/capture``) are refused with
+``/riff/error`` when file writes are off (``OscConfig.file_writes``; default off unless bound
+to loopback). Feedback only ever goes to the sender's own host (``/riff/subscribe`` takes a
+port, not a host), which has passed the allow-list.
 
 Thread: everything runs on the asyncio loop; nothing here blocks.
 """
