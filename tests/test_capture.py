@@ -112,7 +112,10 @@ def make_capturer(tmp_path: Path, tap: CaptureTap | None = None, tempo: float = 
     transport = Transport(clock, RATE, tempo, 4)
     transport.start()
     library = SeedImageLibrary([tmp_path / "captures"])
-    config = CaptureConfig(sample_rate=RATE, folder=tmp_path / "captures")
+    # Encoded in a thread here (fast); the daemon's encoder process runs in
+    # tests/test_capture_jack.py.
+    config = CaptureConfig(sample_rate=RATE, folder=tmp_path / "captures",
+                           encode_process=False)
     tap = tap if tap is not None else CaptureTap(2, config.capacity)
     return Capturer(tap, config, transport, state, library), transport, state
 
@@ -188,6 +191,7 @@ def test_a_capture_becomes_the_seed_image_and_decodes_to_what_was_played(
             feed(capturer.tap, clock, shifted, 8)
             await asyncio.sleep(0.001)
         name = await future
+        await capturer.close()  # ends the encoder process
         return name, state.get("seed_image")
 
     name, current = asyncio.run(body())
@@ -225,6 +229,7 @@ def test_a_silent_capture_is_refused_and_selects_nothing(tmp_path: Path) -> None
             await future
         assert state.get("seed_image") == before and capturer.job is None
         assert capturer.last_error.startswith("capture capture-1 is silent")
+        await capturer.close()
 
     asyncio.run(body())
     assert not (tmp_path / "captures" / "capture-1.png").exists()

@@ -4,28 +4,31 @@ Why: the jam then riffs on what the performer just played. ``/riff/capture <bars
 arms a capture on the next bar line of the transport's grid (sample-exact: the window is a
 span of the player's clock, the same clock the bar grid counts); the audio thread copies the
 input frames of that window into a preallocated ring (:class:`CaptureTap`, reusing
-:class:`~engine.live.ring.SpscRing`); when the window is complete an executor thread encodes
-it as a spectrogram image in the engine's format with loop metadata (bars, beats per bar and
-the tempo that fills the image exactly), writes it into the capture folder, which the seed
-image library searches first, and the loop makes it the current seed image, as
-``/riff/seed_image NAME`` would.
+:class:`~engine.live.ring.SpscRing`); when the window is complete an executor thread reads it
+out, an encoder process (spawned on the first capture, so the daemon never imports torch and
+the codec never holds its GIL) encodes it as a spectrogram image in the engine's format with
+loop metadata (bars, beats per bar and the tempo that fills the image exactly), an executor
+thread writes it into the capture folder, which the seed image library searches first, and
+the loop makes it the current seed image, as ``/riff/seed_image NAME`` would.
 
 The ring holds :data:`MAX_CAPTURE_SECONDS` of audio (the widest clip image, 4096 px = 40.96 s),
 allocated once: a capture that would last longer at the current tempo is refused when it
 arrives. Its length is fixed when it is armed (a tempo change that lands during the capture
 does not stretch it).
 
-Threads: :class:`Capturer` runs on the control plane (the asyncio loop); encoding and file
-writing run in the loop's default executor; :meth:`CaptureTap.write` runs on the audio thread
+Threads: :class:`Capturer` runs on the control plane (the asyncio loop); reading the ring and
+writing the file run in the loop's default executor, encoding in the encoder process; :meth:`CaptureTap.write` runs on the audio thread
 (JACK's process thread) and only copies into the ring and stores a few integers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,7 +62,8 @@ class CaptureConfig:
 
     ``margin``: frames between the audio clock now and the earliest bar line a capture may
     start on, so the audio thread always sees the window armed before its first frame
-    (two periods of 1024 frames and more).
+    (two periods of 1024 frames and more). ``encode_process``: encode in a process of its own
+    (the daemon: no torch, and the codec never holds its GIL), else in a thread (tests).
     """
 
     sample_rate: int
@@ -67,6 +71,7 @@ class CaptureConfig:
     channels: int = 2
     max_seconds: float = MAX_CAPTURE_SECONDS
     margin: int = 2048
+    encode_process: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) \
@@ -216,6 +221,25 @@ def encode_capture(audio: np.ndarray, sample_rate: int, bars: int, beats_per_bar
     return image
 
 
+def encode_png(audio: np.ndarray, sample_rate: int, bars: int, beats_per_bar: int) -> bytes:
+    """:func:`encode_capture` as PNG bytes (EXIF: spectrogram parameters and loop metadata):
+    what the encoder process returns. Runs in the encoder process (or a thread in tests)."""
+    import io
+
+    from engine.dsp.spectrogram import save_image
+
+    buffer = io.BytesIO()
+    save_image(encode_capture(audio, sample_rate, bars, beats_per_bar), buffer)
+    return buffer.getvalue()
+
+
+def _encoder_init() -> None:
+    """The encoder process starts at a lower priority (as the generator worker does), so the
+    codec never competes with the audio thread for a CPU."""
+    with contextlib.suppress(OSError):  # not permitted: it runs at normal priority
+        os.nice(10)
+
+
 class Capturer:
     """The control plane's half: validates ``/riff/capture`` requests, arms the tap on the
     next bar line, and finishes captures (encode, save, select) off the loop.
@@ -240,6 +264,7 @@ class Capturer:
         self.library = library
         self.keep = keep
         self.job: CaptureJob | None = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self.captures = 0
         self.last_error = ""
         self._task: asyncio.Task[str] | None = None
@@ -325,7 +350,11 @@ class Capturer:
             if tap.missed:
                 raise RiffError(f"capture {job.name} missed {tap.missed} frames of its first "
                                 "bar (the audio thread was late); nothing changed")
-            path = await loop.run_in_executor(None, self._encode_and_save, job)
+            audio = await loop.run_in_executor(None, self._read, job)
+            png = await loop.run_in_executor(self._encoder(), encode_png, audio,
+                                             self.config.sample_rate, job.bars,
+                                             job.beats_per_bar)
+            path = await loop.run_in_executor(None, self._save, job, png)
             try:  # the engine's checks, as for /riff/seed_image
                 self.state.set("seed_image", job.name)
             except RiffError as exc:
@@ -344,11 +373,9 @@ class Capturer:
             tap.disarm()
             self.job = None
 
-    def _encode_and_save(self, job: CaptureJob) -> Path:
-        """Read the window out of the ring, encode it and write ``<folder>/<name>.png``
-        (atomically: a temporary file renamed). Executor thread."""
-        from engine.dsp.spectrogram import save_image
-
+    def _read(self, job: CaptureJob) -> np.ndarray:
+        """The window out of the ring, as mono float32 (the codec's images are mono), after
+        checking it is whole and not silent. Executor thread (the ring's consumer)."""
         tap = self.tap
         assert tap is not None
         audio = tap.read(job.end - job.start)
@@ -359,18 +386,37 @@ class Capturer:
         if peak < SILENCE:
             raise RiffError(f"capture {job.name} is silent (is anything connected to the "
                             "engine's inputs?); nothing changed")
-        image = encode_capture(audio, self.config.sample_rate, job.bars, job.beats_per_bar)
+        return np.ascontiguousarray(audio.mean(axis=0, dtype=np.float32)[None])
+
+    def _save(self, job: CaptureJob, png: bytes) -> Path:
+        """Write ``<folder>/<name>.png`` atomically (a temporary file renamed) and hand it to
+        ``keep``. Executor thread."""
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{job.name}.png"
             tmp = self.folder / f".{job.name}.png.part"
-            save_image(image, tmp)
+            tmp.write_bytes(png)
             os.replace(tmp, path)
         except OSError as exc:
             raise RiffError(f"cannot save capture {job.name}: {exc}") from None
         if self.keep is not None:
-            self.keep(path)
+            try:
+                self.keep(path)
+            except OSError as exc:  # the capture itself is fine: say so and go on
+                log.error("capture %s: keeping it with the take failed: %s", job.name, exc)
         return path
+
+    def _encoder(self) -> concurrent.futures.Executor | None:
+        """Where encoding runs: a process of its own (spawned on the first capture, kept for
+        the next ones) with ``config.encode_process``, so the daemon never imports torch and
+        its GIL is never held by the codec; else the loop's default thread pool (tests)."""
+        if not self.config.encode_process:
+            return None
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_encoder_init)
+        return self._pool
 
     def keep_current(self) -> Path | None:
         """The current seed image's file when it is a capture (in the capture folder), so a
@@ -387,4 +433,7 @@ class Capturer:
             # Cancelled on purpose; a RiffError from the capture was logged by _finish.
             with contextlib.suppress(asyncio.CancelledError, RiffError):
                 await task
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
