@@ -17,8 +17,9 @@ arrives. Its length is fixed when it is armed (a tempo change that lands during 
 does not stretch it).
 
 Threads: :class:`Capturer` runs on the control plane (the asyncio loop); reading the ring and
-writing the file run in the loop's default executor, encoding in the encoder process; :meth:`CaptureTap.write` runs on the audio thread
-(JACK's process thread) and only copies into the ring and stores a few integers.
+writing the file run in the loop's default executor, encoding in the encoder process;
+:meth:`CaptureTap.write` runs on the audio thread (JACK's process thread) and only copies into
+the ring and stores a few integers.
 """
 
 from __future__ import annotations
