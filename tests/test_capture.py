@@ -88,6 +88,12 @@ def test_tap_copies_exactly_the_window_on_the_clock() -> None:
     assert tap.ring.readable() == 0
     feed(tap, clock, ramp, 4)  # done: nothing more is written
     assert tap.ring.readable() == 0
+    assert tap.lost == 0
+    tap.disarm()
+    tap.arm(clock.now + 100, clock.now + 3000)
+    feed(tap, clock, ramp, 4)
+    feed(tap, clock, ramp, 10, frame_offset=1_000_512)  # two cycles skipped (an xrun)
+    assert tap.done and tap.written == 2900 and tap.lost == 512
 
 
 def test_tap_counts_a_start_it_never_saw_and_refuses_a_second_arm() -> None:

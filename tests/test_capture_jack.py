@@ -26,7 +26,7 @@ RATE = 48000
 BAR = 48000  # 240 BPM, 4/4
 CLIP_START = re.compile(r"clip (\d+) started at sample (\d+) \(bar (-?\d+), JACK frame (\d+)\)")
 CAPTURED = re.compile(r"capture (\S+): 1 bar\(s\) at sample (\d+) \(bar (\d+), JACK frame "
-                      r"(\d+)\) saved to")
+                      r"(\d+), (\d+) frames lost\) saved to")
 
 
 class SignalPlayer:
@@ -109,18 +109,21 @@ def test_capture_records_the_bar_played_into_the_input(jack_server: str,
         assert not captures.exists()
 
         daemon.wait_for(lambda t: CLIP_START.search(t) is not None)
-        for attempt in range(3):  # again only when an xrun skipped frames meanwhile
+        # Again while an xrun skipped cycles during the capture (this test's signal or the
+        # engine's): the capture then has a seam, which the engine reports as lost frames.
+        for attempt in range(4):
             label = f"mine{attempt}"
             jumps = len(player.jumps)
             daemon.osc.send("/riff/capture", 1, label)
             started = wait_reply(daemon, "/riff/capture/started")
             assert started[0] == label
             assert wait_reply(daemon, "/riff/capture/done") == [label]
-            if len(player.jumps) == jumps:
+            found = [m for m in CAPTURED.finditer(daemon.text()) if m.group(1) == label]
+            assert found, daemon.text()[-3000:]
+            sample, bar, frame, lost = (int(x) for x in found[0].groups()[1:])
+            if len(player.jumps) == jumps and lost == 0:
                 break
-        found = [m for m in CAPTURED.finditer(daemon.text()) if m.group(1) == label]
-        assert found, daemon.text()[-3000:]
-        sample, bar, frame = (int(x) for x in found[0].groups()[1:])
+        assert lost == 0, "every capture lost frames to xruns"
         assert bar == started[1]
 
         # On the bar grid: the same grid the clips start on, the bar the reply named.
@@ -149,6 +152,9 @@ def test_capture_records_the_bar_played_into_the_input(jack_server: str,
     got = envelope(audio, 44100, 100)
     want = envelope(np.roll(signal, -(frame % BAR), axis=1)[0], RATE, 100)
     corr = [lag_correlation(got, want, lag) for lag in range(-40, 41)]
+    print(f"capture {label}: JACK frame {frame}, {len(player.jumps)} skipped cycles seen; "
+          f"envelope correlation {corr[40]:.3f} at the bar line, {corr[15]:.3f} and "
+          f"{corr[65]:.3f} a beat off")
     assert abs(int(np.argmax(corr)) - 40) <= 2, (int(np.argmax(corr)) - 40, max(corr))
     assert lag_correlation(got, want, 0) > 0.8
     for beat in (-25, 25):

@@ -5,11 +5,13 @@ arms a capture on the next bar line of the transport's grid (sample-exact: the w
 span of the player's clock, the same clock the bar grid counts); the audio thread copies the
 input frames of that window into a preallocated ring (:class:`CaptureTap`, reusing
 :class:`~engine.live.ring.SpscRing`); when the window is complete an executor thread reads it
-out, an encoder process (spawned on the first capture, so the daemon never imports torch and
-the codec never holds its GIL) encodes it as a spectrogram image in the engine's format with
-loop metadata (bars, beats per bar and the tempo that fills the image exactly), an executor
-thread writes it into the capture folder, which the seed image library searches first, and
-the loop makes it the current seed image, as ``/riff/seed_image NAME`` would.
+out, an encoder process (spawned by :meth:`Capturer.warm_up` or the first capture, so the
+daemon never imports torch and the codec never holds its GIL) encodes it as a spectrogram
+image in the engine's format with loop metadata (bars, beats per bar and the tempo that
+fills the image exactly), an executor thread writes it into the capture folder, which the
+seed image library searches first, and the loop makes it the current seed image, as
+``/riff/seed_image NAME`` would. Frames of real time lost to xruns during the window (the
+frame time ran on while the player's clock did not) are counted and logged.
 
 The ring holds :data:`MAX_CAPTURE_SECONDS` of audio (the widest clip image, 4096 px = 40.96 s),
 allocated once: a capture that would last longer at the current tempo is refused when it
@@ -121,6 +123,9 @@ class CaptureTap:
         self.missed = 0
         #: Audio thread: the JACK (or output) frame time of the window's first frame; -1.
         self.start_frame = -1
+        #: Audio thread: frames of real time the window lost to skipped cycles (xruns): the
+        #: frame time ran on while the player's clock did not, so the capture has a seam.
+        self.lost = 0
 
     # ---- control plane ----------------------------------------------------------------------
 
@@ -139,6 +144,7 @@ class CaptureTap:
         self.written = 0
         self.missed = 0
         self.start_frame = -1
+        self.lost = 0
         self.start, self.end = start, end
         self.armed = True
 
@@ -175,6 +181,8 @@ class CaptureTap:
             if self.written == 0 and self.start_frame < 0:
                 self.missed = lo - start
                 self.start_frame = frame_time + (start - position)
+            else:
+                self.lost = frame_time - position - (self.start_frame - start)
             self.ring.write_columns(channels, lo - position, hi - lo)
             self.written += hi - lo
         if position + n >= end:
@@ -362,8 +370,12 @@ class Capturer:
                 raise RiffError(f"capture {job.name} is saved ({path}) but cannot be the seed "
                                 f"image: {exc}") from None
             frame = f", JACK frame {tap.start_frame}" if tap.start_frame >= 0 else ""
-            log.info("capture %s: %d bar(s) at sample %d (bar %d%s) saved to %s; it is the "
-                     "seed image now", job.name, job.bars, job.start, job.bar, frame, path)
+            if tap.lost:
+                log.warning("capture %s: %d frames of real time were lost to xruns during it "
+                            "(the image has a seam there)", job.name, tap.lost)
+            log.info("capture %s: %d bar(s) at sample %d (bar %d%s, %d frames lost) saved to "
+                     "%s; it is the seed image now", job.name, job.bars, job.start, job.bar,
+                     frame, tap.lost, path)
             self.last_error = ""
             return job.name
         except RiffError as exc:
@@ -406,6 +418,23 @@ class Capturer:
             except OSError as exc:  # the capture itself is fine: say so and go on
                 log.error("capture %s: keeping it with the take failed: %s", job.name, exc)
         return path
+
+    def warm_up(self) -> None:
+        """Start the encoder process and load the codec (torch) in it now, at low priority,
+        so the first capture does not pay for it while the jam plays (the daemon calls this
+        at start). Loop; returns at once."""
+        pool = self._encoder()
+        if pool is None:
+            return
+        second = np.full((1, self.config.sample_rate), 0.1, np.float32)
+        warm = pool.submit(encode_png, second, self.config.sample_rate, 1, 1)
+
+        def done(f: concurrent.futures.Future[bytes]) -> None:
+            """Thread: the pool's management thread; only logs."""
+            if not f.cancelled() and f.exception() is not None:
+                log.error("the capture encoder failed to start: %r", f.exception())
+
+        warm.add_done_callback(done)
 
     def _encoder(self) -> concurrent.futures.Executor | None:
         """Where encoding runs: a process of its own (spawned on the first capture, kept for

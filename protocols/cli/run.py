@@ -421,6 +421,7 @@ def _build_engine(d: _Daemon, state: Any) -> None:
             d.capture_tap, CaptureConfig(sample_rate=d.rate, folder=args.capture_dir,
                                          channels=d.player.config.channels),
             engine.transport, state, library, keep=d.takes.keep_seed_image)
+        engine.capture.warm_up()
 
 
 def _seed_folders(args: argparse.Namespace) -> tuple[Path, ...]:
