@@ -150,6 +150,24 @@ class Commands:
                                  overwrite=overwrite)
         log.info("preset %s saved to %s", name, path)
 
+    def capture(self, bars: object, name: object = None) -> tuple[Any, asyncio.Future[str]]:
+        """Capture ``bars`` bars of the audio input from the next bar line as seed image
+        ``name`` and make it the current seed image (``/riff/capture``, the MIDI ``capture``
+        action). Returns the armed job (``name``, ``bar``, ...) and a future that completes
+        with the name once it is the seed image; raises RiffError, changing nothing, at once
+        for bad arguments or an engine without audio input."""
+        start = getattr(self.engine, "capture_start", None)
+        if not callable(start):
+            raise InvalidRequest("this engine cannot capture audio input")
+        job, future = start(bars, name)
+
+        def done(f: asyncio.Future[str]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                log.info("capture %s is the seed image", f.result())
+
+        future.add_done_callback(done)
+        return job, future
+
     def start_learn(self, address: str) -> None:
         """Bind the next moved MIDI CC to ``address`` (a numeric parameter)."""
         name = ADDRESSES.get(address)

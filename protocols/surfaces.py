@@ -103,7 +103,7 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
     writes = group.add_mutually_exclusive_group()
     writes.add_argument("--osc-readonly-files", action="store_true",
                         help="refuse OSC commands that write files (/riff/record/*, "
-                             "/riff/preset/save, /riff/midi/learn)")
+                             "/riff/preset/save, /riff/midi/learn, /riff/capture)")
     writes.add_argument("--osc-allow-file-writes", action="store_true",
                         help="allow those commands when --osc-host is not loopback (off by "
                              "default there)")

@@ -33,7 +33,10 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
                         (["--generator", "ftp://gpu-box", "--output", str(tmp_path / "c.wav")],
                          "generator URL"),
                         (["--render-ahead", "-1", "--output", str(tmp_path / "d.wav")],
-                         "--render-ahead")):
+                         "--render-ahead"),
+                        (["--input", "--output", str(tmp_path / "e.wav")], "--input needs JACK"),
+                        (["--input", "--generator", "http://127.0.0.1:9"],
+                         "--input does not go with --generator")):
         r = riff("run", *args)
         assert r.returncode == 1, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -96,7 +99,7 @@ def test_offline_render_puts_every_clip_on_its_bar(tmp_path: Path) -> None:
 def test_the_daemon_side_never_imports_torch() -> None:
     code = ("import sys, protocols.cli.main, protocols.cli.run, engine.live.control, "
             "engine.live.worker, engine.live.player, protocols.audio.jack_output, "
-            "protocols.audio.file_output; "
+            "protocols.audio.file_output, protocols.audio.jack_input, engine.live.capture; "
             "protocols.cli.main.build_parser(); print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)

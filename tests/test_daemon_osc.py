@@ -87,6 +87,9 @@ def test_ping_tempo_feedback_and_bad_messages(tmp_path: Path) -> None:
         assert daemon.reply("/riff/tempo", "fast", want="/riff/error")[0] == "/riff/tempo"
         assert daemon.reply("/riff/tempo", 999.0, want="/riff/error")[0] == "/riff/tempo"
         assert daemon.reply("/riff/nope", want="/riff/error")[0] == "/riff/nope"
+        # No audio input (no --input): a capture is refused with the option to use.
+        assert daemon.reply("/riff/capture", 1, want="/riff/error") == [
+            "/riff/capture", "capture needs audio input: start the engine with riff run --input"]
         daemon.osc.send_raw(b"garbage!")  # not OSC at all: an error about the datagram
         assert daemon.reply("/riff/ping", want="/riff/error")[0] == ""
         assert daemon.reply("/riff/ping", want="/riff/pong") == []

@@ -542,3 +542,37 @@ def test_learn_on_a_shipped_map_writes_the_users_copy(tmp_path: Path) -> None:
     shipped_comments = [line for line in before.decode().splitlines()
                         if line.lstrip().startswith("#")]
     assert shipped_comments and all(c in copy.read_text() for c in shipped_comments)
+
+
+def test_capture_action_arms_a_capture_of_its_bars(tmp_path: Path) -> None:
+    """The ``capture`` note action asks the engine for its ``bars`` (default: the current
+    /riff/bars); an engine without audio input refuses it, counted as an error."""
+    import asyncio
+
+    calls: list[tuple[object, object]] = []
+
+    class Capturing(EngineDouble):
+        def capture_start(self, bars: object, name: object = None) -> tuple[Any, Any]:
+            calls.append((bars, name))
+            job = type("Job", (), {"name": f"capture-{len(calls)}", "bar": 4})()
+            return job, future
+
+    map_text = ('[[note]]\nnote = 37\naction = "capture"\nbars = 2\n\n'
+                '[[button]]\ncc = 40\naction = "capture"\n')
+    path = tmp_path / "capture.toml"
+    path.write_text(map_text)
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+        engine = Capturing()
+        engine.state.set("bars", 3)
+        router = MidiRouter(Commands(engine, PresetLibrary([tmp_path])), MidiMap.load(path))
+        router.handle(bytes([0x90, 37, 100]), 0)
+        router.handle(bytes([0xB0, 40, 127]), 0)
+        assert calls == [(2, None), (3, None)]
+        plain = MidiRouter(Commands(EngineDouble(), PresetLibrary([tmp_path])),
+                           MidiMap.load(path))
+        plain.handle(bytes([0x90, 37, 100]), 0)
+        assert plain.counters.errors == 1
+    finally:
+        loop.close()

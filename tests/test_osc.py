@@ -175,6 +175,21 @@ def test_recording_is_refused_by_an_engine_that_cannot_record(osc: Served) -> No
         ["/riff/record/start", "/riff/record/start takes a string, got int"]]
 
 
+def test_capture_is_refused_by_an_engine_that_cannot_capture(osc: Served) -> None:
+    # The daemon's engine with --input captures (tests/test_capture_jack.py).
+    client = osc.client()
+    client.send("/riff/capture", 2)
+    client.send("/riff/capture", "two")
+    client.send("/riff/capture", 2, 3)
+    client.send("/riff/capture")
+    replies = client.messages_until_pong()
+    assert [r[1] for r in replies] == [
+        ["/riff/capture", "this engine cannot capture audio input"],
+        ["/riff/capture", "/riff/capture takes a number of bars, got str"],
+        ["/riff/capture", "/riff/capture: the name is a string, got int"],
+        ["/riff/capture", "/riff/capture takes 1 or 2 argument(s), got 0"]]
+
+
 def test_presets_save_and_load(osc: Served, tmp_path: Path) -> None:
     client = osc.client()
     client.send("/riff/prompt", "dub techno chords")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from engine.errors import InvalidRequest, RiffError
+from engine.live.capture import CaptureJob, Capturer, check_capture_bars
 from engine.live.jobs import ClipGenerator, ClipSink
 from engine.live.planner import JamPlanner, SeedLoops
 from engine.live.scheduler import Clock, Scheduler, SchedulerConfig, SystemClock
@@ -108,6 +109,10 @@ class Engine:
         #: Takes (``/riff/record/start``, ``/riff/record/stop``); set by the daemon when it
         #: was wired for recording (see :class:`engine.takes.recording.TakeController`).
         self.takes: TakeController | None = None
+        #: Live input as seed (``/riff/capture``); set by the daemon when it runs with audio
+        #: input (see :class:`engine.live.capture.Capturer`).
+        self.capture: Capturer | None = None
+        self._keeping: set[asyncio.Future[Path | None]] = set()
 
     # -- transport -------------------------------------------------------------------------
 
@@ -201,7 +206,46 @@ class Engine:
         except OSError as exc:
             raise InvalidRequest(f"cannot start recording: {exc}") from None
         log.info("recording to %s", path)
+        self._keep_seed_with_take()
         return path
+
+    def _keep_seed_with_take(self) -> None:
+        """A take that starts while a captured seed image plays keeps a copy of it (in an
+        executor: file I/O), so ``riff rerender`` finds it."""
+        if self.capture is None or self.takes is None:
+            return
+        path = self.capture.keep_current()
+        if path is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (scripts, tests): a copy of one image, right here
+            self.takes.keep_seed_image(path)
+            return
+        future = loop.run_in_executor(None, self.takes.keep_seed_image, path)
+        self._keeping.add(future)
+
+        def done(f: asyncio.Future[Path | None]) -> None:
+            self._keeping.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                log.error("keeping seed image %s with the take failed: %s", path.stem,
+                          f.exception())
+
+        future.add_done_callback(done)
+
+    # -- live input as seed ----------------------------------------------------------------
+
+    def capture_start(self, bars: object, name: object = None
+                      ) -> tuple[CaptureJob, asyncio.Future[str]]:
+        """Capture ``bars`` bars of the audio input from the next bar line as seed image
+        ``name`` (default ``capture-N``) and make it the current seed image; see
+        :meth:`engine.live.capture.Capturer.start`. Raises InvalidRequest (nothing changed)
+        for bad arguments or without audio input."""
+        check_capture_bars(bars)
+        if self.capture is None:
+            raise InvalidRequest("capture needs audio input: start the engine with "
+                                 "riff run --input")
+        return self.capture.start(bars, name)
 
     def record_stop(self) -> asyncio.Future[tuple[Path, Path]]:
         """Stop the running take now; the future gives its (audio, control log) paths once
@@ -256,6 +300,8 @@ class Engine:
     async def close(self) -> None:
         """Stop playing and end :meth:`run` (awaits its cleanup; ``run`` returns normally)."""
         self._closing = True
+        if self.capture is not None:
+            await self.capture.close()
         self.stop()
         self.state.remove_listener(self._changed)
         self.state.remove_guard(self._refuse)

@@ -72,11 +72,13 @@ class SpscRing:
         self.head = head + n
         return True
 
-    def write_columns(self, columns: Sequence[np.ndarray]) -> bool:
+    def write_columns(self, columns: Sequence[np.ndarray], offset: int = 0,
+                      count: int | None = None) -> bool:
         """Like :meth:`write` for rows of channels given one array per channel (JACK's port
         buffers), so the caller need not interleave them. A missing channel repeats the
-        first (mono to stereo)."""
-        n = columns[0].shape[0]
+        first (mono to stereo). ``offset``/``count``: only those ``count`` frames from
+        ``offset`` on (part of a period, without slicing the buffers first)."""
+        n = columns[0].shape[0] - offset if count is None else count
         head = self.head
         if n > self.capacity - (head - self.tail):
             return self._drop(n)
@@ -85,9 +87,9 @@ class SpscRing:
         buf = self.buffer
         for ch in range(buf.shape[1]):
             src = columns[ch if ch < len(columns) else 0]
-            buf[start:start + first, ch] = src[:first]
+            buf[start:start + first, ch] = src[offset:offset + first]
             if first < n:
-                buf[:n - first, ch] = src[first:]
+                buf[:n - first, ch] = src[offset + first:offset + n]
         self.head = head + n
         return True
 

@@ -15,6 +15,7 @@ import collections
 import datetime
 import functools
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -369,6 +370,29 @@ class TakeController:
         self.taps.log_playing()
         self.takes += 1
         return take.recorder.config.path
+
+    def seeds_folder(self) -> Path | None:
+        """Where the running take keeps the seed images it was played with that are not in
+        the engine's own library (captured ones): ``<take>.seeds/`` beside its audio file,
+        which ``riff rerender`` searches by itself. None when not recording. Any thread."""
+        take = self.taps.recording
+        if take is None:
+            return None
+        audio = take.recorder.config.path
+        return audio.with_name(f"{audio.stem}.seeds")
+
+    def keep_seed_image(self, path: Path) -> Path | None:
+        """Copy seed image ``path`` into the running take's seeds folder; returns the copy,
+        or None when not recording. Thread: an executor thread (file I/O), never the audio
+        thread; raises OSError when the copy fails."""
+        folder = self.seeds_folder()
+        if folder is None:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / path.name
+        shutil.copyfile(path, target)
+        log.info("seed image %s kept with the take in %s", path.stem, folder)
+        return target
 
     def detach(self) -> tuple[Recording, int]:
         """Take the running take away from the audio thread (its next period no longer feeds

@@ -47,7 +47,8 @@ def _jack_info(message: str) -> None:
 
 
 class PortOwner(Protocol):
-    """A part with ports on the :class:`JackOutput` client (a JACK MIDI input)."""
+    """A part with ports on the :class:`JackOutput` client (a JACK MIDI input, the audio
+    input)."""
 
     def register(self, client: Any) -> None:
         """Register its ports on ``client`` (control thread; again after a server restart)."""
@@ -128,6 +129,11 @@ class JackOutput:
         self._calls = 0
         self._first_frame_time = -1
         self._frame_offset = 0
+        #: The player's clock and the JACK frame time at the first frame of the current
+        #: (Python callback) cycle, for the parts hosted on this client (audio input):
+        #: -1 while no player renders. Written by the process thread only.
+        self.cycle_position = -1
+        self.cycle_frame = 0
         #: Why the server dropped this client ("" while connected).
         self.shutdown_reason = ""
         #: Times :meth:`reconnect` brought the client back after the server went away.
@@ -471,10 +477,13 @@ class JackOutput:
         player = self._player
         ports = self._ports
         if player is None:
+            self.cycle_position = -1
             for port in ports:
                 port.get_array().fill(0.0)
         else:
-            self._frame_offset = client.last_frame_time - player.position()
+            self.cycle_frame = client.last_frame_time
+            self.cycle_position = player.position()
+            self._frame_offset = self.cycle_frame - self.cycle_position
             if self.follow_transport:
                 self._publish_bbt(player.position())
             buffers = [port.get_array() for port in ports]

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--phase", default="quality", choices=("riffusion", "fast", "quality"),
                    help="phase reconstruction (default: quality)")
     p.add_argument("--seed-images", type=Path, action="append", default=[], metavar="DIR",
-                   help="extra folder of seed/mask images")
+                   help="extra folder of seed/mask images (the take's own NAME.seeds folder "
+                        "of captured seed images is searched without it)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=run)
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     settings = RerenderSettings(steps=args.steps)
     control = read_control_log(args.log)
     model = args.model or str(control.header.info.get("model") or DEFAULT_MODEL)
-    renderer = Renderer.load(model, device=args.device, seed_image_dirs=args.seed_images,
+    renderer = Renderer.load(model, device=args.device,
+                             seed_image_dirs=[*args.seed_images, *take_seed_folders(args.log)],
                              phase=args.phase)
     started = time.perf_counter()
     result = rerender(control, args.out, renderer.render_clip, settings,
@@ -68,3 +70,10 @@ def _progress_bar(done: int, total: int) -> None:
     end = "\n" if done >= total else ""
     print(f"\rrerender: [{'#' * filled}{'.' * (width - filled)}] clip {done}/{total}",
           end=end, file=sys.stderr, flush=True)
+
+
+def take_seed_folders(log: Path) -> list[Path]:
+    """The seed images kept with a take (``<take>.seeds/`` beside its control log: the
+    captured ones it was played with), when that folder exists."""
+    folder = log.with_name(f"{log.stem}.seeds")
+    return [folder] if folder.is_dir() else []

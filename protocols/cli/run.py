@@ -119,7 +119,15 @@ def register(subparsers: Any) -> None:
                           "player's decisions are published (default 2048, at least 3 "
                           "periods; reported as the ports' latency); 0: a Python callback "
                           "renders each period itself (always so with --jack-transport or a "
-                          "JACK MIDI input)")
+                          "JACK MIDI input or --input)")
+    out.add_argument("--input", action="store_true",
+                     help="give the client audio inputs riff:in_L/in_R (connected from the "
+                          "system capture ports unless --no-connect) for /riff/capture: the "
+                          "next N bars of what arrives there become the seed image (uses the "
+                          "Python process callback, like --jack-transport)")
+    out.add_argument("--capture-dir", type=Path, metavar="DIR", default=Path("captures"),
+                     help="with --input: where captured seed images go (default ./captures, "
+                          "created on the first capture); searched first for seed images")
     out.add_argument("--output", type=Path, metavar="FILE.wav",
                      help="render into this audio file instead of JACK")
     out.add_argument("--offline", action="store_true",
@@ -207,6 +215,11 @@ def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     ahead = opts["render_ahead"]
     if isinstance(ahead, bool) or not isinstance(ahead, int) or not 0 <= ahead <= 65536:
         raise InvalidRequest(f"--render-ahead must be 0..65536 frames, not {ahead!r}")
+    if getattr(args, "input", False) and args.output is not None:
+        raise InvalidRequest("--input needs JACK: it does not go with --output")
+    if getattr(args, "input", False) and args.generator is not None:
+        raise InvalidRequest("--input does not go with --generator: captured seed images are "
+                             "written here, where a remote generator cannot read them")
     if args.offline and args.output is None:
         raise InvalidRequest("--offline needs --output FILE")
     if args.duration_bars is not None and (args.output is None or args.duration_bars < 1):
@@ -259,6 +272,7 @@ class _Daemon:
     player: Any
     client: Any
     file_out: Any = None
+    capture_tap: Any = None
     takes: Any = None
     engine: Any = None
     engine_task: asyncio.Task[None] | None = None
@@ -286,6 +300,7 @@ def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
     else:
         rate = int(opts["sample_rate"])
     player = Player(PlayerConfig.with_crossfade_ms(rate, float(opts["crossfade_ms"])))
+    tap = _add_input(jack_out, rate, player.config.channels) if args.input else None
     client = _make_generator(args, opts)
     if jack_out is not None:
         # Keep what exists now out of the collector's full passes, which would otherwise
@@ -294,13 +309,40 @@ def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
         gc.collect()
         gc.freeze()
         connected = jack_out.start(player, connect=not opts["no_connect"])
+        if tap is not None:
+            _connect_input(jack_out, connect=not opts["no_connect"])
         log.info("JACK: %s active at %d Hz, %d frames per period, %s, silent until the "
                  "first clip%s", ", ".join(p.name for p in jack_out.ports), rate,
                  jack_out.blocksize,
                  f"compiled player (clips published {jack_out.render_ahead} frames ahead)"
                  if jack_out.render_ahead else "Python callback",
                  f" -> {', '.join(connected)}" if connected else " (not connected)")
-    return _Daemon(args, opts, loop, stop, jack_out, rate, player, client)
+    return _Daemon(args, opts, loop, stop, jack_out, rate, player, client, capture_tap=tap)
+
+
+def _add_input(jack_out: Any, rate: int, channels: int) -> Any:
+    """``--input``: input ports on the engine's client feeding a preallocated capture tap
+    (the longest capture's frames, allocated here once). Loop thread, before activation."""
+    from engine.live.capture import CaptureTap, capacity_frames
+    from protocols.audio.jack_input import JackAudioInput
+
+    tap = CaptureTap(channels, capacity_frames(rate))
+    jack_out.add_ports(JackAudioInput(jack_out, tap, channels))
+    return tap
+
+
+def _connect_input(jack_out: Any, connect: bool) -> None:
+    """Connect the system capture ports to ``in_L``/``in_R`` (unless ``--no-connect``) and
+    log the input ports. Loop thread."""
+    names = [f"{jack_out.name}:{n}" for n in ("in_L", "in_R")]
+    sources: list[str] = []
+    if connect:
+        physical = jack_out.client.get_ports(is_physical=True, is_output=True, is_audio=True)
+        for port, source in zip(("in_L", "in_R"), physical, strict=False):
+            jack_out.connect(port, source.name, source=False)
+            sources.append(source.name)
+    log.info("JACK: audio input on %s%s (for /riff/capture)", ", ".join(names),
+             f" <- {', '.join(sources)}" if sources else " (not connected)")
 
 
 def _render_ahead(args: argparse.Namespace, opts: dict[str, Any]) -> int:
@@ -309,9 +351,10 @@ def _render_ahead(args: argparse.Namespace, opts: dict[str, Any]) -> int:
     ahead = int(opts["render_ahead"])
     jack_midi = any(str(spec).split(":", 1)[0] == "jack"
                     for spec in getattr(args, "midi_in", None) or ())
-    if ahead and (args.jack_transport or jack_midi):
-        log.info("JACK: the Python process callback renders each period (%s needs it)",
-                 "--jack-transport" if args.jack_transport else "JACK MIDI input")
+    needs = ("--jack-transport" if args.jack_transport else "JACK MIDI input" if jack_midi
+             else "--input" if getattr(args, "input", False) else "")
+    if ahead and needs:
+        log.info("JACK: the Python process callback renders each period (%s needs it)", needs)
         return 0
     return ahead
 
@@ -354,11 +397,12 @@ def _build_engine(d: _Daemon, state: Any) -> None:
 
     args, opts = d.args, d.opts
     taps = RecordingTaps()
+    library = SeedImageLibrary(_seed_folders(args))
     d.engine = engine = Engine(taps.generator(d.client), taps.sink(d.player), sample_rate=d.rate,
                                state=state, sink_stats=d.player.counters,
                                config=SchedulerConfig(
                                    lead_s=d.player.config.crossfade_samples / d.rate),
-                               seed_loops=SeedImageLibrary(),
+                               seed_loops=library,
                                sync=SyncConfig(on_stop=d.opts["on_master_stop"]),
                                scheduler=d.opts["scheduler"])
     taps.transport = engine.transport
@@ -371,6 +415,20 @@ def _build_engine(d: _Daemon, state: Any) -> None:
               "crossfade_samples": d.player.config.crossfade_samples,
               "phase_method": opts["phase_method"]})
     engine.takes = d.takes
+    if d.capture_tap is not None:
+        from engine.live.capture import CaptureConfig, Capturer
+
+        engine.capture = Capturer(
+            d.capture_tap, CaptureConfig(sample_rate=d.rate, folder=args.capture_dir,
+                                         channels=d.player.config.channels),
+            engine.transport, state, library, keep=d.takes.keep_seed_image)
+        engine.capture.warm_up()
+
+
+def _seed_folders(args: argparse.Namespace) -> tuple[Path, ...]:
+    """Seed image folders searched before the built-in ones: the capture folder with
+    ``--input`` (for the engine, the worker and the surfaces' id checks alike)."""
+    return (args.capture_dir,) if getattr(args, "input", False) else ()
 
 
 def _start_playing(d: _Daemon) -> None:
@@ -465,7 +523,8 @@ def _make_generator(args: argparse.Namespace, opts: dict[str, Any]) -> Any:
     from engine.live.worker import WorkerClient, WorkerConfig
 
     return WorkerClient(WorkerConfig(model=opts["model"], device=opts["device"],
-                                     phase_method=opts["phase_method"]))
+                                     phase_method=opts["phase_method"],
+                                     seed_folders=tuple(str(f) for f in _seed_folders(args))))
 
 
 async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
@@ -496,7 +555,9 @@ async def _start_surfaces(args: argparse.Namespace, engine: Any, opts: dict[str,
     if dataclasses.is_dataclass(config) and hasattr(config, "check_image_ids"):
         # A remote generator has its own seed image library: it checks the ids itself.
         config = dataclasses.replace(cast(Any, config),
-                                     check_image_ids=args.generator is None)
+                                     check_image_ids=args.generator is None,
+                                     seed_image_dirs=(*cast(Any, config).seed_image_dirs,
+                                                      *_seed_folders(args)))
     if jack_out is None:
         started = await surfaces.start_control_surfaces(engine, config)
     else:  # JACK MIDI ports go on the engine's own client

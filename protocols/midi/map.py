@@ -28,6 +28,11 @@ A map is a TOML file in ``presets/maps/``::
     action = "seed_image"        # also: preset, play, stop
     value = "og_beat"
 
+    [[note]]                     # capture the next 2 bars of the audio input as the seed
+    note = 37                    # image (riff run --input); bars defaults to /riff/bars
+    action = "capture"
+    bars = 2
+
     [[button]]                   # a CC button (value >= 64 presses it) -> a note action
     cc = 41
     action = "play"
@@ -53,13 +58,14 @@ from typing import Any
 import tomlkit
 from tomlkit.items import AoT, Table
 
+from engine import limits
 from engine.errors import InvalidRequest
 from engine.live.state import ADDRESSES, PARAMETERS, Value
 from engine.model.request import check_plain_id
 from engine.presets import read_toml, write_text_atomic
 
 CURVES = ("linear", "exp", "log")
-NOTE_ACTIONS = ("seed_image", "preset", "prompt", "play", "stop")
+NOTE_ACTIONS = ("seed_image", "preset", "prompt", "play", "stop", "capture")
 _K = 4.0  # curvature of exp/log; e**4 ~ 55:1 between the ends' slopes
 
 
@@ -169,6 +175,8 @@ class NoteBinding:
     list: str = ""
     index: int = 0
     channel: int | None = None
+    #: ``capture``: bars to capture (0: the current ``/riff/bars``).
+    bars: int = 0
 
     def __post_init__(self) -> None:
         if self.action not in NOTE_ACTIONS:
@@ -182,13 +190,23 @@ class NoteBinding:
             check_plain_id(self.value, f"MIDI map {self.action}")
         if self.action == "prompt":
             check_plain_id(self.list, "MIDI map prompt list")
+        if self.action == "capture" and self.last is not None:
+            raise InvalidRequest("MIDI map: a capture note takes no range")
+        if self.bars and self.action != "capture":
+            raise InvalidRequest("MIDI map: bars goes with the capture action only")
+        if self.bars:
+            lo, hi = limits.CONTROL_BARS
+            if not lo <= self.bars <= hi:
+                raise InvalidRequest(f"MIDI map: capture bars must be {lo}..{hi}, not "
+                                     f"{self.bars}")
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], channel: int | None) -> NoteBinding:
         """From one ``[[note]]`` table, or a ``[[button]]`` table (``cc`` for ``note``)."""
         if "cc" in data and "note" not in data:
             data = {("note" if k == "cc" else k): v for k, v in data.items()}
-        extra = set(data) - {"note", "last", "action", "value", "list", "index", "channel"}
+        extra = set(data) - {"note", "last", "action", "value", "list", "index", "channel",
+                             "bars"}
         if extra:
             raise InvalidRequest(f"MIDI map: unknown note keys {', '.join(sorted(extra))}")
         note = _int(data, "note", 0, 127)
@@ -200,7 +218,8 @@ class NoteBinding:
         return cls(note=note, action=str(data.get("action", "")),
                    last=_int(data, "last", 0, 127), value=str(data.get("value", "")),
                    list=str(data.get("list", "")), index=_int(data, "index", 0, 511, 0) or 0,
-                   channel=_int(data, "channel", 0, 15, channel))
+                   channel=_int(data, "channel", 0, 15, channel),
+                   bars=_int(data, "bars", 0, 64, 0) or 0)
 
     def to_data(self) -> dict[str, Any]:
         """As a ``[[note]]`` table."""
@@ -213,6 +232,8 @@ class NoteBinding:
                 out[key] = text
         if self.index:
             out["index"] = self.index
+        if self.bars:
+            out["bars"] = self.bars
         return out
 
     def matches(self, channel: int, note: int) -> bool:

@@ -148,6 +148,10 @@ class MidiRouter:
             self.commands.play()
         elif b.action == "stop":
             self.commands.stop()
+        elif b.action == "capture":
+            bars = b.bars or int(self.commands.state.get("bars"))
+            job, _ = self.commands.capture(bars)
+            log.info("MIDI: capture %s armed for bar %d", job.name, job.bar)
 
     def _program(self, program: int) -> bool:
         if program >= len(self.map.programs):

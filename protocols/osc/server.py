@@ -24,10 +24,10 @@ press (the sender's own port; port 1 is never an OSC listener) and 2..65535 a po
 Access: a datagram from outside the allowed networks (``OscConfig.allow``, default: see
 :mod:`protocols.osc.access`) is dropped before parsing, unanswered, counted (``denied``) and
 logged at a limited rate. Commands that write files (``/riff/record/*``,
-``/riff/preset/save``, ``/riff/midi/learn``) are refused with ``/riff/error`` when file writes
-are off (``OscConfig.file_writes``; default off unless bound to loopback). Feedback only ever
-goes to the sender's own host (``/riff/subscribe`` takes a port, not a host), which has passed
-the allow-list.
+``/riff/preset/save``, ``/riff/midi/learn``, ``/riff/capture``) are refused with
+``/riff/error`` when file writes are off (``OscConfig.file_writes``; default off unless bound
+to loopback). Feedback only ever goes to the sender's own host (``/riff/subscribe`` takes a
+port, not a host), which has passed the allow-list.
 
 Thread: everything runs on the asyncio loop; nothing here blocks.
 """
@@ -373,6 +373,7 @@ class OscServer(asyncio.DatagramProtocol):
             "/riff/midi/learn": self._learn,
             "/riff/subscribe": self._subscribe, "/riff/unsubscribe": self._unsubscribe,
             "/riff/record/start": self._record_start, "/riff/record/stop": self._record_stop,
+            "/riff/capture": self._capture,
         }
         for address in ADDRESSES:
             table[address] = self._set_parameter
@@ -517,6 +518,38 @@ class OscServer(asyncio.DatagramProtocol):
                 self.reply(peer, "/riff/record/stopped", (str(audio.name), str(control.name)))
 
         future.add_done_callback(stopped)
+
+    def _capture(self, peer: Peer, address: str, args: tuple[Any, ...]) -> None:
+        """``/riff/capture <bars> [name]``: capture the next ``bars`` bars of the audio input
+        as seed image ``name``; replies ``/riff/capture/started <name> <bar>`` at once and
+        ``/riff/capture/done <name>`` once it is the current seed image (or ``/riff/error``).
+        It writes an image file into the capture folder."""
+        self._writes_files(address)
+        self._arity(address, args, 1, 2)
+        bars = args[0]
+        if not _number(bars):
+            raise InvalidRequest(f"{address} takes a number of bars, got "
+                                 f"{type(bars).__name__}")
+        name = args[1] if len(args) > 1 else None
+        if name is not None and not isinstance(name, str):
+            raise InvalidRequest(f"{address}: the name is a string, got {type(name).__name__}")
+        job, future = self.commands.capture(bars, name or None)
+        self.reply(peer, "/riff/capture/started", (job.name, job.bar))
+
+        def finished(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
+                self._error(peer, address, f"capture {job.name} was cancelled")
+                return
+            exc = f.exception()
+            if isinstance(exc, RiffError):
+                self._error(peer, address, str(exc))
+            elif exc is not None:
+                log.error("capture %s failed", job.name, exc_info=exc)
+                self._error(peer, address, f"internal error: {type(exc).__name__}")
+            else:
+                self.reply(peer, "/riff/capture/done", (str(f.result()),))
+
+        future.add_done_callback(finished)
 
     def _subscription(self, peer: Peer, address: str, args: tuple[Any, ...]) -> Peer | None:
         """The peer to (un)subscribe: the sender's own port for no argument or a button press

@@ -43,6 +43,8 @@ ACTIONS: Mapping[str, tuple[str, str]] = {
     "/riff/unsubscribe": ("i", "stop feedback"),
     "/riff/record/start": ("s", "start a take (optional name)"),
     "/riff/record/stop": ("", "stop the take"),
+    "/riff/capture": ("is", "capture the next N bars of the audio input as the seed image "
+                            "(optional name)"),
 }
 
 #: Read-only status addresses (what OSC feedback sends): status key -> (type, description).
