@@ -197,8 +197,11 @@ class ClipSink(Protocol):
     the bar grid.
     """
 
-    def schedule(self, clip: Clip, start_sample: int) -> None:
-        """Start ``clip`` at ``start_sample`` on the sink's clock.
+    def schedule(self, clip: Clip, start_sample: int, origin: int | None = None) -> None:
+        """Start ``clip`` at ``start_sample`` on the sink's clock, read from ``origin``
+        (``None``: from ``start_sample``; else an earlier sample, so the clip comes in at
+        ``(start_sample - origin) mod length``: the scheduler passes it only for a lattice
+        jump on a beat line, see :mod:`engine.live.scheduler`).
 
         Thread: the control plane (asyncio loop). Must not block, allocate audio-thread
         memory under a lock the audio thread waits on, or raise for a start in the past (a

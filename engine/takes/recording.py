@@ -256,9 +256,13 @@ class _LoggedSink:
         self.inner = inner
         self.taps = taps
 
-    def schedule(self, clip: Clip, start_sample: int) -> None:
-        """Schedule on the wrapped sink, then log the clip start (control plane)."""
-        self.inner.schedule(clip, start_sample)
+    def schedule(self, clip: Clip, start_sample: int, origin: int | None = None) -> None:
+        """Schedule on the wrapped sink, then log the clip start (control plane). A clip
+        read from an earlier ``origin`` (a lattice jump on a beat) is logged at its start."""
+        if origin is None:
+            self.inner.schedule(clip, start_sample)
+        else:
+            self.inner.schedule(clip, start_sample, origin=origin)
         self.taps.recent.append((clip, start_sample))
         self.taps.stopped_at = None
         if self.taps.recording is not None:
