@@ -134,18 +134,20 @@ class FakeGenerator:
 class FakeBatchGenerator(FakeGenerator):
     """A :class:`FakeGenerator` that also renders several alphas of one request in one call
     (``generate_batch``, like the worker's batched UNet calls): the steps of one job for the
-    whole batch. ``batches`` lists each call's job ids; ``batch_cancelled`` the ids of
-    batches cancelled mid-way."""
+    whole batch. ``batches`` lists each call's job ids, ``batch_started`` the fake time of
+    each call; ``batch_cancelled`` the ids of batches cancelled mid-way."""
 
     def __init__(self, clock: FakeClock, step_s: float = 0.1) -> None:
         super().__init__(clock, step_s)
         self.batches: list[list[int]] = []
+        self.batch_started: list[float] = []
         self.batch_cancelled: list[list[int]] = []
 
     async def generate_batch(self, jobs: list[GenerationJob]) -> list[Clip]:
         ids = [job.job_id for job in jobs]
         self.batches.append(ids)
         started = self.clock.now()
+        self.batch_started.append(started)
         try:
             for _ in range(jobs[0].request.num_inference_steps):
                 await self.clock.sleep(self.step_s)
