@@ -241,6 +241,18 @@ class _LoggedGenerator:
     def __init__(self, inner: ClipGenerator, taps: RecordingTaps) -> None:
         self.inner = inner
         self.taps = taps
+        if hasattr(inner, "generate_batch"):  # the scheduler batches the lattice with it
+            self.generate_batch = self._generate_batch
+
+    async def _generate_batch(self, jobs: Sequence[GenerationJob]) -> list[Clip]:
+        """Log each job, then generate them in one batched call (control plane)."""
+        if self.taps.recording is not None:
+            sample, bar = self.taps._at()
+            for job in jobs:
+                self.taps.log_generation(job.job_id, job.request, job.spec, sample=sample,
+                                         bar=bar)
+        clips: list[Clip] = await self.inner.generate_batch(jobs)  # type: ignore[attr-defined]
+        return clips
 
     async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
                        ) -> Clip:
