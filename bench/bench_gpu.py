@@ -10,7 +10,14 @@ same components and request (a Riffusion request: og_beat, denoising 0.75, guida
 - the baseline: diffusers' ``StableDiffusionImg2ImgPipeline`` on the same components, same
   prompt, strength and step count (generation only: it has no audio);
 - phase reconstruction of one generated image by each method (``fast``, ``quality``,
-  ``riffusion``) on the device.
+  ``riffusion``) on the device;
+- the lattice (knob move to audible): the real engine (scheduler, manual mode, lattice of
+  ``--lattice`` alphas rendered with batched calls) drives this generator in a thread,
+  against a sink whose audio clock is the wall clock; once the lattice is complete the knob
+  moves to 0.3 and the bench times the move to the first sample of the nearest lattice clip
+  (``knob_to_audible_s``, also in beats; goal: at most one beat) and, in the same run, to the
+  first sample of the exact clip (``exact_to_audible_s``: what a move costs without the
+  lattice, the baseline), plus how long the lattice took to fill.
 
 Prints JSON, then a table. ``--small`` runs the tiny model on the CPU in seconds (the test
 suite runs it, so the script cannot rot); without it, a CUDA device is expected (a CPU run of
@@ -23,9 +30,11 @@ the full model works, slowly).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.dsp.phase import mel_to_audio
 from engine.dsp.spectrogram import image_to_mel, params_from_image
 from engine.live.clip import conform_image
-from engine.live.jobs import ClipSpec
+from engine.live.control import Engine
+from engine.live.jobs import Clip, ClipSpec, GenerationJob, ProgressCallback
+from engine.live.scheduler import SchedulerConfig
+from engine.live.state import EngineState
 from engine.model.pipeline import RiffusionGenerator
 from engine.model.request import InferenceRequest
 from engine.model.tiny import save_tiny_model, write_tokenizer_files
@@ -110,7 +122,8 @@ def request(steps: int, alpha: float = 0.5) -> InferenceRequest:
         "end": {"prompt": "jazzy rapping", "seed": 43, "denoising": 0.75, "guidance": 7.0}})
 
 
-def run(model_dir: Path, device: str, steps_list: list[int], repeat: int) -> dict[str, Any]:
+def run(model_dir: Path, device: str, steps_list: list[int], repeat: int,
+        lattice: int = 9) -> dict[str, Any]:
     """Every timing of the module docstring, in seconds."""
     gen = RiffusionGenerator.load(str(model_dir), device=device)
     dev = gen.device
@@ -147,9 +160,124 @@ def run(model_dir: Path, device: str, steps_list: list[int], repeat: int) -> dic
                                                          circular=True,
                                                          device=conform_device), dev, repeat)
         for method in ("fast", "quality", "riffusion")}
+    if lattice:
+        out["lattice"] = lattice_knob(gen, steps_list[-1], lattice, conform_device)
     if dev.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return out
+
+
+class ThreadGenerator:
+    """The generator and conform in a thread: a ``ClipGenerator`` with ``generate_batch``
+    for the engine (what the worker process does, without the process). Cancelling a call
+    stops its diffusion at the next step."""
+
+    def __init__(self, gen: RiffusionGenerator, conform_device: str) -> None:
+        self.gen = gen
+        self.conform_device = conform_device
+
+    async def _run(self, jobs: list[GenerationJob]) -> list[Clip]:
+        stop = threading.Event()
+
+        def work() -> list[Clip]:
+            start = time.perf_counter()
+            results = self.gen.generate_alphas(jobs[0].request,
+                                               [job.request.alpha for job in jobs],
+                                               cancel=stop.is_set)
+            return [Clip(job.job_id,
+                         conform_image(result.image, job.spec, job.request,
+                                       seed_images=self.gen.seed_images,
+                                       device=self.conform_device),
+                         job.spec, job.request, time.perf_counter() - start)
+                    for job, result in zip(jobs, results, strict=True)]
+
+        future = asyncio.get_running_loop().run_in_executor(None, work)
+        # A cancelled call's thread ends with Cancelled, which nobody awaits: read it here.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
+                       ) -> Clip:
+        return (await self._run([job]))[0]
+
+    async def generate_batch(self, jobs: list[GenerationJob]) -> list[Clip]:
+        return await self._run(list(jobs))
+
+
+class WallSink:
+    """A sink whose audio clock is the wall clock; notes each clip's start (and origin)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.t0 = time.monotonic()
+        self.scheduled: list[tuple[Clip, int, int | None]] = []
+
+    def position(self) -> int:
+        return round((time.monotonic() - self.t0) * self.sample_rate)
+
+    def schedule(self, clip: Clip, start_sample: int, origin: int | None = None) -> None:
+        self.scheduled.append((clip, start_sample, origin))
+
+    def stop(self) -> None:
+        pass
+
+    def wall(self, sample: int) -> float:
+        """The monotonic time of ``sample``."""
+        return self.t0 + sample / self.sample_rate
+
+
+def lattice_knob(gen: RiffusionGenerator, steps: int, points: int, conform_device: str,
+                 tempo: float = 120.0, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Knob move to audible with a full lattice, and to the exact clip (module docstring)."""
+    rate = 48000
+
+    async def main() -> dict[str, Any]:
+        sink = WallSink(rate)
+        state = EngineState({"alpha_auto": False, "alpha": 0.0, "steps": steps,
+                             "tempo": tempo, "bars": 1, "prompt_a": "jazzy rapping",
+                             "prompt_b": "church bells", "seed": 42, "seed_b": 43,
+                             "denoising": 0.75, "guidance": 7.0, "seed_image": "og_beat"})
+        engine = Engine(ThreadGenerator(gen, conform_device), sink, sample_rate=rate,
+                        state=state, config=SchedulerConfig(lattice=points, lead_s=0.01))
+        task = asyncio.ensure_future(engine.run())
+
+        async def until(cond: Callable[[], bool]) -> None:
+            end = time.monotonic() + timeout_s
+            while not cond():
+                if time.monotonic() > end:
+                    raise TimeoutError("the lattice bench timed out")
+                await asyncio.sleep(0.005)
+
+        try:
+            started = time.monotonic()
+            engine.play()
+            lattice = engine.scheduler._lattice
+            assert lattice is not None
+            await until(lambda: len(lattice.done) == points)
+            fill_s = time.monotonic() - started
+            await asyncio.sleep(0.1)
+            before = len(sink.scheduled)
+            moved = time.monotonic()
+            engine.state.set("alpha", 0.3)
+            await until(lambda: any(c.request.alpha == 0.3 for c, _, _ in sink.scheduled))
+            after = sink.scheduled[before:]
+            jump = next((s for c, s, origin in after if origin is not None), None)
+            exact = next(s for c, s, _ in after if c.request.alpha == 0.3)
+        finally:
+            await engine.close()
+            await asyncio.gather(task, return_exceptions=True)
+        beat_s = 60.0 / tempo
+        knob = sink.wall(jump) - moved if jump is not None else None
+        return {"points": points, "tempo": tempo, "beat_s": beat_s, "fill_s": fill_s,
+                "knob_to_audible_s": knob,
+                "knob_to_audible_beats": knob / beat_s if knob is not None else None,
+                "exact_to_audible_s": sink.wall(exact) - moved}
+
+    return asyncio.run(main())
 
 
 def _baseline(gen: RiffusionGenerator, req: InferenceRequest, dev: torch.device,
@@ -185,6 +313,15 @@ def table(result: dict[str, Any]) -> str:
                      f"| {row['batched_per_clip_s']:.3f} | {base:.3f} |")
     lines += ["", "| phase method | seconds |", "|---|---|"]
     lines += [f"| {m} | {s:.3f} |" for m, s in result["phase_s"].items()]
+    lat = result.get("lattice")
+    if lat:
+        knob = lat["knob_to_audible_s"]
+        lines += ["", "| lattice | knob move to audible | to the exact clip | fill |",
+                  "|---|---|---|---|",
+                  f"| {lat['points']} alphas | "
+                  + (f"{knob:.3f} s ({lat['knob_to_audible_beats']:.2f} beat)"
+                     if knob is not None else "no jump")
+                  + f" | {lat['exact_to_audible_s']:.3f} s | {lat['fill_s']:.2f} s |"]
     return "\n".join(lines)
 
 
@@ -194,6 +331,9 @@ def main() -> int:
                         help="the tiny model on the CPU, few steps (seconds; for CI)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--lattice", type=int, default=None,
+                        help="lattice alphas for the knob-move timing (default 9; --small: "
+                             "3; 0 skips it)")
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="step counts (default 50 20 10; --small: 4 2)")
     args = parser.parse_args()
@@ -201,10 +341,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="riff-bench-gpu-") as tmp:
         if args.small:
             folder = save_tiny_model(Path(tmp) / "tiny")
-            result = run(folder, "cpu", steps, max(1, min(args.repeat, 1)))
+            result = run(folder, "cpu", steps, max(1, min(args.repeat, 1)),
+                         3 if args.lattice is None else args.lattice)
         else:
             folder = save_sd15_shaped_model(Path(tmp) / "sd15-random")
-            result = run(folder, args.device, steps, args.repeat)
+            result = run(folder, args.device, steps, args.repeat,
+                         9 if args.lattice is None else args.lattice)
     print(json.dumps(result, indent=2))
     print(table(result), file=sys.stderr)
     return 0

@@ -25,4 +25,10 @@ def test_the_small_gpu_benchmark_runs_and_reports_every_timing() -> None:
         assert 0 < row[key] < 600, (key, row)
     assert result["baseline"]["2"]["diffusers_img2img_s"] > 0
     assert set(result["phase_s"]) == {"fast", "quality", "riffusion"}
-    assert "| 2 |" in r.stderr  # the table
+    lattice = result["lattice"]
+    assert lattice["points"] == 3 and lattice["fill_s"] > 0
+    # The knob move was heard from a lattice clip (on a beat line), before the exact clip;
+    # how soon is the benchmark's number, not a test's.
+    assert 0 < lattice["knob_to_audible_s"] < lattice["exact_to_audible_s"]
+    assert lattice["knob_to_audible_beats"] > 0
+    assert "| 2 |" in r.stderr and "| 3 alphas |" in r.stderr  # the tables
