@@ -479,6 +479,9 @@ def _log_summary(d: _Daemon) -> None:
              "%d started after their bar line",
              c["started"], s.late, c["xruns"], d.client.restarts, c["underruns"], c["silent"],
              s.repeated, s.generated, s.cached, s.reconformed, c["late"])
+    if d.engine.scheduler.config.lattice:
+        log.info("lattice: %d clips rendered, %d knob moves heard from one, %d dropped",
+                 s.lattice, s.lattice_jumps, s.lattice_dropped)
     if d.args.generator is not None:
         log.info("remote generator: %d requests, %d failed, %d retried", d.client.attempts,
                  d.client.failures, d.client.retried)
