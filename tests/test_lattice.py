@@ -270,3 +270,18 @@ def test_the_lattice_is_off_by_default_and_in_auto_mode() -> None:
                 {"lattice_batch": 0}):
         with pytest.raises(InvalidRequest):
             SchedulerConfig(**bad)
+
+
+def test_a_stop_keeps_the_lattice_clips_for_the_next_play() -> None:
+    async def body(rig: Rig) -> None:
+        await rig.clock.run_until(lambda: rig.lattice_done == 9, 30.0)
+        batches = len(rig.gen.batches)
+        rig.engine.stop()
+        assert rig.engine.scheduler._lattice is None
+        await rig.clock.advance(1.0)
+        rig.engine.play()
+        await rig.clock.run_until(lambda: rig.lattice_done == 9, 5.0)
+        assert len(rig.gen.batches) == batches  # all nine from the cache
+        assert rig.engine.scheduler.counters.lattice_dropped == 0
+
+    run(body)

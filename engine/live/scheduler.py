@@ -675,16 +675,17 @@ class Scheduler:
         self._work.set()
 
     def _drop_lattice(self, *, count: bool = True) -> None:
-        """Forget the lattice: cancel its work in flight and remove its clips from the cache
-        (``count``: what it depends on changed; not counted for a stop)."""
+        """Forget the lattice: cancel its work in flight and, when what it depends on
+        changed (``count``), remove its clips from the cache. A stop keeps them: the same
+        lattice after the next play finds them there (see :meth:`_lattice_chunk`)."""
         lattice, self._lattice = self._lattice, None
         if lattice is None:
             return
         for task in lattice.tasks:
             task.cancel()
-        for alpha in lattice.done:
-            self.cache.discard(lattice.request(alpha), lattice.spec)
         if count:
+            for alpha in lattice.done:
+                self.cache.discard(lattice.request(alpha), lattice.spec)
             self.counters.lattice_dropped += 1
             log.debug("lattice dropped (%d of %d alphas rendered)", len(lattice.done),
                       self.config.lattice)
