@@ -172,6 +172,11 @@ class ClipGenerator(Protocol):
     ``progress(step, total)``, when given, is called on the loop thread after each denoising
     step; it must not block.
 
+    Optional: ``async generate_batch(jobs) -> list[Clip]`` renders jobs that differ only in
+    their alpha (one clip spec) in one call, the alphas sharing their UNet calls (the
+    worker's); the scheduler's lattice uses it where it exists and ``generate`` one job at
+    a time elsewhere. Cancelling it cancels every job of the batch.
+
     Errors: :class:`~engine.errors.InvalidRequest`, :class:`~engine.errors.UnknownId` and
     :class:`~engine.errors.InvalidImage` mean the job itself is bad (the scheduler reports it
     and does not retry). Any other exception (worker crashed, out of memory, model not

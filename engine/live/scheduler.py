@@ -127,7 +127,8 @@ class SchedulerConfig:
     max_tick_s: float = 0.02
     cache_clips: int = DEFAULT_CLIPS
     #: Alphas of the lattice (0: off; else 2..33, see the module docstring) and how many
-    #: alphas one batched call renders.
+    #: alphas one batched call renders (3: nine alphas fill in three calls, and a batch
+    #: cancelled by planned work loses at most three alphas' steps).
     lattice: int = 0
     lattice_batch: int = 3
 
