@@ -11,6 +11,10 @@ same components and request (a Riffusion request: og_beat, denoising 0.75, guida
   prompt, strength and step count (generation only: it has no audio);
 - phase reconstruction of one generated image by each method (``fast``, ``quality``,
   ``riffusion``) on the device;
+- the fast path (:mod:`engine.model.unet_graphs`): one UNet evaluation at batch 2 eager and
+  replayed from its CUDA graph, the one-off capture (warm-up) time, and a clip at each step
+  count with the graphs off (the weights stay channels-last). On the CPU the graphs are the
+  rerun stand-in, so those figures only show that the path runs;
 - the lattice (knob move to audible): the real engine (scheduler, manual mode, lattice of
   ``--lattice`` alphas rendered with batched calls) drives this generator in a thread,
   against a sink whose audio clock is the wall clock; once the lattice is complete the knob
@@ -54,6 +58,7 @@ from engine.live.state import EngineState
 from engine.model.pipeline import RiffusionGenerator
 from engine.model.request import InferenceRequest
 from engine.model.tiny import save_tiny_model, write_tokenizer_files
+from engine.model.unet_graphs import RerunBackend, UNetGraphs
 
 
 def save_sd15_shaped_model(folder: Path, seed: int = 0) -> Path:
@@ -132,6 +137,7 @@ def run(model_dir: Path, device: str, steps_list: list[int], repeat: int,
     out: dict[str, Any] = {"device": str(dev), "dtype": str(gen.parts.dtype),
                            "model": str(model_dir.name), "project": {}, "baseline": {}}
     conform_device = "cuda" if dev.type == "cuda" else "cpu"
+    eager = RiffusionGenerator(gen.parts, gen.seed_images, fast_path=False)
     for steps in steps_list:
         req = request(steps)
 
@@ -146,8 +152,12 @@ def run(model_dir: Path, device: str, steps_list: list[int], repeat: int,
         def batched(req: InferenceRequest = req) -> Any:
             return gen.generate_alphas(req, [0.25, 0.5, 0.75, 1.0])
 
+        def eager_clip(req: InferenceRequest = req) -> Any:
+            return eager.generate(req)
+
         out["project"][str(steps)] = {
             "generate_s": timed(generate, dev, repeat),
+            "generate_fast_path_off_s": timed(eager_clip, dev, repeat),
             "generate_and_audio_s": timed(with_audio, dev, repeat),
             "batched_per_clip_s": timed(batched, dev, repeat) / 4,
         }
@@ -160,6 +170,7 @@ def run(model_dir: Path, device: str, steps_list: list[int], repeat: int,
                                                          circular=True,
                                                          device=conform_device), dev, repeat)
         for method in ("fast", "quality", "riffusion")}
+    out["fast_path"] = _fast_path(gen, dev, repeat)
     if lattice:
         out["lattice"] = lattice_knob(gen, steps_list[-1], lattice, conform_device)
     if dev.type == "cuda":
@@ -167,6 +178,30 @@ def run(model_dir: Path, device: str, steps_list: list[int], repeat: int,
     return out
 
 
+def _fast_path(gen: RiffusionGenerator, dev: torch.device, repeat: int) -> dict[str, Any]:
+    """One UNet evaluation (batch 2, a 512 px wide clip's latents) eager and through graphs,
+    and how long capturing a new shape takes (what the worker's warm-up spends per width)."""
+    unet = gen.parts.unet
+    dtype = gen.parts.dtype
+    g = torch.Generator(dev).manual_seed(0)
+    sample = torch.randn(2, unet.config.in_channels, 64, 64, generator=g, device=dev,
+                         dtype=dtype)
+    context = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g, device=dev,
+                          dtype=dtype)
+    t = torch.tensor(500, device=dev)
+    graphs = gen.graphs or UNetGraphs(unet, RerunBackend())
+    fresh = UNetGraphs(unet, graphs.backend)
+    with torch.no_grad():
+        _sync(dev)
+        start = time.perf_counter()
+        fresh(sample, t, context)
+        _sync(dev)
+        capture_s = time.perf_counter() - start
+        eager_s = timed(lambda: unet(sample, t, encoder_hidden_states=context), dev, repeat)
+        graph_s = timed(lambda: graphs(sample, t, context), dev, repeat)
+    return {"graphs": "cuda" if gen.graphs is not None else "rerun stand-in (cpu)",
+            "unet_eval_eager_ms": eager_s * 1000, "unet_eval_graph_ms": graph_s * 1000,
+            "capture_s": capture_s}
 class ThreadGenerator:
     """The generator and conform in a thread: a ``ClipGenerator`` with ``generate_batch``
     for the engine (what the worker process does, without the process). Cancelling a call
@@ -305,12 +340,18 @@ def _baseline(gen: RiffusionGenerator, req: InferenceRequest, dev: torch.device,
 def table(result: dict[str, Any]) -> str:
     """The JSON as a Markdown table (seconds per clip)."""
     lines = [f"device {result['device']} ({result['dtype']}), model {result['model']}", "",
-             "| steps | generate | + clip audio | 4 alphas batched, per clip | "
-             "diffusers img2img |", "|---|---|---|---|---|"]
+             "| steps | generate | fast path off | + clip audio | 4 alphas batched, per clip "
+             "| diffusers img2img |", "|---|---|---|---|---|---|"]
     for steps, row in result["project"].items():
         base = result["baseline"][steps]["diffusers_img2img_s"]
-        lines.append(f"| {steps} | {row['generate_s']:.3f} | {row['generate_and_audio_s']:.3f} "
+        lines.append(f"| {steps} | {row['generate_s']:.3f} "
+                     f"| {row['generate_fast_path_off_s']:.3f} "
+                     f"| {row['generate_and_audio_s']:.3f} "
                      f"| {row['batched_per_clip_s']:.3f} | {base:.3f} |")
+    fast = result["fast_path"]
+    lines += ["", f"UNet evaluation, batch 2: {fast['unet_eval_eager_ms']:.1f} ms eager, "
+              f"{fast['unet_eval_graph_ms']:.1f} ms from its graph ({fast['graphs']}); "
+              f"capturing a shape: {fast['capture_s']:.2f} s"]
     lines += ["", "| phase method | seconds |", "|---|---|"]
     lines += [f"| {m} | {s:.3f} |" for m, s in result["phase_s"].items()]
     lat = result.get("lattice")

@@ -123,13 +123,21 @@ def add_control_arguments(parser: argparse.ArgumentParser) -> None:
                        help="join an Ableton Link session: follow its tempo and beat phase "
                             "(quantum = beats per bar), send /riff/tempo to it, share "
                             "start/stop with peers that enable it")
+    group.add_argument("--http", type=int, default=None, metavar="PORT", dest="http_port",
+                       help="serve the monitor page (http://HOST:PORT/monitor: timeline, "
+                            "position, counters and controls, live over a WebSocket) and "
+                            "OSCQuery on this TCP port (default: off; 0 picks a free port)")
+    group.add_argument("--http-host", default=None, metavar="HOST",
+                       help="interface for --http (default 127.0.0.1: this machine only, as "
+                            "the page can change the engine; 0.0.0.0 for every interface, "
+                            "WebSockets then accepted from --osc-allow networks)")
     group.add_argument("--oscquery-port", type=int, default=None, metavar="PORT",
-                       help="serve the OSC address space as OSCQuery (HTTP JSON) and the "
-                            "monitor page (/monitor) on this TCP port, on the --osc-host "
-                            "interface (default: off; 0 picks a free port)")
+                       help="the same as --http PORT, but on the --osc-host interface "
+                            "unless --http-host is given (an OSCQuery client must reach it "
+                            "where it reaches OSC)")
     group.add_argument("--no-oscquery-advertise", action="store_true",
                        help="do not advertise OSCQuery by mDNS/zeroconf (it is never "
-                            "advertised when --osc-host is a loopback address)")
+                            "advertised when the web side listens on a loopback address)")
     group.add_argument("--preset-dir", action="append", default=[], type=Path, metavar="DIR",
                        help="your presets folder (searched first; presets and learned MIDI maps "
                             "are saved here; default: riffusion-engine/presets in your config "
@@ -143,14 +151,29 @@ def control_config_from_args(args: argparse.Namespace) -> ControlConfig:
     osc = None if args.osc_port == 0 else OscConfig(
         host=args.osc_host, port=args.osc_port, allow=tuple(args.osc_allow),
         file_writes=file_writes)
-    port = getattr(args, "oscquery_port", None)
-    web = None if port is None else WebConfig(
-        host=args.osc_host, port=port,
-        advertise=not getattr(args, "no_oscquery_advertise", False))
     return ControlConfig(osc=osc, midi_in=tuple(args.midi_in), midi_map=args.midi_map,
                          midi_clock=args.midi_clock, midi_feedback=args.midi_feedback,
-                         preset_dirs=tuple(args.preset_dir), web=web,
+                         preset_dirs=tuple(args.preset_dir), web=web_config_from_args(args),
                          link=bool(getattr(args, "link", False)))
+
+
+def web_config_from_args(args: argparse.Namespace) -> WebConfig | None:
+    """The web side's config: ``--http PORT`` on ``--http-host`` (default loopback), or its
+    older spelling ``--oscquery-port PORT``, whose host defaults to ``--osc-host``; None when
+    neither is given. Both at once must name the same port."""
+    http_port = getattr(args, "http_port", None)
+    oscquery_port = getattr(args, "oscquery_port", None)
+    if http_port is not None and oscquery_port is not None and http_port != oscquery_port:
+        raise InvalidRequest(f"--http {http_port} and --oscquery-port {oscquery_port} name "
+                             "one server: give one port")
+    port = http_port if http_port is not None else oscquery_port
+    if port is None:
+        return None
+    host = getattr(args, "http_host", None)
+    if host is None:
+        host = "127.0.0.1" if http_port is not None else args.osc_host
+    return WebConfig(host=host, port=port, allow=tuple(args.osc_allow),
+                     advertise=not getattr(args, "no_oscquery_advertise", False))
 
 
 def load_midi_map(library: PresetLibrary, ident: str | None) -> MidiMap:
@@ -186,6 +209,8 @@ class ControlSurfaces:
         if self.router is not None:
             out.update({f"midi_{k}": v
                         for k, v in dataclasses.asdict(self.router.counters).items()})
+        if self.web is not None:
+            out.update({f"web_{k}": v for k, v in self.web.stats().items()})
         return out
 
     async def close(self) -> None:
@@ -251,7 +276,7 @@ async def start_control_surfaces(engine: ControlTarget, config: ControlConfig, *
             surfaces.link = _start_link(engine)
         if config.web is not None:
             osc_address = surfaces.osc.address if surfaces.osc is not None else None
-            surfaces.web = await start_web(engine, config.web, osc_address)
+            surfaces.web = await start_web(commands, config.web, osc_address)
     except BaseException:
         await surfaces.close()
         raise

@@ -21,7 +21,8 @@ def test_the_small_gpu_benchmark_runs_and_reports_every_timing() -> None:
     result = json.loads(r.stdout)
     assert result["device"] == "cpu" and result["model"] == "tiny"
     row = result["project"]["2"]
-    for key in ("generate_s", "generate_and_audio_s", "batched_per_clip_s"):
+    for key in ("generate_s", "generate_fast_path_off_s", "generate_and_audio_s",
+                "batched_per_clip_s"):
         assert 0 < row[key] < 600, (key, row)
     assert result["baseline"]["2"]["diffusers_img2img_s"] > 0
     assert set(result["phase_s"]) == {"fast", "quality", "riffusion"}
@@ -31,4 +32,8 @@ def test_the_small_gpu_benchmark_runs_and_reports_every_timing() -> None:
     # how soon is the benchmark's number, not a test's.
     assert 0 < lattice["knob_to_audible_s"] < lattice["exact_to_audible_s"]
     assert lattice["knob_to_audible_beats"] > 0
-    assert "| 2 |" in r.stderr and "| 3 alphas |" in r.stderr  # the tables
+    fast = result["fast_path"]
+    assert fast["graphs"].startswith("rerun") and fast["capture_s"] > 0
+    assert fast["unet_eval_eager_ms"] > 0 and fast["unet_eval_graph_ms"] > 0
+    assert "| 2 |" in r.stderr and "from its graph" in r.stderr  # the tables
+    assert "| 3 alphas |" in r.stderr

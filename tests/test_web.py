@@ -1,31 +1,40 @@
 """OSCQuery, mDNS advertising and the monitor page of ``riff run``, over real sockets.
 
 The surfaces start as ``riff run`` starts them (``start_control_surfaces`` with OSC and the
-web side on ephemeral ports); requests go over real HTTP (httpx), changes over real OSC UDP.
+web side on ephemeral ports); requests go over real HTTP (httpx), the page's feed and commands
+over a real WebSocket (websockets' client, and a real headless Chromium where one is
+installed), changes over real OSC UDP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
-import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
 
+from engine.errors import InvalidRequest
 from engine.live.control import Engine
+from engine.live.state import PARAMETERS
 from protocols.osc.server import OscConfig
 from protocols.surfaces import ControlConfig, ControlSurfaces, start_control_surfaces
 from protocols.web.advertise import OSCQUERY_TYPE, advertised_addresses, is_loopback
 from protocols.web.server import WebConfig
 from tests.control_surface_helpers import Client, EngineDouble, LoopThread
 from tests.engine_fakes import FakeClock, FakeGenerator, FakeSink
+from tests.headless_browser import Browser, find_chromium
 
 
 class Rig:
@@ -105,7 +114,7 @@ def test_host_info_names_the_osc_port(rig: Rig) -> None:
     assert info["NAME"].startswith("riff on ")
 
 
-def test_http_responder_edges(rig: Rig) -> None:
+def test_http_edges(rig: Rig) -> None:
     assert httpx.head(rig.base + "/riff/alpha").content == b""
     assert httpx.post(rig.base + "/riff/alpha", content=b"x").status_code == 405
     # Keep-alive: several requests on one connection.
@@ -189,6 +198,18 @@ def test_cli_options_build_the_web_config() -> None:
     config = control_config_from_args(parser.parse_args(
         ["--osc-host", "0.0.0.0", "--oscquery-port", "9123", "--no-oscquery-advertise"]))
     assert config.web == WebConfig(host="0.0.0.0", port=9123, advertise=False)
+    # --http: loopback unless --http-host says otherwise, whatever --osc-host is.
+    config = control_config_from_args(parser.parse_args(
+        ["--osc-host", "0.0.0.0", "--osc-allow", "10.0.0.0/8", "--http", "8080"]))
+    assert config.web == WebConfig(host="127.0.0.1", port=8080, allow=("10.0.0.0/8",))
+    config = control_config_from_args(parser.parse_args(
+        ["--http", "8080", "--http-host", "0.0.0.0"]))
+    assert config.web is not None and config.web.host == "0.0.0.0"
+    config = control_config_from_args(parser.parse_args(
+        ["--osc-host", "0.0.0.0", "--oscquery-port", "9123", "--http-host", "127.0.0.1"]))
+    assert config.web is not None and config.web.host == "127.0.0.1"
+    with pytest.raises(InvalidRequest, match="one server"):
+        control_config_from_args(parser.parse_args(["--http", "8080", "--oscquery-port", "9"]))
 
 
 # -- the monitor page ------------------------------------------------------------------------
@@ -218,7 +239,7 @@ def test_monitor_page_and_status(playing: tuple[Rig, Engine, FakeClock]) -> None
     rig, engine, clock = playing
     page = rig.get("/monitor")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "/monitor/status" in page.text and "<script>" in page.text
+    assert "/monitor/ws" in page.text and "<script>" in page.text
     before = rig.get("/monitor/status").json()
     assert before["status"]["bar"] == -1 and before["timeline"]["playing"] is None
     rig.osc.send("/riff/prompt", "monitor test")
@@ -238,25 +259,226 @@ def test_monitor_page_and_status(playing: tuple[Rig, Engine, FakeClock]) -> None
     assert doc["beat"] is not None and 0 <= doc["beat"] < 4
 
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(n)), None)
+# -- the WebSocket: live document and commands -------------------------------------------
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install "
-                    "chromium) for the headless browser check")
-def test_monitor_page_in_headless_chromium(playing: tuple[Rig, Engine, FakeClock]) -> None:
+def _socket(rig: Rig, origin: str | None = None) -> ClientConnection:
+    url = rig.base.replace("http://", "ws://") + "/monitor/ws"
+    return connect(url, origin=origin, open_timeout=10)  # type: ignore[arg-type]
+
+
+def _until(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """The next message of ``kind`` (pushes in between are skipped)."""
+    while True:
+        message = json.loads(ws.recv(timeout=10))
+        if message["type"] == kind:
+            return message
+
+
+def _command(ws: ClientConnection, ident: int, address: str, *args: Any) -> dict[str, Any]:
+    ws.send(json.dumps({"id": ident, "address": address, "args": list(args)}))
+    reply = _until(ws, "reply")
+    assert reply["id"] == ident
+    return reply
+
+
+def test_websocket_hello_lists_every_parameter_with_its_range(rig: Rig) -> None:
+    with _socket(rig) as ws:
+        hello = json.loads(ws.recv(timeout=10))
+        assert hello["type"] == "hello"
+        controls = {c["name"]: c for c in hello["controls"]}
+        assert list(controls) == list(PARAMETERS)
+        for name, spec in PARAMETERS.items():
+            assert controls[name]["address"] == spec.address
+            if spec.kind in ("int", "float"):
+                assert (controls[name]["min"], controls[name]["max"]) == (spec.lo, spec.hi)
+        assert controls["alpha"]["widget"] == "slider" and controls["alpha"]["type"] == "f"
+        assert controls["steps"]["widget"] == "slider" and controls["steps"]["step"] == 1
+        assert controls["seed"]["widget"] == "number"  # 0..2**32-1 is no slider
+        assert controls["alpha_auto"]["widget"] == "toggle"
+        assert controls["prompt"]["widget"] == "text"
+        first = _until(ws, "status")
+        assert first["parameters"]["alpha"] == 0.0 and "status" in first
+
+
+def test_websocket_commands_take_the_osc_path(rig: Rig) -> None:
+    state = rig.engine.state
+    with _socket(rig) as ws:
+        assert _command(ws, 1, "/riff/alpha", 0.3) == {"type": "reply", "id": 1, "ok": True,
+                                                      "errors": []}
+        assert rig.lt.call(lambda: state.snapshot()["alpha"]) == 0.3
+        # The next push carries the change.
+        while _until(ws, "status")["parameters"]["alpha"] != 0.3:
+            pass
+        assert _command(ws, 2, "/riff/prompt", "from the page")["ok"]
+        assert _command(ws, 3, "/riff/alpha/auto", False)["ok"]
+        assert rig.lt.call(lambda: state.snapshot()["prompt"]) == "from the page"
+        assert rig.lt.call(lambda: state.snapshot()["alpha_auto"]) is False
+        assert _command(ws, 4, "/riff/play")["ok"] and rig.engine.plays == 1
+        assert _command(ws, 5, "/riff/stop", 0)["ok"] and rig.engine.stops == 0  # a release
+        assert _command(ws, 6, "/riff/stop")["ok"] and rig.engine.stops == 1
+
+
+def test_websocket_bad_values_are_refused_with_osc_reasons_and_change_nothing(
+        rig: Rig) -> None:
+    state = rig.engine.state
+    before = rig.lt.call(lambda: dict(state.snapshot()))
+    # What OSC answers for the same out-of-range value.
+    rig.osc.send("/riff/alpha", 2.0)
+    osc_errors = [args for address, args in rig.osc.messages_until_pong()
+                  if address == "/riff/error"]
+    assert osc_errors and osc_errors[0][0] == "/riff/alpha"
+    with _socket(rig) as ws:
+        reply = _command(ws, 1, "/riff/alpha", 2.0)
+        assert reply["ok"] is False
+        assert reply["errors"] == [{"address": "/riff/alpha", "reason": osc_errors[0][1]}]
+        assert "between 0 and 1" in reply["errors"][0]["reason"]
+        for ident, address, args, words in (
+                (2, "/riff/alpha", ["loud"], "takes a number"),
+                (3, "/riff/prompt", [""], "must not be empty"),
+                (4, "/riff/steps", [2.5], "integer"),
+                (5, "/riff/alpha", [0.1, 0.2], "1 argument"),
+                (6, "/riff/preset/save", ["x"], "not open to the monitor page"),
+                (7, "/riff/nothing", [1], "not open to the monitor page")):
+            reply = _command(ws, ident, address, *args)
+            assert reply["ok"] is False and words in reply["errors"][0]["reason"], reply
+        ws.send("{not json")
+        reply = _until(ws, "reply")
+        assert reply["ok"] is False and "bad command" in reply["errors"][0]["reason"]
+        ws.send(json.dumps({"id": 8, "address": "/riff/alpha", "args": [{"x": 1}]}))
+        assert "args is a list" in _until(ws, "reply")["errors"][0]["reason"]
+        # The connection still works after all that.
+        assert _command(ws, 9, "/riff/guidance", 9.5)["ok"]
+    after = rig.lt.call(lambda: dict(state.snapshot()))
+    assert {k: v for k, v in after.items() if k != "guidance"} == \
+        {k: v for k, v in before.items() if k != "guidance"}
+    assert after["guidance"] == 9.5
+    assert rig.surfaces.web is not None
+    assert rig.surfaces.web.counters.refused == 9 and rig.surfaces.web.counters.commands == 1
+
+
+def test_websocket_from_another_origin_is_refused(rig: Rig) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        _socket(rig, origin="http://evil.example")
+    assert refused.value.response.status_code == 403
+    host = rig.base.removeprefix("http://")
+    with _socket(rig, origin=f"http://{host}") as ws:  # the page's own origin
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+    # DNS rebinding: a page whose own name resolves to 127.0.0.1 sends its own name as Host
+    # and Origin; the loopback server wants a loopback Host.
+    port = int(host.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, \
+            pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://rebound.example:{port}/monitor/ws", sock=sock,
+                origin=f"http://rebound.example:{port}", open_timeout=10)  # type: ignore[arg-type]
+    assert refused.value.response.status_code == 403
+    assert rig.surfaces.web is not None and rig.surfaces.web.counters.denied == 2
+
+
+def test_websocket_outside_the_allowed_networks_is_refused(tmp_path: Path) -> None:
+    rig = Rig(EngineDouble(), tmp_path, WebConfig(port=0, allow=("10.99.0.0/16",)))
+    try:
+        with pytest.raises(InvalidStatus):
+            _socket(rig)
+        assert rig.get("/monitor").status_code == 200  # the page itself only reads
+    finally:
+        rig.close()
+
+
+def test_clip_spectrogram_picture(playing: tuple[Rig, Engine, FakeClock]) -> None:
     rig, engine, clock = playing
     rig.osc.send("/riff/play")
     rig.osc.messages_until_pong()
     rig.lt.run(clock.run_until(lambda: engine.scheduler.timeline()["playing"] is not None,
                                60, 0.05))
+    playing_clip = rig.get("/monitor/status").json()["timeline"]["playing"]
+    assert playing_clip["image"] == f"/monitor/clip/{playing_clip['job']}.png"
+    picture = rig.get(playing_clip["image"])
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(picture.content))
+    assert image.size == (256, 128)
+    assert len(np.unique(np.asarray(image))) > 8  # a spectrogram, not a blank
+    assert rig.get("/monitor/clip/999999.png").status_code == 404
+
+
+CHROMIUM = find_chromium()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (Debian: apt-get install "
+                    "chromium; scripts/setup installs it) for the headless browser test")
+def test_monitor_page_in_headless_chromium(playing: tuple[Rig, Engine, FakeClock],
+                                           tmp_path: Path) -> None:
+    """The page in a real browser: it connects, draws the playing clip from the WebSocket
+    feed, and moving its alpha slider changes the engine's state; a bad value shows the
+    engine's error on the page and changes nothing."""
+    rig, engine, clock = playing
+    rig.osc.send("/riff/play")
+    rig.osc.messages_until_pong()
+    rig.lt.run(clock.run_until(lambda: engine.scheduler.timeline()["playing"] is not None,
+                               60, 0.05))
+    job = rig.lt.call(lambda: engine.scheduler.playing_job)
     assert CHROMIUM is not None
+    with Browser(CHROMIUM, tmp_path / "profile") as browser:
+        browser.navigate(rig.base + "/monitor")
+        browser.wait_for("document.getElementById('conn').textContent === 'live'")
+        card = browser.wait_for(
+            "(() => { const c = document.querySelector('#timeline .clip.playing');"
+            " return c && c.dataset.job; })()")
+        assert card == str(job)
+        assert browser.evaluate("document.getElementById('playing').textContent").startswith(
+            f"#{job} ")
+        # The spectrogram picture of the playing clip loaded.
+        assert browser.wait_for(
+            "(() => { const i = document.querySelector('#timeline .clip.playing img');"
+            " return i && i.complete && i.naturalWidth; })()") == 256
+        # Move the alpha slider as a hand would: set its value, fire 'input'.
+        browser.wait_for(
+            "document.querySelector('input[data-address=\"/riff/alpha\"]') !== null")
+        browser.evaluate(
+            "(() => { const s = document.querySelector('input[data-address=\"/riff/alpha\"]');"
+            " s.value = '0.625'; s.dispatchEvent(new Event('input', {bubbles: true})); })()")
+        deadline = clock_deadline()
+        while rig.lt.call(lambda: engine.state.snapshot()["alpha"]) != 0.625:
+            assert not deadline(), "the slider did not change the engine's alpha"
+        # An empty prompt is refused by the engine: the page says why, the prompt stays.
+        prompt = rig.lt.call(lambda: engine.state.snapshot()["prompt"])
+        browser.evaluate(
+            "(() => { const t = document.querySelector('input[data-address=\"/riff/prompt\"]');"
+            " t.value = ''; t.dispatchEvent(new Event('change', {bubbles: true})); })()")
+        shown = browser.wait_for("document.getElementById('cmd_error').textContent")
+        assert "/riff/prompt" in shown and "must not be empty" in shown
+        assert rig.lt.call(lambda: engine.state.snapshot()["prompt"]) == prompt
+
+
+def clock_deadline(seconds: float = 10.0) -> Any:
+    """A function that turns true after ``seconds`` of wall time (sleeping a little per
+    call), for polling the engine from the test thread."""
+    import time
+
+    end = time.monotonic() + seconds
+
+    def passed() -> bool:
+        time.sleep(0.02)
+        return time.monotonic() > end
+
+    return passed
+
+
+def test_the_page_controls_the_engine_with_osc_off(tmp_path: Path) -> None:
+    """--osc-port 0 --http PORT: the page's commands still take the OSC handlers' checks."""
+    lt = LoopThread()
+    engine = EngineDouble()
+    config = ControlConfig(osc=None, web=WebConfig(port=0), preset_dirs=(tmp_path,),
+                           check_image_ids=False)
+    surfaces = lt.run(start_control_surfaces(engine, config))
     try:
-        dom = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--virtual-time-budget=3000", "--dump-dom", rig.base + "/monitor"],
-            capture_output=True, text=True, timeout=60).stdout
-    except subprocess.TimeoutExpired:
-        pytest.fail("chromium did not finish within 60 s")
-    assert 'id="conn" class="ok">live' in dom
-    assert "nothing yet" not in dom  # the playing clip was drawn
+        assert surfaces.osc is None and surfaces.web is not None
+        url = f"ws://127.0.0.1:{surfaces.web.address[1]}/monitor/ws"
+        with connect(url, open_timeout=10) as ws:
+            assert _command(ws, 1, "/riff/tempo", 97.5)["ok"]
+            assert "must be between" in _command(ws, 2, "/riff/tempo", 1e6)["errors"][0][
+                "reason"]
+        assert lt.call(lambda: engine.state.snapshot()["tempo"]) == 97.5
+    finally:
+        lt.run(surfaces.close())
+        lt.close()

@@ -960,6 +960,17 @@ class Scheduler:
         now); None while stopped. A tempo change lands after it (see ``Transport.set_tempo``)."""
         return self._decided_bar if self.running else None
 
+    def clip(self, job_id: int) -> Clip | None:
+        """The finished clip of job ``job_id`` while it plays or waits ready in the queue
+        (None otherwise), for displays that draw it (the monitor page's spectrograms).
+        Read-only: nobody may write to its audio. Thread: the control plane (asyncio loop)."""
+        if self._playing is not None and self._playing.clip.job_id == job_id:
+            return self._playing.clip
+        for slot in self._slots:
+            if slot.clip is not None and slot.clip.job_id == job_id:
+                return slot.clip
+        return None
+
     @property
     def playing_job(self) -> int:
         """Job id of the clip playing (or repeating), -1 before the first."""

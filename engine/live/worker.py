@@ -79,7 +79,7 @@ from engine.errors import InvalidRequest, ModelUnavailable, RiffError
 from engine.live.jobs import Clip, ClipSpec, GenerationJob, ProgressCallback
 from engine.live.shm import SlotPool, SlotWriter
 from engine.live.wire import job_to_json, parse_job
-from engine.model.request import InferenceRequest
+from engine.model.request import InferenceRequest, PromptInput
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,9 @@ class WorkerConfig:
     load_backoff_s: float = 0.5
     load_backoff_max_s: float = 30.0
     max_load_failures: int = 5
+    #: Clip image widths whose UNet graphs the fast path (CUDA) captures before the worker
+    #: reports ready; other widths are captured on their first clip (a one-off delay).
+    warm_widths: tuple[int, ...] = (512,)
 
     def __post_init__(self) -> None:
         for name in ("stall_timeout_s", "load_backoff_s", "load_backoff_max_s"):
@@ -131,6 +134,9 @@ class WorkerConfig:
                 raise InvalidRequest(f"worker {name} must be a positive number of seconds")
         if not isinstance(self.max_load_failures, int) or self.max_load_failures < 1:
             raise InvalidRequest("worker max_load_failures must be at least 1")
+        if not all(isinstance(w, int) and 8 <= w <= 8192 and w % 8 == 0
+                   for w in self.warm_widths):
+            raise InvalidRequest("warm_widths must be multiples of 8 px, 8..8192")
         if not 0 <= self.keep <= 1024:
             raise InvalidRequest(f"keep must be 0..1024 images, not {self.keep}")
         if not 0.0 <= self.tone_step_s <= 10.0:
@@ -172,6 +178,17 @@ class _Model:
             self.generator = RiffusionGenerator.load(config.model, device=config.device,
                                                      seed_images=list(config.seed_folders))
             self.device = str(self.generator.device)
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Capture the fast path's graphs for the live engine's requests (seamless loops,
+        guidance on) at ``warm_widths``, so the first clip does not pay for it."""
+        requests = [InferenceRequest(start=PromptInput("warm up"), width=width, seamless=True)
+                    for width in self.config.warm_widths]
+        seconds = self.generator.warm_up(requests)
+        if seconds:
+            log.info("fast path warmed for widths %s in %.2f s",
+                     ", ".join(map(str, self.config.warm_widths)), seconds)
 
     def has(self, request: InferenceRequest) -> bool:
         """Whether ``request``'s image is kept (a job for it is a conform only)."""

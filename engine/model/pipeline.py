@@ -50,6 +50,7 @@ from engine.model.prompt_weighting import tokenize_weighted, weighted_embedding
 from engine.model.request import InferenceRequest
 from engine.model.seamless import TimeCircularPadding
 from engine.model.seed_images import SeedImageLibrary, widen, widened_meta
+from engine.model.unet_graphs import UNetGraphs, cuda_fast_path
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class RiffusionGenerator:
         parts: models.ModelParts,
         seed_images: SeedImageLibrary | None = None,
         scheduler: str | None = None,
+        *,
+        fast_path: bool | None = None,
     ) -> None:
         self.parts = parts
         self.seed_images = seed_images if seed_images is not None else SeedImageLibrary()
@@ -156,6 +159,12 @@ class RiffusionGenerator:
         )
         self.unet_calls = 0
         self._seamless = TimeCircularPadding(parts.unet, parts.vae.decoder)
+        #: UNet graphs on CUDA (None: the UNet is called directly). ``fast_path`` None means
+        #: on where it helps (CUDA); False turns it off; True on a CPU is a no-op.
+        self.graphs: UNetGraphs | None = None
+        if fast_path is not False:
+            self.graphs = cuda_fast_path(parts.unet, parts.device,
+                                         lambda: self._seamless.enabled, parts.vae)
 
     @classmethod
     def load(
@@ -165,8 +174,10 @@ class RiffusionGenerator:
         device: str = "auto",
         scheduler: str | None = None,
         seed_images: SeedImageLibrary | Sequence[Path | str] | None = None,
+        fast_path: bool | None = None,
     ) -> RiffusionGenerator:
         """Load ``model`` (hub id from the local cache, diffusers folder, or ``tiny``).
+        ``fast_path``: see :mod:`engine.model.unet_graphs` (default: on for CUDA).
 
         Raises ModelUnavailable with an actionable message when the model cannot be loaded.
         """
@@ -179,7 +190,7 @@ class RiffusionGenerator:
         )
         parts = models.load_parts(model, device)
         logger.info("model %s loaded on %s (%s)", parts.source, parts.device, parts.dtype)
-        return cls(parts, library, scheduler)
+        return cls(parts, library, scheduler, fast_path=fast_path)
 
     @property
     def device(self) -> torch.device:
@@ -252,6 +263,17 @@ class RiffusionGenerator:
             GenerationResult(outputs[i][0], outputs[i][1], requests[i], seconds)
             for i in range(len(requests))
         ]
+
+    def warm_up(self, requests: Sequence[InferenceRequest]) -> float:
+        """Run each request once at one step (results dropped), so the fast path captures
+        the UNet's graphs for its shapes before the first real clip needs them; the seconds
+        it took. Without the fast path (on the CPU) there is nothing to warm: returns 0."""
+        if self.graphs is None:
+            return 0.0
+        start = time.perf_counter()
+        for request in requests:
+            self.generate(request.replace(num_inference_steps=1))
+        return time.perf_counter() - start
 
     def text_embedding(self, prompt: str, chunks: int = 1) -> torch.Tensor:
         """The weighted embedding of ``prompt`` with at least ``chunks`` chunks (cached)."""
@@ -514,11 +536,15 @@ class RiffusionGenerator:
         a mask re-noises the kept area from the seed latents after each step."""
         scheduler, latents = run.scheduler, run.latents
         total = len(run.timesteps)
-        for i, t in enumerate(run.timesteps):
+        # The scheduler's arithmetic gets each timestep from a host copy (one transfer, here):
+        # several schedulers index host tables with it, which with a GPU timestep is a sync
+        # per step that stalls the launch queue. The UNet gets the device's.
+        host_steps = run.timesteps.cpu()
+        for i, (t, t_host) in enumerate(zip(run.timesteps, host_steps, strict=True)):
             if cancel is not None and cancel():
                 raise Cancelled(f"generation cancelled after {i} of {total} steps")
-            pred = self._guided_prediction(guide, scheduler, latents, t)
-            latents = scheduler.step(pred, t, latents, **run.extra).prev_sample
+            pred = self._guided_prediction(guide, scheduler, latents, t, t_host)
+            latents = scheduler.step(pred, t_host, latents, **run.extra).prev_sample
             if mask is not None and run.init_batch is not None:
                 kept = scheduler.add_noise(run.init_batch, run.noise, t.reshape(1))
                 latents = kept * mask + latents * (1 - mask)
@@ -527,12 +553,16 @@ class RiffusionGenerator:
         return latents
 
     def _guided_prediction(self, guide: _Guide, scheduler: Any, latents: torch.Tensor,
-                           t: torch.Tensor) -> torch.Tensor:
-        """One UNet call: the noise prediction, with classifier-free guidance when on."""
+                           t: torch.Tensor, t_host: torch.Tensor) -> torch.Tensor:
+        """One UNet call (timestep ``t`` on the device; ``t_host``, the same on the host, for
+        the scheduler): the noise prediction, with classifier-free guidance when on."""
         model_in = torch.cat([latents] * 2) if guide.do_cfg else latents
-        model_in = scheduler.scale_model_input(model_in, t)
+        model_in = scheduler.scale_model_input(model_in, t_host)
         self.unet_calls += 1
-        pred = self.parts.unet(model_in, t, encoder_hidden_states=guide.embeddings).sample
+        if self.graphs is not None:
+            pred = self.graphs(model_in, t, guide.embeddings)
+        else:
+            pred = self.parts.unet(model_in, t, encoder_hidden_states=guide.embeddings).sample
         if guide.do_cfg:
             pred_uncond, pred_text = pred.chunk(2)
             pred = pred_uncond + guide.scale * (pred_text - pred_uncond)

@@ -149,9 +149,11 @@ def _number(value: object) -> bool:
 class OscServer(asyncio.DatagramProtocol):
     """The ``/riff`` OSC endpoint; create with :meth:`start`, stop with :meth:`close`."""
 
-    def __init__(self, commands: Commands, config: OscConfig) -> None:
+    def __init__(self, commands: Commands, config: OscConfig, *, source: str = "OSC") -> None:
         self.commands = commands
         self.config = config
+        #: Who sends, in log lines ("OSC", or "monitor page" for the web's commands).
+        self.source = source
         self.counters = OscCounters()
         self.transport: asyncio.DatagramTransport | None = None
         self.feedback: Feedback | None = None
@@ -305,10 +307,17 @@ class OscServer(asyncio.DatagramProtocol):
             self.send(target, address, args)
 
     def _error(self, peer: Peer, address: str, reason: str, *, count: bool = True) -> None:
+        self.refuse(peer, address, reason, count=count)
+        self.reply(peer, "/riff/error", (address, reason))
+
+    def refuse(self, peer: Peer, address: str, reason: str, *,
+                count: bool = True) -> tuple[str, str]:
+        """Count and log one refusal; returns ``(address, reason)``."""
         if count:
             self.counters.errors += 1
-        log.warning("OSC %s from %s:%d refused: %s", address or "datagram", *peer, reason)
-        self.reply(peer, "/riff/error", (address, reason))
+        log.warning("%s %s from %s:%s refused: %s", self.source, address or "datagram", *peer,
+                    reason)
+        return address, reason
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -319,9 +328,19 @@ class OscServer(asyncio.DatagramProtocol):
         except Exception as exc:
             self._error(peer, "", f"malformed OSC message ({type(exc).__name__})")
             return
+        for target, reason in self.apply(peer, address, args):
+            self.reply(peer, "/riff/error", (target, reason))
+
+    def apply(self, peer: Peer, address: str, args: tuple[Any, ...]) -> list[tuple[str, str]]:
+        """Check and apply one message from ``peer``: the address (patterns too), arity, wire
+        types, then the state's range checks. Returns the refusals, ``(address, reason)``
+        each, already counted and logged; ``[]`` when everything was applied. Sends no
+        ``/riff/error`` itself (:meth:`_dispatch` does, the monitor page shows them), so the
+        OSC server and the page's WebSocket share one validation path.
+
+        Thread: the asyncio loop."""
         if not address.startswith("/"):
-            self._error(peer, address, "an OSC address starts with '/'")
-            return
+            return [self.refuse(peer, address, "an OSC address starts with '/'")]
         targets: list[tuple[str, Handler]] = []
         if _PATTERN_CHARS.isdisjoint(address):
             handler = self._handlers.get(address)
@@ -331,18 +350,20 @@ class OscServer(asyncio.DatagramProtocol):
             targets = [(h.args[0], h.callback) for h in self.dispatcher.handlers_for_address(
                 address)]
         if not targets:
-            self._error(peer, address, "unknown address")
-            return
+            return [self.refuse(peer, address, "unknown address")]
+        refused: list[tuple[str, str]] = []
         for target, handler in targets:
             try:
                 handler(peer, target, args)
             except RiffError as exc:
-                self._error(peer, target, str(exc))
+                refused.append(self.refuse(peer, target, str(exc)))
             except Exception as exc:
-                self._error(peer, target, f"internal error: {type(exc).__name__}")
+                refused.append(self.refuse(peer, target,
+                                            f"internal error: {type(exc).__name__}"))
                 log.exception("OSC handler for %s failed", target)
             else:
                 self.counters.applied += 1
+        return refused
 
     def _register(self) -> None:
         table: dict[str, Handler] = {

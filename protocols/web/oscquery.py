@@ -16,18 +16,16 @@ Types: ``f`` float, ``i`` int (``h`` when its range passes int32), ``s`` string,
 (OSCQuery clients send ``T``/``F``; the OSC server also takes 0/1). Strings naming a seed image
 or mask carry no range: the library is checked when the value arrives.
 
-Thread: :meth:`OscQuery.handle` runs on the asyncio loop (the responder's handler).
+Thread: :meth:`OscQuery.handle` runs on the asyncio loop (a route of the web app).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.live.state import PARAMETERS, ParamSpec, Value
-from protocols.web.http import Request, Response
 
 ACCESS_NONE, ACCESS_READ, ACCESS_WRITE, ACCESS_READ_WRITE = 0, 1, 2, 3
 INT32_MAX = 2**31 - 1
@@ -166,10 +164,6 @@ def find(tree: dict[str, Any], path: str) -> dict[str, Any] | None:
     return node
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(status, json.dumps(data, separators=(",", ":")).encode("utf-8"))
-
-
 class OscQuery:
     """Answers OSCQuery requests from the engine's current state (see the module docstring).
 
@@ -190,18 +184,19 @@ class OscQuery:
             status = {}
         return build_tree(self.values(), status)
 
-    def handle(self, request: Request) -> Response:
-        """One GET (asyncio loop)."""
-        attribute = request.query.split("&", 1)[0].split("=", 1)[0].upper()
+    def handle(self, path: str, query: str) -> tuple[int, dict[str, Any] | None]:
+        """One GET: ``path`` and the raw ``query`` (bare attribute names: ``?VALUE``).
+        Returns the status and the JSON to answer (None: no body, 204). Thread: the loop."""
+        attribute = query.split("&", 1)[0].split("=", 1)[0].upper()
         if attribute == "HOST_INFO":
-            return _json(self.host_info.as_json())
-        node = find(self.tree(), request.path)
+            return 200, self.host_info.as_json()
+        node = find(self.tree(), path)
         if node is None:
-            return _json({"error": f"no OSC address {request.path}"}, 404)
+            return 404, {"error": f"no OSC address {path}"}
         if not attribute:
-            return _json(node)
+            return 200, node
         if attribute not in ATTRIBUTES:
-            return _json({"error": f"unknown attribute {attribute}"}, 400)
+            return 400, {"error": f"unknown attribute {attribute}"}
         if attribute not in node:
-            return Response(204)
-        return _json({attribute: node[attribute]})
+            return 204, None
+        return 200, {attribute: node[attribute]}
