@@ -14,7 +14,16 @@ same components and request (a Riffusion request: og_beat, denoising 0.75, guida
 - the fast path (:mod:`engine.model.unet_graphs`): one UNet evaluation at batch 2 eager and
   replayed from its CUDA graph, the one-off capture (warm-up) time, and a clip at each step
   count with the graphs off (the weights stay channels-last). On the CPU the graphs are the
-  rerun stand-in, so those figures only show that the path runs.
+  rerun stand-in, so those figures only show that the path runs;
+- the lattice (knob move to audible): the real engine (scheduler, manual mode, lattice of
+  ``--lattice`` alphas rendered with batched calls) drives this generator in a thread,
+  against a sink whose audio clock is the wall clock; once the lattice is complete the knob
+  moves three times (to 0.3, 0.8, 0.2, at 10 %, 50 % and 90 % of a beat: how long a move
+  waits depends on where in the beat it falls), each once the previous value's exact clip
+  plays, and the bench times each move to the first sample of the nearest lattice clip
+  (``knob_to_audible_s``, also in beats; goal: at most one beat) and, in the same run, to the
+  first sample of the exact clip (``exact_to_audible_s``: what a move costs without the
+  lattice, the baseline), plus how long the lattice took to fill.
 
 Prints JSON, then a table. ``--small`` runs the tiny model on the CPU in seconds (the test
 suite runs it, so the script cannot rot); without it, a CUDA device is expected (a CPU run of
@@ -27,9 +36,11 @@ the full model works, slowly).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.dsp.phase import mel_to_audio
 from engine.dsp.spectrogram import image_to_mel, params_from_image
 from engine.live.clip import conform_image
-from engine.live.jobs import ClipSpec
+from engine.live.control import Engine
+from engine.live.jobs import Clip, ClipSpec, GenerationJob, ProgressCallback
+from engine.live.scheduler import SchedulerConfig
+from engine.live.state import EngineState
 from engine.model.pipeline import RiffusionGenerator
 from engine.model.request import InferenceRequest
 from engine.model.tiny import save_tiny_model, write_tokenizer_files
@@ -115,7 +129,8 @@ def request(steps: int, alpha: float = 0.5) -> InferenceRequest:
         "end": {"prompt": "jazzy rapping", "seed": 43, "denoising": 0.75, "guidance": 7.0}})
 
 
-def run(model_dir: Path, device: str, steps_list: list[int], repeat: int) -> dict[str, Any]:
+def run(model_dir: Path, device: str, steps_list: list[int], repeat: int,
+        lattice: int = 9) -> dict[str, Any]:
     """Every timing of the module docstring, in seconds."""
     gen = RiffusionGenerator.load(str(model_dir), device=device)
     dev = gen.device
@@ -158,6 +173,8 @@ def run(model_dir: Path, device: str, steps_list: list[int], repeat: int) -> dic
                                                          device=conform_device), dev, repeat)
         for method in ("fast", "quality", "riffusion")}
     out["fast_path"] = _fast_path(gen, dev, repeat)
+    if lattice:
+        out["lattice"] = lattice_knob(gen, steps_list[-1], lattice, conform_device)
     if dev.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return out
@@ -187,6 +204,139 @@ def _fast_path(gen: RiffusionGenerator, dev: torch.device, repeat: int) -> dict[
     return {"graphs": "cuda" if gen.graphs is not None else "rerun stand-in (cpu)",
             "unet_eval_eager_ms": eager_s * 1000, "unet_eval_graph_ms": graph_s * 1000,
             "capture_s": capture_s}
+class ThreadGenerator:
+    """The generator and conform in a thread: a ``ClipGenerator`` with ``generate_batch``
+    for the engine (what the worker process does, without the process). Cancelling a call
+    stops its diffusion at the next step."""
+
+    def __init__(self, gen: RiffusionGenerator, conform_device: str) -> None:
+        self.gen = gen
+        self.conform_device = conform_device
+
+    async def _run(self, jobs: list[GenerationJob]) -> list[Clip]:
+        stop = threading.Event()
+
+        def work() -> list[Clip]:
+            start = time.perf_counter()
+            results = self.gen.generate_alphas(jobs[0].request,
+                                               [job.request.alpha for job in jobs],
+                                               cancel=stop.is_set)
+            return [Clip(job.job_id,
+                         conform_image(result.image, job.spec, job.request,
+                                       seed_images=self.gen.seed_images,
+                                       device=self.conform_device),
+                         job.spec, job.request, time.perf_counter() - start)
+                    for job, result in zip(jobs, results, strict=True)]
+
+        future = asyncio.get_running_loop().run_in_executor(None, work)
+        # A cancelled call's thread ends with Cancelled, which nobody awaits: read it here.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
+                       ) -> Clip:
+        return (await self._run([job]))[0]
+
+    async def generate_batch(self, jobs: list[GenerationJob]) -> list[Clip]:
+        return await self._run(list(jobs))
+
+
+class WallSink:
+    """A sink whose audio clock is the wall clock; notes each clip's start (and origin)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.t0 = time.monotonic()
+        self.scheduled: list[tuple[Clip, int, int | None]] = []
+
+    def position(self) -> int:
+        return round((time.monotonic() - self.t0) * self.sample_rate)
+
+    def schedule(self, clip: Clip, start_sample: int, origin: int | None = None) -> None:
+        self.scheduled.append((clip, start_sample, origin))
+
+    def stop(self) -> None:
+        pass
+
+    def wall(self, sample: int) -> float:
+        """The monotonic time of ``sample``."""
+        return self.t0 + sample / self.sample_rate
+
+
+def lattice_knob(gen: RiffusionGenerator, steps: int, points: int, conform_device: str,
+                 tempo: float = 120.0, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Knob move to audible with a full lattice, and to the exact clip (module docstring)."""
+    rate = 48000
+
+    async def main() -> dict[str, Any]:
+        sink = WallSink(rate)
+        state = EngineState({"alpha_auto": False, "alpha": 0.0, "steps": steps,
+                             "tempo": tempo, "bars": 1, "prompt_a": "jazzy rapping",
+                             "prompt_b": "church bells", "seed": 42, "seed_b": 43,
+                             "denoising": 0.75, "guidance": 7.0, "seed_image": "og_beat"})
+        engine = Engine(ThreadGenerator(gen, conform_device), sink, sample_rate=rate,
+                        state=state, config=SchedulerConfig(lattice=points, lead_s=0.01))
+        task = asyncio.ensure_future(engine.run())
+
+        async def until(cond: Callable[[], bool]) -> None:
+            end = time.monotonic() + timeout_s
+            while not cond():
+                if time.monotonic() > end:
+                    raise TimeoutError("the lattice bench timed out")
+                await asyncio.sleep(0.005)
+
+        beat = rate * 60.0 / tempo
+        knobs: list[float | None] = []
+        exacts: list[float] = []
+        try:
+            started = time.monotonic()
+            engine.play()
+            lattice = engine.scheduler._lattice
+            assert lattice is not None
+            await until(lambda: len(lattice.done) == points)
+            fill_s = time.monotonic() - started
+            for phase, alpha in ((0.1, 0.3), (0.5, 0.8), (0.9, 0.2)):
+                # The next moment at ``phase`` of a beat (beats counted from a bar line).
+                now = sink.position()
+                line = engine.transport.bar_start(engine.transport.bar_at(now))
+                at = line + phase * beat
+                while at < now + 0.05 * rate:
+                    at += beat
+                await asyncio.sleep(max(0.0, sink.wall(round(at)) - time.monotonic()))
+                before = len(sink.scheduled)
+                moved = time.monotonic()
+                engine.state.set("alpha", alpha)
+
+                def arrived(a: float = alpha, b: int = before) -> bool:
+                    return any(c.request.alpha == a for c, _, _ in sink.scheduled[b:])
+
+                await until(arrived)
+                after = sink.scheduled[before:]
+                jump = next((s for _, s, origin in after if origin is not None), None)
+                exact = next(s for c, s, _ in after if c.request.alpha == alpha)
+                knobs.append(sink.wall(jump) - moved if jump is not None else None)
+                exacts.append(sink.wall(exact) - moved)
+
+                def playing(e: int = exact) -> bool:
+                    return sink.position() > e
+
+                await until(playing)  # the next move starts from the exact clip
+        finally:
+            await engine.close()
+            await asyncio.gather(task, return_exceptions=True)
+        beat_s = 60.0 / tempo
+        heard = [k for k in knobs if k is not None]
+        return {"points": points, "tempo": tempo, "beat_s": beat_s, "fill_s": fill_s,
+                "moves": len(knobs), "jumps": len(heard),
+                "knob_to_audible_s": knobs,
+                "knob_to_audible_max_beats": max(heard) / beat_s if heard else None,
+                "exact_to_audible_s": exacts}
+
+    return asyncio.run(main())
 
 
 def _baseline(gen: RiffusionGenerator, req: InferenceRequest, dev: torch.device,
@@ -228,6 +378,17 @@ def table(result: dict[str, Any]) -> str:
               f"capturing a shape: {fast['capture_s']:.2f} s"]
     lines += ["", "| phase method | seconds |", "|---|---|"]
     lines += [f"| {m} | {s:.3f} |" for m, s in result["phase_s"].items()]
+    lat = result.get("lattice")
+    if lat:
+        def seconds(values: list[float | None]) -> str:
+            return ", ".join("no jump" if v is None else f"{v:.3f}" for v in values)
+
+        worst = lat["knob_to_audible_max_beats"]
+        lines += ["", "| lattice | knob move to audible (s) | at most | to the exact clip (s) "
+                  "| fill |", "|---|---|---|---|---|",
+                  f"| {lat['points']} alphas | {seconds(lat['knob_to_audible_s'])} | "
+                  + ("-" if worst is None else f"{worst:.2f} beat")
+                  + f" | {seconds(lat['exact_to_audible_s'])} | {lat['fill_s']:.2f} s |"]
     return "\n".join(lines)
 
 
@@ -237,6 +398,9 @@ def main() -> int:
                         help="the tiny model on the CPU, few steps (seconds; for CI)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--lattice", type=int, default=None,
+                        help="lattice alphas for the knob-move timing (default 9; --small: "
+                             "3; 0 skips it)")
     parser.add_argument("--steps", type=int, nargs="+", default=None,
                         help="step counts (default 50 20 10; --small: 4 2)")
     args = parser.parse_args()
@@ -244,10 +408,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="riff-bench-gpu-") as tmp:
         if args.small:
             folder = save_tiny_model(Path(tmp) / "tiny")
-            result = run(folder, "cpu", steps, max(1, min(args.repeat, 1)))
+            result = run(folder, "cpu", steps, max(1, min(args.repeat, 1)),
+                         3 if args.lattice is None else args.lattice)
         else:
             folder = save_sd15_shaped_model(Path(tmp) / "sd15-random")
-            result = run(folder, args.device, steps, args.repeat)
+            result = run(folder, args.device, steps, args.repeat,
+                         9 if args.lattice is None else args.lattice)
     print(json.dumps(result, indent=2))
     print(table(result), file=sys.stderr)
     return 0

@@ -53,6 +53,7 @@ class Scheduled:
     start: int
     at: int
     clip: Clip
+    origin: int | None = None
 
 
 class FakeSink:
@@ -67,8 +68,9 @@ class FakeSink:
     def position(self) -> int:
         return round(self.clock.t * self.sample_rate)
 
-    def schedule(self, clip: Clip, start_sample: int) -> None:
-        self.scheduled.append(Scheduled(clip.job_id, start_sample, self.position(), clip))
+    def schedule(self, clip: Clip, start_sample: int, origin: int | None = None) -> None:
+        self.scheduled.append(Scheduled(clip.job_id, start_sample, self.position(), clip,
+                                        origin))
 
     def stop(self) -> None:
         self.stops += 1
@@ -127,3 +129,35 @@ class FakeGenerator:
         self.kept[job.request] = job.job_id
         self.finished[job.job_id] = self.clock.now()
         return Clip(job.job_id, audio, job.spec, job.request, self.clock.now() - started)
+
+
+class FakeBatchGenerator(FakeGenerator):
+    """A :class:`FakeGenerator` that also renders several alphas of one request in one call
+    (``generate_batch``, like the worker's batched UNet calls): the steps of one job for the
+    whole batch. ``batches`` lists each call's job ids, ``batch_started`` the fake time of
+    each call; ``batch_cancelled`` the ids of batches cancelled mid-way."""
+
+    def __init__(self, clock: FakeClock, step_s: float = 0.1) -> None:
+        super().__init__(clock, step_s)
+        self.batches: list[list[int]] = []
+        self.batch_started: list[float] = []
+        self.batch_cancelled: list[list[int]] = []
+
+    async def generate_batch(self, jobs: list[GenerationJob]) -> list[Clip]:
+        ids = [job.job_id for job in jobs]
+        self.batches.append(ids)
+        started = self.clock.now()
+        self.batch_started.append(started)
+        try:
+            for _ in range(jobs[0].request.num_inference_steps):
+                await self.clock.sleep(self.step_s)
+        except asyncio.CancelledError:
+            self.batch_cancelled.append(ids)
+            raise
+        clips = []
+        for job in jobs:
+            self.kept[job.request] = job.job_id
+            self.finished[job.job_id] = self.clock.now()
+            clips.append(Clip(job.job_id, fake_audio(job.job_id, job.spec.num_samples),
+                              job.spec, job.request, self.clock.now() - started))
+        return clips

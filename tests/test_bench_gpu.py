@@ -26,7 +26,17 @@ def test_the_small_gpu_benchmark_runs_and_reports_every_timing() -> None:
         assert 0 < row[key] < 600, (key, row)
     assert result["baseline"]["2"]["diffusers_img2img_s"] > 0
     assert set(result["phase_s"]) == {"fast", "quality", "riffusion"}
+    lattice = result["lattice"]
+    assert lattice["points"] == 3 and lattice["fill_s"] > 0
+    # The knob move was heard from a lattice clip (on a beat line), before the exact clip;
+    # how soon is the benchmark's number, not a test's.
+    assert lattice["moves"] == lattice["jumps"] == 3
+    for knob, exact in zip(lattice["knob_to_audible_s"], lattice["exact_to_audible_s"],
+                           strict=True):
+        assert 0 < knob < exact
+    assert lattice["knob_to_audible_max_beats"] > 0
     fast = result["fast_path"]
     assert fast["graphs"].startswith("rerun") and fast["capture_s"] > 0
     assert fast["unet_eval_eager_ms"] > 0 and fast["unet_eval_graph_ms"] > 0
-    assert "| 2 |" in r.stderr and "from its graph" in r.stderr  # the table
+    assert "| 2 |" in r.stderr and "from its graph" in r.stderr  # the tables
+    assert "| 3 alphas |" in r.stderr

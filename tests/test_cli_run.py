@@ -36,7 +36,9 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
                          "--render-ahead"),
                         (["--input", "--output", str(tmp_path / "e.wav")], "--input needs JACK"),
                         (["--input", "--generator", "http://127.0.0.1:9"],
-                         "--input does not go with --generator")):
+                         "--input does not go with --generator"),
+                        (["--lattice", "1", "--output", str(tmp_path / "e.wav")],
+                         "--lattice")):
         r = riff("run", *args)
         assert r.returncode == 1, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -68,6 +70,21 @@ def test_on_master_stop_option_and_config(tmp_path: Path) -> None:
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_the_lattice_is_on_by_default_on_cuda_only() -> None:
+    from protocols.cli.main import build_parser
+    from protocols.cli.run import LATTICE_CUDA, _lattice_points, _options
+
+    parser = build_parser()
+    default = _options(parser.parse_args(["run", "--output", "x.wav"]))[1]
+    assert _lattice_points(default, "cuda:0") == LATTICE_CUDA == 9
+    assert _lattice_points(default, "cpu") == 0
+    assert _lattice_points(default, "remote http://gpu-box:8000") == 0
+    chosen = _options(parser.parse_args(["run", "--lattice", "5", "--output", "x.wav"]))[1]
+    assert _lattice_points(chosen, "cpu") == 5
+    off = _options(parser.parse_args(["run", "--lattice", "0", "--output", "x.wav"]))[1]
+    assert _lattice_points(off, "cuda") == 0
+
+
 def test_no_jack_server_says_how_to_start_one() -> None:
     r = riff("run", "--model", "test-tones", "--jack-server", f"absent-{uuid.uuid4().hex[:8]}")
     assert r.returncode == 1
@@ -93,6 +110,25 @@ def test_offline_render_puts_every_clip_on_its_bar(tmp_path: Path) -> None:
     for job, start in starts[:4]:  # each clip exactly, from its first sample
         np.testing.assert_array_equal(audio[start:start + 48000], tone_clip_audio(job, spec))
     assert len({job for job, _ in starts}) == len(starts)  # a new clip every bar, no repeats
+    assert re.search(r"stopped: \d+ clips started, 0 late", r.stderr)
+
+
+def test_a_render_with_the_lattice_in_manual_mode(tmp_path: Path) -> None:
+    """``--lattice 3`` wires the lattice through the recording taps to the worker's batched
+    calls: the still knob's clip plays on every bar as before."""
+    out = tmp_path / "lattice.wav"
+    config = tmp_path / "jam.toml"
+    config.write_text('tempo = 240.0\nbars = 1\nsteps = 3\nalpha_auto = false\n'
+                      '[run]\nmodel = "test-tones"\ncrossfade_ms = 0.0\n')
+    # In real time (3 s): the idle worker has long finished the lattice (two 60 ms jobs).
+    r = riff("run", "--config", str(config), "--output", str(out), "--duration-bars", "6",
+             "--lattice", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "lattice: 3 alphas" in r.stderr
+    rendered = re.search(r"lattice: (\d+) clips rendered", r.stderr)
+    assert rendered and int(rendered.group(1)) == 2, r.stderr[-2000:]  # 0.5, 1.0 (0 played)
+    audio, _ = sf.read(out, dtype="float32")
+    assert audio.shape == (6 * 48000, 2) and np.any(audio[48000:] != 0.0)
     assert re.search(r"stopped: \d+ clips started, 0 late", r.stderr)
 
 

@@ -95,6 +95,26 @@ def test_a_clip_sequence_renders_the_same_both_ways() -> None:
     assert_same(got, want)
 
 
+def test_a_clip_read_from_an_earlier_origin_renders_the_same_both_ways() -> None:
+    """The lattice's jump: a clip that comes in mid-loop (read from an origin before its start,
+    on a beat line rather than a bar line), then the exact clip on the next bar line."""
+    cfg = PlayerConfig(crossfade_samples=480)
+    bar = 9600
+    a, b, c = noise_clip(bar, 1), noise_clip(bar, 2), noise_clip(bar, 3)
+    actions: list[Action] = [
+        (0, lambda p: p.schedule(a, 0)),
+        (BLOCK * 20, lambda p: p.schedule(b, bar + bar // 4, origin=bar)),  # a beat in
+        (BLOCK * 50, lambda p: p.schedule(c, 2 * bar)),
+    ]
+    frames = BLOCK * 100
+    want = python_render(cfg, actions, frames)
+    got = table_render(cfg, actions, frames)
+    start = bar + bar // 4 + 1  # after the crossfade ends: b's own samples, a beat into it
+    np.testing.assert_allclose(want[:, start:start + 100].T, b.audio[bar // 4 + 1:
+                                                                     bar // 4 + 101], atol=1e-6)
+    assert_same(got, want)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 600), st.lists(st.tuples(st.integers(0, 40), st.integers(-2000, 12000),
                                                st.integers(50, 5000)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,28 @@ def test_bad_logs_are_refused(tmp_path: Path) -> None:
         rerender(read_control_log(tmp_path / "y.jsonl"), tmp_path / "y.wav", Recording())
     with pytest.raises(InvalidRequest):
         RerenderSettings(steps=0)
+
+
+def test_a_lattice_clip_is_re_rendered_from_its_logged_origin(tmp_path: Path) -> None:
+    """A lattice clip came in on a beat line mid-loop (``origin``): the re-render reads it
+    from the same position, and a bad origin is refused."""
+    path = tmp_path / "lattice.jsonl"
+    w = ControlLogWriter(path, LogHeader(sample_rate=RATE, channels=2,
+                                         info={"crossfade_samples": XF}))
+    w.generation(1, parse_request(request(10)), SPEC, sample=0, bar=0.0)
+    w.generation(2, parse_request(request(20)), SPEC, sample=100000, bar=1.04)
+    w.clip_start(1, sample=0, bar=0.0)
+    w.clip_start(2, sample=120000, bar=1.25, origin=96000)  # beat 2 of bar 1
+    w.close(sample=192000, bar=2.0)
+    gen = Recording()
+    rerender(read_control_log(path), tmp_path / "l.wav", gen)
+    audio, _ = sf.read(tmp_path / "l.wav", dtype="float32", always_2d=True)
+    two = gen.clips[1].audio
+    np.testing.assert_array_equal(audio[120000:192000], two[24000:96000])
+    text = path.read_text()
+    assert text.count("96000") >= 1 and '"origin"' in text
+    text = re.sub(r'("origin":\s*)96000', r"\g<1>130000", text)
+    assert "130000" in text
+    (tmp_path / "bad.jsonl").write_text(text)
+    with pytest.raises(InvalidRequest, match="origin"):
+        read_control_log(tmp_path / "bad.jsonl")

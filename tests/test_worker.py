@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from engine.errors import ModelUnavailable
+from engine.errors import InvalidRequest, ModelUnavailable
 from engine.live.jobs import ClipGenerator, ClipSpec, GenerationJob
 from engine.live.worker import (
     TEST_TONES,
@@ -136,6 +137,15 @@ def test_tiny_model_job_returns_the_renderers_clip_of_exact_length() -> None:
 
             local = Renderer.load("tiny", device="cpu").render_clip(job)
             np.testing.assert_array_equal(clip.audio, local.audio)
+            # A batch (the lattice's): alpha 0.25 is the kept image of the job above (a
+            # conform, the same clip), alpha 1.0 is diffused; each job gets its own clip.
+            jobs = _batch(20, [0.25, 1.0], steps=2, width=128, tempo=200.0)
+            clips = await client.generate_batch(jobs)
+            assert [c.job_id for c in clips] == [20, 21] and client.reconformed == 1
+            np.testing.assert_array_equal(clips[0].audio, clip.audio)
+            assert clips[1].audio.shape == clip.audio.shape
+            assert np.all(np.isfinite(clips[1].audio))
+            assert not np.array_equal(clips[1].audio, clip.audio)  # another alpha
         finally:
             await client.close()
 
@@ -251,3 +261,44 @@ def test_worker_supervision_settings_are_checked(field: str) -> None:
         WorkerConfig(**{field: 0})
     with pytest.raises(InvalidRequest, match="max_load_failures"):
         WorkerConfig(max_load_failures=0)
+
+
+def _batch(first_id: int, alphas: list[float], steps: int = 5, width: int | None = None,
+           tempo: float = 240.0) -> list[GenerationJob]:
+    """Jobs for one request at ``alphas`` (the scheduler's lattice batches)."""
+    base = make_job(first_id, steps=steps, width=width, tempo=tempo)
+    return [dataclasses.replace(base, job_id=first_id + i,
+                                request=base.request.replace(alpha=a))
+            for i, a in enumerate(alphas)]
+
+
+def test_a_batch_answers_each_job_and_a_cancelled_batch_never_finishes() -> None:
+    async def main() -> None:
+        client = WorkerClient(WorkerConfig(model=TEST_TONES))
+        try:
+            await client.start()
+            jobs = _batch(10, [0.0, 0.5, 1.0])
+            clips = await client.generate_batch(jobs)
+            assert [c.job_id for c in clips] == [10, 11, 12]
+            for job, clip in zip(jobs, clips, strict=True):
+                assert clip.request == job.request and clip.spec == job.spec
+                np.testing.assert_array_equal(clip.audio, tone_clip_audio(job.job_id, job.spec))
+            assert client.generated == 3
+            with pytest.raises(InvalidRequest):  # two requests are no batch
+                await client.generate_batch([make_job(20), make_job(21, steps=3)])
+            task = asyncio.ensure_future(client.generate_batch(_batch(30, [0.25, 0.75],
+                                                                      steps=150)))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # Served in order: a batch that ran on would answer before this job.
+            clip = await client.generate(make_job(40, steps=2))
+            assert clip.job_id == 40 and client.generated == 4
+            # Kept images: the same batch again is conformed only.
+            again = await client.generate_batch(_batch(50, [0.0, 0.5, 1.0]))
+            assert len(again) == 3 and client.reconformed == 3
+        finally:
+            await client.close()
+
+    asyncio.run(main())

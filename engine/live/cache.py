@@ -66,6 +66,12 @@ class ClipCache:
             _, gone = self._clips.popitem(last=False)
             self.bytes -= gone.audio.nbytes
 
+    def discard(self, request: InferenceRequest, spec: ClipSpec) -> None:
+        """Forget the clip of ``request`` and ``spec`` if held (a dropped lattice's)."""
+        clip = self._clips.pop((request, spec), None)
+        if clip is not None:
+            self.bytes -= clip.audio.nbytes
+
     def clear(self) -> None:
         """Forget every clip."""
         self._clips.clear()

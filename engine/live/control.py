@@ -330,6 +330,8 @@ class Engine:
             "cached": c.cached,
             "reconformed": c.reconformed,
             "renumbered": c.renumbered,
+            "lattice": c.lattice,
+            "lattice_jumps": c.lattice_jumps,
             "repeated": c.repeated,
             "preempted": c.preempted,
             "failed": c.failed,

@@ -172,6 +172,11 @@ class ClipGenerator(Protocol):
     ``progress(step, total)``, when given, is called on the loop thread after each denoising
     step; it must not block.
 
+    Optional: ``async generate_batch(jobs) -> list[Clip]`` renders jobs that differ only in
+    their alpha (one clip spec) in one call, the alphas sharing their UNet calls (the
+    worker's); the scheduler's lattice uses it where it exists and ``generate`` one job at
+    a time elsewhere. Cancelling it cancels every job of the batch.
+
     Errors: :class:`~engine.errors.InvalidRequest`, :class:`~engine.errors.UnknownId` and
     :class:`~engine.errors.InvalidImage` mean the job itself is bad (the scheduler reports it
     and does not retry). Any other exception (worker crashed, out of memory, model not
@@ -197,8 +202,11 @@ class ClipSink(Protocol):
     the bar grid.
     """
 
-    def schedule(self, clip: Clip, start_sample: int) -> None:
-        """Start ``clip`` at ``start_sample`` on the sink's clock.
+    def schedule(self, clip: Clip, start_sample: int, origin: int | None = None) -> None:
+        """Start ``clip`` at ``start_sample`` on the sink's clock, read from ``origin``
+        (``None``: from ``start_sample``; else an earlier sample, so the clip comes in at
+        ``(start_sample - origin) mod length``: the scheduler passes it only for a lattice
+        jump on a beat line, see :mod:`engine.live.scheduler`).
 
         Thread: the control plane (asyncio loop). Must not block, allocate audio-thread
         memory under a lock the audio thread waits on, or raise for a start in the past (a

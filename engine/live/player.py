@@ -40,6 +40,11 @@ Timeline semantics, in samples since the player started (:meth:`Player.position`
   had it started on time (``index = now - start_sample``), so it stays phase-locked to the bar
   grid, with a full crossfade from there; it is counted in ``late``. Until then the current
   clip keeps looping: never silence.
+- A clip may be read from another origin than its start (``schedule(clip, start, origin=)``):
+  it still switches in on ``start`` (the crossfade ends there), read at
+  ``(sample - origin) mod its length``, so it comes in mid-loop at the position the loop
+  has reached since ``origin`` (the scheduler's lattice jumps to a clip of another alpha
+  on a beat line, at the same position in the loop as the clip it replaces).
 - Scheduling the clip that would be playing anyway (the scheduler's explicit repeat at a bar
   line) changes nothing: the loop just goes on (counted in ``repeats``), so repeats never
   crossfade a clip into itself. A clip *restarting* on a bar line (a new clip object with the
@@ -51,7 +56,8 @@ segment of the block, find the next READY slot and its switch sample (``max(star
 for a clip seen in time, ``t`` otherwise); at that sample begin a fade of length
 ``min(xf, start - t)`` (``xf`` for a stop or a late clip) with gains
 ``sin(k / L * pi / 2)`` in and ``cos(k / L * pi / 2)`` out for ``k = 0 .. L - 1``; every
-clip is read at ``(sample - its start) mod its length``.
+clip is read at ``(sample - its origin) mod its length`` (its origin is its start unless
+given).
 """
 
 from __future__ import annotations
@@ -165,6 +171,7 @@ class Player:
         self._audio: list[np.ndarray] = [self._silence] * n
         self._state = np.zeros(n, np.int8)
         self._start = np.zeros(n, np.int64)
+        self._origin = np.zeros(n, np.int64)
         self._length = np.ones(n, np.int64)
         self._seq = np.zeros(n, np.int64)
         self._counters = np.zeros(len(COUNTER_NAMES), np.int64)
@@ -214,8 +221,10 @@ class Player:
 
     # ---- control thread ---------------------------------------------------------------------
 
-    def schedule(self, clip: HasAudio, start_sample: int) -> None:
-        """Hand ``clip`` to the audio thread, to start at ``start_sample`` (control thread).
+    def schedule(self, clip: HasAudio, start_sample: int, origin: int | None = None) -> None:
+        """Hand ``clip`` to the audio thread, to start at ``start_sample`` (control thread),
+        read from ``origin`` (default ``start_sample``; at most ``start_sample``): at
+        ``start_sample`` it plays its sample ``(start_sample - origin) mod length``.
 
         A start in the past begins at once, phase-locked (see the module docstring). A clip
         scheduled at the same sample as an earlier one replaces it. Scheduling the clip that
@@ -231,6 +240,9 @@ class Player:
             raise InvalidRequest(f"clip audio of shape {audio.shape} does not fit "
                                  f"{self.config.channels} channel(s)")
         start_sample = int(start_sample)
+        origin = start_sample if origin is None else int(origin)
+        if origin > start_sample:
+            raise InvalidRequest(f"clip origin {origin} is after its start {start_sample}")
         self._reclaim()
         if self._playing_at(start_sample) is clip:
             self._repeats += 1
@@ -247,6 +259,7 @@ class Player:
         self._audio[slot] = np.ascontiguousarray(audio)
         self._length[slot] = audio.shape[0]
         self._start[slot] = start_sample
+        self._origin[slot] = origin
         self._seq[slot] = self._next_seq
         self._next_seq += 1
         self._clips[slot] = clip
@@ -489,20 +502,20 @@ class Player:
 
     def _switch(self, new: int, t: int) -> None:
         """Make slot ``new`` the current clip from sample ``t``: the beginning of its pre-roll,
-        or later (see the module docstring); it is read phase-locked to its start."""
-        origin = int(self._start[new])
+        or later (see the module docstring); it is read phase-locked to its origin."""
+        start = int(self._start[new])
         xf = self.config.crossfade_samples
         length = xf
-        if origin < t:
+        if start < t:
             self._counters[LATE_CLIPS] += 1
-        elif origin - t < xf:  # seen inside its pre-roll window: what is left of it
-            length = origin - t
+        elif start - t < xf:  # seen inside its pre-roll window: what is left of it
+            length = start - t
             if self._cur >= 0:  # only a sounding clip's fade is cut short
                 self._counters[SHORT_FADES] += 1
         self._state[new] = PLAYING
         self._live = True
         self._counters[STARTED] += 1
-        self._begin_fade(t, new, origin, length)
+        self._begin_fade(t, new, int(self._origin[new]), length)
 
     def _begin_fade(self, t: int, new: int, origin: int, length: int) -> None:
         """From sample ``t``, fade from the current clip (or silence) to slot ``new`` (or

@@ -34,6 +34,21 @@ playing clip restarts at each bar line (on the grid, if not filling the bar). A 
 (the master jumped, such as a DAW's cycle loop) renumbers the planned clips from the next
 bar line instead of discarding them (``renumbered``).
 
+The lattice (``lattice`` points, 0 = off; manual mode only). While the request without its
+alpha (prompt A/B, seeds, seed image, mask, denoising, guidance, steps) and the clip shape
+(tempo, bars, meter) stay the same, idle generator time renders the same request at
+``lattice`` evenly spaced alphas (0, 1/(N-1) ... 1), nearest to the knob first, in batched
+calls where the generator has ``generate_batch`` (``lattice_batch`` alphas a call), into the
+clip cache (so it is bounded by the cache's clips and bytes). It is idle work: a worker takes
+it only when no planned clip wants work, and planned work that appears cancels it at once
+(its alphas go back to the queue), so it never delays the clip of the exact request. A knob
+move whose exact clip is not cached jumps at the next beat line (past the sink's deadline) to
+the nearest lattice clip, read from the playing clip's bar line so it comes in at the same
+position in the loop; that clip is stale, so the exact clip replaces it on the first bar line
+after it is ready. A change of anything the lattice depends on drops it: its work in flight
+is cancelled, its queue cleared and its clips removed from the cache, so no clip of an old
+lattice is ever played. Cost: up to ``lattice`` extra clips per stable A/B pair.
+
 A failed generation is retried with exponential backoff up to ``max_retries`` times
 (``failed`` counts attempts that raised, ``retried`` the retries); a bad request
 (InvalidRequest, UnknownId, InvalidImage) is not retried: the slot is abandoned and planning
@@ -58,6 +73,7 @@ from engine.live.jobs import Clip, ClipGenerator, ClipSink, ClipSpec, Generation
 from engine.live.planner import JamPlanner, JamPosition
 from engine.live.state import EngineState
 from engine.live.transport import Transport
+from engine.model.request import InferenceRequest
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +126,20 @@ class SchedulerConfig:
     cooldown_s: float = 2.0
     max_tick_s: float = 0.02
     cache_clips: int = DEFAULT_CLIPS
+    #: Alphas of the lattice (0: off; else 2..33, see the module docstring) and how many
+    #: alphas one batched call renders (3: nine alphas fill in three calls, and a batch
+    #: cancelled by planned work loses at most three alphas' steps).
+    lattice: int = 0
+    lattice_batch: int = 3
 
     def __post_init__(self) -> None:
+        if not (self.lattice == 0 or 2 <= self.lattice <= 33):
+            raise InvalidRequest(f"lattice must be 0 (off) or 2..33 alphas, not {self.lattice}")
+        if not 1 <= self.lattice_batch <= 33:
+            raise InvalidRequest(f"lattice_batch must be 1..33, not {self.lattice_batch}")
+        if self.lattice > self.cache_clips:
+            raise InvalidRequest(f"a lattice of {self.lattice} alphas needs a clip cache of "
+                                 f"at least as many clips, not {self.cache_clips}")
         if not 1 <= self.lookahead <= 8:
             raise InvalidRequest(f"lookahead must be 1..8 clips, not {self.lookahead}")
         if not 0 <= self.cache_clips <= 4096:
@@ -140,7 +168,9 @@ class Counters:
     new spec: a conform, no diffusion, where the worker kept the image) and re-conforms of the
     playing clip; ``renumbered``: planned clips moved to new bar numbers by a relocation;
     ``late``: clips that missed their bar line (each counted once); ``repeated``: bar lines
-    where the playing clip played again.
+    where the playing clip played again; ``lattice``: lattice clips rendered;
+    ``lattice_jumps``: knob moves heard at a beat line from a lattice clip;
+    ``lattice_dropped``: lattices dropped because what they depend on changed.
     """
 
     generated: int = 0
@@ -153,6 +183,9 @@ class Counters:
     cached: int = 0
     reconformed: int = 0
     renumbered: int = 0
+    lattice: int = 0
+    lattice_jumps: int = 0
+    lattice_dropped: int = 0
 
 
 @dataclasses.dataclass(eq=False)
@@ -180,6 +213,30 @@ class _Playing:
     end_bar: int
     repeating: bool = False
     created: float = 0.0
+
+
+@dataclasses.dataclass(eq=False)
+class _Lattice:
+    """The lattice of the current request without its alpha (see the module docstring).
+
+    ``key``: what it depends on (the request at alpha 0 and the clip shape); ``spec``: the
+    clip spec its jobs render; ``alpha``: the knob's latest value; ``pending``: alphas still
+    to render, nearest to the knob first; ``tasks``: batches in flight by task, with their
+    alphas; ``done``: alphas rendered (their clips are in the cache unless it evicted
+    them)."""
+
+    key: tuple[InferenceRequest, float, int, int, int]
+    base: InferenceRequest
+    spec: ClipSpec
+    alpha: float
+    pending: list[float]
+    tasks: dict[asyncio.Future[list[Clip]], list[float]] = dataclasses.field(
+        default_factory=dict)
+    done: set[float] = dataclasses.field(default_factory=set)
+
+    def request(self, alpha: float) -> InferenceRequest:
+        """The lattice request at ``alpha``."""
+        return self.base.replace(alpha=alpha)
 
 
 @dataclasses.dataclass(eq=False)
@@ -226,6 +283,7 @@ class Scheduler:
         self.cache = ClipCache(self.config.cache_clips)
         self._generators: list[ClipGenerator] = []
         self._refit: _Refit | None = None
+        self._lattice: _Lattice | None = None
 
     # -- control (asyncio loop) ------------------------------------------------------------
 
@@ -236,12 +294,14 @@ class Scheduler:
         self._set_decided(self.transport.bar())
         self._grid_version = self.transport.version
         self._fill(self.transport.now())
+        self._sync_lattice()
 
     def stop(self) -> None:
         """Drop all planned work and forget the playing clip; the jam restarts on ``start``."""
         self.running = False
         self._drop_all(count=False)
         self._drop_refit()
+        self._drop_lattice(count=False)
         self._playing = None
         self._playing_stale = False
         self._committed = None
@@ -257,7 +317,10 @@ class Scheduler:
         self._drop_refit()
         if self._playing is not None:
             self._playing_stale = True
-        self._fill(self.transport.now())
+        now = self.transport.now()
+        self._fill(now)
+        self._sync_lattice()
+        self._jump_to_lattice(now)
 
     # -- the bar-line loop (asyncio loop) --------------------------------------------------
 
@@ -273,6 +336,7 @@ class Scheduler:
         margin = cfg.deadline_samples(self.transport.sample_rate)
         if self.transport.version != self._grid_version:
             self._regrid(now)
+            self._sync_lattice()
         if self._playing is None:
             head = self._slots[0] if self._slots else None
             if head is not None and head.clip is not None:
@@ -386,7 +450,7 @@ class Scheduler:
         slot.late = False
         slot.progress = 0.0
         if not self._from_cache(slot) and not slot.busy:
-            self._work.set()
+            self._want_work()
 
     def _from_cache(self, slot: _Slot) -> bool:
         """Make ``slot`` ready from the clip cache when it holds its clip."""
@@ -539,7 +603,7 @@ class Scheduler:
             slot = _Slot(job, position)
             self._slots.append(slot)
             if not self._from_cache(slot):
-                self._work.set()
+                self._want_work()
 
     def _make_job(self, prev: JamPosition | None, start_bar: int) -> tuple[GenerationJob,
                                                                            JamPosition]:
@@ -570,6 +634,174 @@ class Scheduler:
         for slot in tuple(self._slots):
             self._drop(slot, count=count)
 
+    def _want_work(self) -> None:
+        """A planned clip wants work: wake a worker, and cancel lattice work in flight so the
+        generator is free for it at once (the lattice is idle work only)."""
+        self._work.set()
+        lattice = self._lattice
+        if lattice is not None:
+            for task in lattice.tasks:
+                task.cancel()
+
+    # -- the lattice -----------------------------------------------------------------------
+
+    def _sync_lattice(self) -> None:
+        """Keep the lattice of the current request (see the module docstring): make one when
+        the request without its alpha or the clip shape changed (dropping the old one), or
+        note the knob's new alpha (the queue is re-ordered, nearest first)."""
+        cfg = self.config
+        snapshot = self.state.snapshot()
+        if not cfg.lattice or not self.running or snapshot["alpha_auto"]:
+            self._drop_lattice()
+            return
+        try:
+            spec = self._spec(self._decided_bar + 1, int(snapshot["bars"]))
+            request, _ = self.planner.plan(snapshot, None, bars=spec.bars,
+                                           meter=spec.beats_per_bar)
+        except RiffError:  # the planned slots report it
+            self._drop_lattice()
+            return
+        base = request.replace(alpha=0.0)
+        key = (base, spec.tempo, spec.bars, spec.beats_per_bar, spec.sample_rate)
+        lattice = self._lattice
+        if lattice is not None and lattice.key == key:
+            lattice.alpha = request.alpha
+            lattice.pending.sort(key=lambda a: (abs(a - request.alpha), a))
+            return
+        self._drop_lattice()
+        n = cfg.lattice
+        alphas = sorted((i / (n - 1) for i in range(n)),
+                        key=lambda a: (abs(a - request.alpha), a))
+        self._lattice = _Lattice(key, base, spec, request.alpha, alphas)
+        self._work.set()
+
+    def _drop_lattice(self, *, count: bool = True) -> None:
+        """Forget the lattice: cancel its work in flight and, when what it depends on
+        changed (``count``), remove its clips from the cache. A stop keeps them: the same
+        lattice after the next play finds them there (see :meth:`_lattice_chunk`)."""
+        lattice, self._lattice = self._lattice, None
+        if lattice is None:
+            return
+        for task in lattice.tasks:
+            task.cancel()
+        if count:
+            for alpha in lattice.done:
+                self.cache.discard(lattice.request(alpha), lattice.spec)
+            self.counters.lattice_dropped += 1
+            log.debug("lattice dropped (%d of %d alphas rendered)", len(lattice.done),
+                      self.config.lattice)
+
+    def _lattice_chunk(self, generator: ClipGenerator) -> tuple[_Lattice, list[float]] | None:
+        """The next alphas of the lattice for ``generator`` to render (``lattice_batch``
+        with ``generate_batch``, else one), skipping alphas the cache already holds; None
+        when nothing is left."""
+        lattice = self._lattice
+        if lattice is None or not self.running:
+            return None
+        size = self.config.lattice_batch if hasattr(generator, "generate_batch") else 1
+        chunk: list[float] = []
+        while lattice.pending and len(chunk) < size:
+            alpha = lattice.pending.pop(0)
+            if self.cache.get(lattice.request(alpha), lattice.spec) is not None:
+                lattice.done.add(alpha)
+            else:
+                chunk.append(alpha)
+        return (lattice, chunk) if chunk else None
+
+    async def _render_lattice(self, generator: ClipGenerator, lattice: _Lattice,
+                              alphas: list[float]) -> None:
+        """Render ``alphas`` of ``lattice`` into the clip cache (one batched call, or one
+        ``generate``). Cancelled by :meth:`_want_work` or a drop: the alphas go back to the
+        front of the queue while the lattice is current. A failure is logged and those
+        alphas are left out (no retry: the lattice is an extra)."""
+        bar = self._decided_bar + 1
+        jobs = [GenerationJob(self._new_job_id(), lattice.request(a), lattice.spec, bar,
+                              self.clock.now()) for a in alphas]
+        batch = getattr(generator, "generate_batch", None)
+        task: asyncio.Future[list[Clip]]
+        if batch is not None and len(jobs) > 1:
+            task = asyncio.ensure_future(batch(jobs))
+        else:
+            task = asyncio.ensure_future(self._generate_one(generator, jobs[0]))
+        lattice.tasks[task] = alphas
+        try:
+            await asyncio.wait((task,))
+        except asyncio.CancelledError:  # the worker itself is stopping
+            task.cancel()
+            raise
+        finally:
+            lattice.tasks.pop(task, None)
+        current = self._lattice is lattice
+        if task.cancelled():
+            if current:
+                lattice.pending[:0] = alphas
+            return
+        error = task.exception()
+        if error is not None:
+            self.counters.failed += 1
+            log.warning("lattice alphas %s failed: %r", alphas, error)
+            return
+        clips = task.result()
+        if not current:
+            return  # dropped while rendering: its clips are never played
+        for job, alpha, clip in zip(jobs, alphas, clips, strict=False):
+            if clip.job_id != job.job_id or clip.spec != job.spec:
+                log.warning("lattice job %d answered with clip %d", job.job_id, clip.job_id)
+                continue
+            self.cache.put(clip)
+            lattice.done.add(alpha)
+            self.counters.lattice += 1
+
+    @staticmethod
+    async def _generate_one(generator: ClipGenerator, job: GenerationJob) -> list[Clip]:
+        return [await generator.generate(job)]
+
+    def _jump_to_lattice(self, now: int) -> None:
+        """A knob move (manual mode, lattice on): be heard at the next beat line.
+
+        The exact clip when the head slot already has it (from the cache), else the lattice
+        clip nearest to the knob, starts on the first beat line past the sink's deadline,
+        read from the playing clip's first bar line so it continues at the same position in
+        the loop. A lattice clip plays as stale: the exact clip replaces it on the first bar
+        line after it is ready. Nothing happens when the nearest clip is the one playing, or
+        when its shape (tempo, bars, meter) differs from the playing clip's."""
+        lattice, playing = self._lattice, self._playing
+        if lattice is None or playing is None:
+            return
+        head = self._slots[0] if self._slots else None
+        exact = head is not None and head.clip is not None
+        if exact:
+            assert head is not None and head.clip is not None
+            clip = head.clip
+        else:
+            nearest = sorted(lattice.done, key=lambda a: (abs(a - lattice.alpha), a))
+            found = None
+            for alpha in nearest:  # the cache may have evicted the nearest
+                found = self.cache.get(lattice.request(alpha), lattice.spec)
+                if found is not None:
+                    break
+            if found is None:
+                return
+            clip = found
+        old = playing.clip
+        if clip.request == old.request or (clip.spec.tempo, clip.spec.bars,
+                                           clip.spec.beats_per_bar) != (
+                old.spec.tempo, old.spec.bars, old.spec.beats_per_bar):
+            return
+        target = self.transport.next_beat_line(
+            now + self.config.deadline_samples(self.transport.sample_rate))
+        origin = self.transport.bar_start(playing.start_bar)
+        if origin > target or not self._fits(clip.spec, self.transport.bar_at(target)):
+            return
+        self.sink.schedule(clip, target, origin=origin)
+        self._playing = _Playing(clip, playing.start_bar, playing.end_bar,
+                                 playing.repeating and not exact, self.clock.now())
+        self._playing_stale = not exact
+        self.counters.lattice_jumps += 1
+        log.info("knob at %.3f: %s clip (alpha %.3f) from sample %d, %d into its loop",
+                 lattice.alpha, "exact" if exact else "lattice", clip.request.alpha, target,
+                 target - origin)
+
     def _report(self, message: str) -> None:
         self.last_error = message
         log.error("%s", message)
@@ -586,18 +818,26 @@ class Scheduler:
 
     async def _serve(self, generator: ClipGenerator) -> None:
         while True:
-            slot = await self._take()
-            try:
-                await self._generate(generator, slot)
-            finally:
-                slot.busy = False
+            item = await self._take(generator)
+            if isinstance(item, _Slot):
+                try:
+                    await self._generate(generator, item)
+                finally:
+                    item.busy = False
+            else:
+                await self._render_lattice(generator, *item)
 
-    async def _take(self) -> _Slot:
+    async def _take(self, generator: ClipGenerator) -> _Slot | tuple[_Lattice, list[float]]:
+        """The next work for ``generator``: the oldest planned slot without work, else (idle
+        work) alphas of the lattice."""
         while True:
             for slot in self._slots:
                 if not slot.busy and slot.clip is None:
                     slot.busy = True
                     return slot
+            chunk = self._lattice_chunk(generator)
+            if chunk is not None:
+                return chunk
             self._work.clear()
             await self._work.wait()
 

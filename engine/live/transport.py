@@ -229,6 +229,19 @@ class Transport:
         bar = self.bar_at(after_sample) + 1
         return bar, self.bar_start(bar)
 
+    def next_beat_line(self, at_or_after: int) -> int:
+        """The first beat line at or after sample ``at_or_after`` (a bar line is a beat line
+        too); exact like the bar lines: beat k of bar b is ``bar_start(b)`` plus k beats,
+        rounded half up."""
+        bar = self.bar_at(at_or_after)
+        seg = self.segment_for_bar(bar)
+        line = self.bar_start(bar)
+        for k in range(1, seg.beats_per_bar):
+            if line >= at_or_after:
+                return line
+            line = self.bar_start(bar) + _round(k * seg.samples_per_beat)
+        return line if line >= at_or_after else self.bar_start(bar + 1)
+
     def clip_samples(self, start_bar: int, bars: int) -> int:
         """Exact length in samples of ``bars`` bars from ``start_bar`` at that bar's tempo."""
         if bars < 1:

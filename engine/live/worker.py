@@ -10,6 +10,9 @@ Protocol (plain data, so it can run over a network later), one duplex pipe per w
 use the one JSON wire format of :mod:`engine.live.wire`:
 
     daemon -> worker  {"op": "job", "job": wire.job_to_json(job), "slot": str | None}
+                      {"op": "batch", "jobs": [job, ...], "slots": [str | None, ...]}
+                          (one request at several alphas, one clip spec: the alphas share
+                          their UNet calls; each job is answered on its own, as below)
                       {"op": "cancel", "job_id"}
                       {"op": "stop"}
     worker -> daemon  {"op": "ready", "model": str, "device": str, "pid": int}
@@ -34,6 +37,10 @@ still waiting removes it: a job that is stale when the worker reaches it never s
 Cancellation is per job id (a message, never a shared register that the next cancel
 overwrites). The scheduler gives each worker one job at a time and cancels before it sends the
 next, so the pipe holds at most the running job plus the one latest wanted.
+
+A batch (the scheduler's lattice, :meth:`WorkerClient.generate_batch`) runs like one job:
+a ``cancel`` for any of its job ids stops the whole batch between steps, or removes it while
+it waits.
 
 Kept spectrograms. The worker keeps the last ``keep`` generated images (the model's output,
 before conform) by request. A job whose request is kept skips diffusion and only conforms the
@@ -62,7 +69,7 @@ import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -202,6 +209,34 @@ class _Model:
             self.kept.move_to_end(job.request)
         return self._conform(job, kept), reused
 
+    def make_batch(self, jobs: Sequence[GenerationJob], progress: Callable[[int, int], None],
+                   cancel: Callable[[], bool]) -> list[tuple[np.ndarray, bool]]:
+        """Each job's clip audio and whether a kept image was reused: the jobs (one request
+        at several alphas) whose images are not kept are diffused in one batched call."""
+        made: dict[InferenceRequest, Any] = {}
+        todo = [job for job in jobs if job.request not in self.kept]
+        if todo:
+            if self.generator is None:
+                self._diffuse(todo[0], progress, cancel)  # one job's steps for the batch
+                images: list[Any] = [job.job_id for job in todo]
+            else:
+                results = self.generator.generate_alphas(
+                    todo[0].request, [job.request.alpha for job in todo], progress=progress,
+                    cancel=cancel)
+                images = [result.image for result in results]
+            made = {job.request: image for job, image in zip(todo, images, strict=True)}
+        out = []
+        for job in jobs:
+            reused = job.request not in made
+            kept = self.kept[job.request] if reused else made[job.request]
+            out.append((self._conform(job, kept), reused))
+        if self.config.keep:
+            for request, image in made.items():
+                self.kept[request] = image
+            while len(self.kept) > self.config.keep:
+                self.kept.popitem(last=False)
+        return out
+
     def _diffuse(self, job: GenerationJob, progress: Callable[[int, int], None],
                  cancel: Callable[[], bool]) -> Any:
         if self.generator is None:
@@ -239,6 +274,7 @@ class _WorkerLoop:
         self.slots = SlotWriter()
         self.waiting: collections.deque[dict[str, Any]] = collections.deque()
         self.running = -1
+        self.running_batch: frozenset[int] = frozenset()
         self.running_cancelled = False
         self.stopping = False
         self._serving_kept = False
@@ -256,7 +292,7 @@ class _WorkerLoop:
                 return
             timeout = 0.0
             op = msg.get("op")
-            if op == "job":
+            if op in ("job", "batch"):
                 self.waiting.append(msg)
             elif op == "cancel":
                 self._cancel(int(msg.get("job_id", -1)))
@@ -266,13 +302,15 @@ class _WorkerLoop:
                 log.error("unknown message %r", op)
 
     def _cancel(self, job_id: int) -> None:
-        if job_id == self.running:
+        if job_id == self.running or job_id in self.running_batch:
             self.running_cancelled = True
             return
         for msg in self.waiting:
-            if int(msg["job"].get("job_id", -1)) == job_id:
+            ids = _job_ids(msg)
+            if job_id in ids:
                 self.waiting.remove(msg)  # stale before it started: it never starts
-                self.conn.send({"op": "cancelled", "job_id": job_id})
+                for one in ids:
+                    self.conn.send({"op": "cancelled", "job_id": one})
                 return
         # Otherwise the job already ended (its result is on the way): nothing to do.
 
@@ -291,6 +329,8 @@ class _WorkerLoop:
         return self.running_cancelled or self.stopping
 
     def _kept_job(self, msg: dict[str, Any]) -> bool:
+        if msg.get("op") != "job":
+            return False  # a batch is served in order
         try:
             return self.model.has(parse_job(msg["job"]).request)
         except RiffError:
@@ -302,7 +342,49 @@ class _WorkerLoop:
             if not self.waiting:
                 self.read(block=True)
                 continue
-            self._serve(self.waiting.popleft(), nested=False)
+            msg = self.waiting.popleft()
+            if msg.get("op") == "batch":
+                self._serve_batch(msg)
+            else:
+                self._serve(msg, nested=False)
+
+    def _serve_batch(self, msg: dict[str, Any]) -> None:
+        """Serve a batch: diffuse its alphas together, then answer each job with its clip
+        (or every job with the batch's error or cancellation)."""
+        ids = _job_ids(msg)
+        datas = msg.get("jobs")
+        slots = msg.get("slots")
+        self.running_batch, self.running_cancelled = frozenset(ids), False
+        t0 = time.monotonic()
+        try:
+            if not isinstance(datas, list) or not datas or len(ids) != len(datas):
+                raise InvalidRequest("a batch needs a non-empty list of jobs")
+            jobs = [parse_job(data) for data in datas]
+
+            def progress(step: int, total: int) -> None:
+                for job_id in ids:
+                    self.conn.send({"op": "progress", "job_id": job_id, "step": step,
+                                    "total": total})
+
+            results = self.model.make_batch(jobs, progress, self.between_steps)
+        except errors.Cancelled:
+            for job_id in ids:
+                self.conn.send({"op": "cancelled", "job_id": job_id})
+            return
+        except Exception as exc:  # every failure goes back as each job's result
+            if not isinstance(exc, RiffError):
+                log.exception("batch %s failed", ids)
+            for job_id in ids:
+                self.conn.send({"op": "error", "job_id": job_id, "error": type(exc).__name__,
+                                "message": str(exc)})
+            return
+        finally:
+            self.running_batch, self.running_cancelled = frozenset(), False
+        seconds = time.monotonic() - t0
+        if not isinstance(slots, list) or len(slots) != len(ids):
+            slots = [None] * len(ids)
+        for job_id, slot, (audio, reused) in zip(ids, slots, results, strict=True):
+            self._send_clip(job_id, slot, audio, reused, seconds)
 
     def _serve(self, msg: dict[str, Any], nested: bool) -> None:
         data = msg.get("job")
@@ -330,14 +412,26 @@ class _WorkerLoop:
         finally:
             if not nested:
                 self.running, self.running_cancelled = -1, False
+        self._send_clip(job_id, msg.get("slot"), audio, reused, time.monotonic() - t0)
+
+    def _send_clip(self, job_id: int, slot: Any, audio: np.ndarray, reused: bool,
+                   seconds: float) -> None:
+        """Answer ``job_id`` with its clip: into its shared memory slot, else inline."""
         header = {"op": "clip", "job_id": job_id, "shape": list(audio.shape),
-                  "seconds": time.monotonic() - t0, "reused": reused}
-        slot = msg.get("slot")
+                  "seconds": seconds, "reused": reused}
         if isinstance(slot, str) and self.slots.write(slot, np.ascontiguousarray(audio)):
             header["slot"] = slot  # one copy, into the daemon's slot
         else:
             header["audio"] = audio.tobytes()
         self.conn.send(header)
+
+
+def _job_ids(msg: dict[str, Any]) -> list[int]:
+    """The job ids of a ``job`` or ``batch`` message (-1 for a malformed one)."""
+    datas = msg.get("jobs") if msg.get("op") == "batch" else [msg.get("job")]
+    if not isinstance(datas, list):
+        return []
+    return [int(d.get("job_id", -1)) if isinstance(d, dict) else -1 for d in datas]
 
 
 def worker_main(conn: multiprocessing.connection.Connection, config: WorkerConfig) -> None:
@@ -440,9 +534,8 @@ class WorkerClient:
             raise ModelUnavailable(f"{self.name} did not load the model within "
                                    f"{self.config.start_timeout_s:.0f} s") from None
 
-    async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
-                       ) -> Clip:
-        """Generate ``job`` in the worker (see :class:`~engine.live.jobs.ClipGenerator`)."""
+    async def _started(self, job_id: int) -> multiprocessing.connection.Connection:
+        """The worker's pipe once it is loaded (started or restarted here when needed)."""
         if self._fatal is not None:
             raise self._fatal
         if self._ready is None:
@@ -452,7 +545,64 @@ class WorkerClient:
         assert self._ready is not None
         await asyncio.shield(self._ready)
         if self._conn is None:
-            raise WorkerCrashed(f"{self.name}: the worker exited before job {job.job_id}")
+            raise WorkerCrashed(f"{self.name}: the worker exited before job {job_id}")
+        return self._conn
+
+    async def generate_batch(self, jobs: Sequence[GenerationJob]) -> list[Clip]:
+        """Generate ``jobs`` (one request at several alphas, one clip spec) in one batched
+        call: their alphas share the UNet calls. Cancelling it cancels the whole batch.
+        Raises InvalidRequest for jobs that differ in more than their alpha. Loop thread."""
+        if not jobs:
+            raise InvalidRequest("an empty batch")
+        base, spec = jobs[0].request.replace(alpha=0.0), jobs[0].spec
+        if any(job.request.replace(alpha=0.0) != base or job.spec != spec for job in jobs):
+            raise InvalidRequest("a batch renders one request at several alphas for one "
+                                 "clip spec")
+        conn = await self._started(jobs[0].job_id)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[np.ndarray]] = []
+        slots: list[str | None] = []
+        for job in jobs:
+            future: asyncio.Future[np.ndarray] = loop.create_future()
+            self._pending[job.job_id] = future
+            futures.append(future)
+            slot = None
+            if self.slots is not None:
+                slot = self.slots.acquire(job.spec.num_samples * self.config.channels * 4)
+                if slot is not None:
+                    self._slot_of[job.job_id] = slot
+            slots.append(slot)
+        try:
+            try:
+                conn.send({"op": "batch", "jobs": [job_to_json(job) for job in jobs],
+                           "slots": slots})
+            except OSError as exc:
+                for job in jobs:
+                    self._release_slot(job.job_id)
+                raise WorkerCrashed(f"{self.name}: cannot send batch "
+                                    f"{[job.job_id for job in jobs]}: {exc}") from exc
+            try:
+                results = await asyncio.gather(*futures, return_exceptions=True)
+            except asyncio.CancelledError:
+                for job in jobs:
+                    self._send_cancel(job.job_id)
+                raise
+        finally:
+            seconds = [self._seconds.pop(job.job_id, 0.0) for job in jobs]
+            for job in jobs:
+                self._forget(job.job_id)
+        clips = []
+        for job, result, took in zip(jobs, results, seconds, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            clips.append(Clip(job.job_id, result, job.spec, job.request, took))
+        return clips
+
+    async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
+                       ) -> Clip:
+        """Generate ``job`` in the worker (see :class:`~engine.live.jobs.ClipGenerator`)."""
+        await self._started(job.job_id)
+        assert self._conn is not None
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._pending[job.job_id] = future
         if progress is not None:

@@ -98,11 +98,13 @@ class GenerationEvent:
 
 @dataclasses.dataclass(frozen=True)
 class ClipStartEvent:
-    """A generated clip started to play at ``sample`` (a bar line)."""
+    """A generated clip started to play at ``sample`` (a bar line, or a beat line for a
+    lattice clip, which is read from the earlier sample ``origin``: it came in mid-loop)."""
 
     sample: int
     bar: float
     job: str
+    origin: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,9 +178,13 @@ class ControlLogWriter:
         self._write({"type": "generation", **_position(sample, bar), "job": str(job),
                      "request": request.to_dict(), "clip": _jsonable(clip_data, "clip")})
 
-    def clip_start(self, job: str | int, *, sample: int, bar: float) -> None:
-        """Log that the clip of ``job`` started to play."""
-        self._write({"type": "clip_start", **_position(sample, bar), "job": str(job)})
+    def clip_start(self, job: str | int, *, sample: int, bar: float,
+                   origin: int | None = None) -> None:
+        """Log that the clip of ``job`` started to play (read from ``origin`` when given:
+        see :class:`ClipStartEvent`)."""
+        extra = {} if origin is None else {"origin": int(origin)}
+        self._write({"type": "clip_start", **_position(sample, bar), "job": str(job),
+                     **extra})
 
     def close(self, *, sample: int | None = None, bar: float = 0.0) -> None:
         """Write the ``end`` line (when ``sample`` is given) and close the file."""
@@ -265,6 +271,11 @@ def _event(kind: object, record: dict[str, Any], where: str) -> Event:
             raise InvalidRequest(f"{where}: clip must be a JSON object")
         return _build(GenerationEvent, record, where)
     if kind == "clip_start":
+        origin = record.get("origin")
+        if origin is not None and (isinstance(origin, bool) or not isinstance(origin, int)
+                                   or not 0 <= origin <= record["sample"]):
+            raise InvalidRequest(f"{where}: origin must be an integer sample from 0 to the "
+                                 "clip's start")
         return _build(ClipStartEvent, record, where)
     if kind == "end":
         return _build(EndEvent, record, where)

@@ -158,7 +158,8 @@ class RecordingTaps:
         self.recording = recording
         #: The last clips handed to the sink with their start samples, recording or not, so a
         #: take started mid-clip can log what is playing (:meth:`log_playing`).
-        self.recent: collections.deque[tuple[Clip, int]] = collections.deque(maxlen=4)
+        self.recent: collections.deque[tuple[Clip, int, int | None]] = collections.deque(
+            maxlen=4)
         self.stopped_at: int | None = None
         self._logged: set[int] = set()  # job ids with a generation line in ``_logged_in``
         self._logged_in: Recording | None = None
@@ -198,15 +199,15 @@ class RecordingTaps:
             return
         now = self.transport.now()
         recent = list(self.recent)
-        current = [i for i, (_, start) in enumerate(recent) if start <= now]
+        current = [i for i, (_, start, _) in enumerate(recent) if start <= now]
         first = current[-1] if current else 0
         if self.stopped_at is not None and (not recent or self.stopped_at >= recent[-1][1]):
             return  # stopped after the last schedule: nothing plays
-        for clip, start in recent[first:]:
+        for clip, start, origin in recent[first:]:
             sample, bar = self._at(start)
             self.log_generation(clip.job_id, clip.request, clip.spec, sample=sample, bar=bar)
             self._log(functools.partial(_log_clip_start, job_id=clip.job_id, sample=sample,
-                                        bar=bar))
+                                        bar=bar, origin=origin))
 
     def _at(self, sample: int | None = None) -> tuple[int, float]:
         if self.transport is None:
@@ -234,14 +235,27 @@ class RecordingTaps:
         return _LoggedSink(inner, self)
 
 
-def _log_clip_start(take: Recording, *, job_id: int, sample: int, bar: float) -> None:
-    take.log.clip_start(job_id, sample=sample, bar=bar)
+def _log_clip_start(take: Recording, *, job_id: int, sample: int, bar: float,
+                    origin: int | None = None) -> None:
+    take.log.clip_start(job_id, sample=sample, bar=bar, origin=origin)
 
 
 class _LoggedGenerator:
     def __init__(self, inner: ClipGenerator, taps: RecordingTaps) -> None:
         self.inner = inner
         self.taps = taps
+        if hasattr(inner, "generate_batch"):  # the scheduler batches the lattice with it
+            self.generate_batch = self._generate_batch
+
+    async def _generate_batch(self, jobs: Sequence[GenerationJob]) -> list[Clip]:
+        """Log each job, then generate them in one batched call (control plane)."""
+        if self.taps.recording is not None:
+            sample, bar = self.taps._at()
+            for job in jobs:
+                self.taps.log_generation(job.job_id, job.request, job.spec, sample=sample,
+                                         bar=bar)
+        clips: list[Clip] = await self.inner.generate_batch(jobs)  # type: ignore[attr-defined]
+        return clips
 
     async def generate(self, job: GenerationJob, progress: ProgressCallback | None = None
                        ) -> Clip:
@@ -257,17 +271,21 @@ class _LoggedSink:
         self.inner = inner
         self.taps = taps
 
-    def schedule(self, clip: Clip, start_sample: int) -> None:
-        """Schedule on the wrapped sink, then log the clip start (control plane)."""
-        self.inner.schedule(clip, start_sample)
-        self.taps.recent.append((clip, start_sample))
+    def schedule(self, clip: Clip, start_sample: int, origin: int | None = None) -> None:
+        """Schedule on the wrapped sink, then log the clip start (control plane), with its
+        ``origin`` when it is read from an earlier sample (a lattice jump on a beat)."""
+        if origin is None:
+            self.inner.schedule(clip, start_sample)
+        else:
+            self.inner.schedule(clip, start_sample, origin=origin)
+        self.taps.recent.append((clip, start_sample, origin))
         self.taps.stopped_at = None
         if self.taps.recording is not None:
             sample, bar = self.taps._at(start_sample)
             self.taps.log_generation(clip.job_id, clip.request, clip.spec, sample=sample,
                                      bar=bar)
             self.taps._log(lambda take: take.log.clip_start(clip.job_id, sample=sample,
-                                                            bar=bar))
+                                                            bar=bar, origin=origin))
 
     def position(self) -> int:
         """The wrapped sink's audio clock (any thread)."""

@@ -8,7 +8,8 @@ bar-timeline :class:`~engine.live.player.Player` the live engine uses (same cros
 same stops). Nothing depends on wall-clock time or thread timing, so the same log and
 settings give the same audio, sample for sample.
 
-Timeline events used: ``clip_start`` (schedule the job's clip at that sample), commands
+Timeline events used: ``clip_start`` (schedule the job's clip at that sample, read from its
+``origin`` when logged: a lattice clip that came in mid-loop on a beat line), commands
 ``/riff/stop`` (fade to silence), ``take_start`` (a take started mid-set: only the clock from
 there on is written, so the output lines up with the take's audio) and the ``end`` line (the
 length; without it, the last clip plays once more after the last event). Jobs that were
@@ -92,7 +93,7 @@ def timeline(control: ControlLog) -> tuple[list[tuple[int, str, Any]], dict[str,
             if event.job not in jobs:
                 raise InvalidRequest(f"clip_start at sample {event.sample} names job "
                                      f"{event.job!r}, which no generation line requested")
-            pending.append((event.sample, "start", event.job))
+            pending.append((event.sample, "start", (event.job, event.origin)))
         elif isinstance(event, CommandEvent) and event.name in STOP_COMMANDS:
             events.extend(p for p in pending if p[0] < event.sample)
             pending = []
@@ -121,7 +122,7 @@ def rerender(
     settings = settings or RerenderSettings()
     header = control.header
     events, jobs = timeline(control)
-    starts = [job for _, kind, job in events if kind == "start"]
+    starts = [start[0] for _, kind, start in events if kind == "start"]
     if not starts:
         raise InvalidRequest("the control log has no clip starts: nothing was heard")
     crossfade = settings.crossfade_samples
@@ -157,15 +158,16 @@ def _play_events(events: list[tuple[int, str, Any]], player: Player, writer: _Wr
     scheduler does: the crossfade ends on the start sample (see :mod:`engine.live.player`)."""
     last_start, last_length = 0, 0
     lead = player.config.crossfade_samples
-    for sample, kind, job_key in events:
+    for sample, kind, start in events:
         writer.render_until(sample - lead if kind == "start" else sample)
         if kind == "end":
             return sample
         if kind == "stop":
             player.stop()
             continue
+        job_key, origin = start
         clip = clips.take(job_key)
-        player.schedule(clip, sample)
+        player.schedule(clip, sample, origin=origin)
         player.poll()
         last_start, last_length = sample, clip.spec.num_samples
     return max(writer.position, last_start + last_length)  # the take was cut short

@@ -47,7 +47,16 @@ RUN_DEFAULTS: dict[str, Any] = {
     "on_master_stop": "stop",
     "quality": None,
     "render_ahead": 2048,
+    "lattice": None,
 }
+
+#: Lattice points when ``--lattice`` is not given and the generator runs on CUDA. On a GPU a
+#: clip takes a fraction of a bar and batched alphas share their UNet calls, so the idle time
+#: renders 9 alphas (0, 0.125 ... 1: a knob is never more than 1/16 away from one) within a
+#: few clips' time; elsewhere (CPU, a remote server) the lattice is off by default: a CPU
+#: clip takes many seconds, so 9 extra clips would keep the cores busy for minutes per prompt
+#: pair, beside the audio thread, and would rarely be complete before the next change.
+LATTICE_CUDA = 9
 
 
 def _prefer_audio() -> None:
@@ -96,6 +105,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, help="first seed of the seed walk (default 42)")
     p.add_argument("--seed-image", help="seed image id (default og_beat)")
     p.add_argument("--steps", type=int, help="denoising steps per clip (default 50)")
+    p.add_argument("--lattice", type=int, metavar="N",
+                   help="manual mode: render the current prompt pair at N alphas (0, 1/(N-1) "
+                        "... 1) in idle generator time, so a knob move is heard at the next "
+                        "beat from the nearest one while the exact alpha renders; N extra "
+                        "clips per prompt pair; 0 = off (default 9 when the worker runs on "
+                        "CUDA, else 0)")
     p.add_argument("--generator", metavar="URL",
                    help="generate on a remote 'riff serve' at http://HOST:PORT instead of a "
                         "local worker process (bearer token from $RIFF_TOKEN); --model and "
@@ -220,6 +235,10 @@ def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     if getattr(args, "input", False) and args.generator is not None:
         raise InvalidRequest("--input does not go with --generator: captured seed images are "
                              "written here, where a remote generator cannot read them")
+    lattice = opts["lattice"]
+    if lattice is not None and (isinstance(lattice, bool) or not isinstance(lattice, int)
+                                or not (lattice == 0 or 2 <= lattice <= 33)):
+        raise InvalidRequest(f"--lattice must be 0 (off) or 2..33 alphas, not {lattice!r}")
     if args.offline and args.output is None:
         raise InvalidRequest("--offline needs --output FILE")
     if args.duration_bars is not None and (args.output is None or args.duration_bars < 1):
@@ -389,6 +408,7 @@ async def _run_daemon(d: _Daemon, state: Any) -> bool:
 def _build_engine(d: _Daemon, state: Any) -> None:
     """The engine facade, with recording taps between it and the generator and player, and
     the take controller (``--record`` / ``--takes-dir``). Loop thread."""
+    from engine.live.cache import DEFAULT_CLIPS
     from engine.live.control import Engine
     from engine.live.scheduler import SchedulerConfig
     from engine.live.sync import SyncConfig
@@ -397,11 +417,17 @@ def _build_engine(d: _Daemon, state: Any) -> None:
 
     args, opts = d.args, d.opts
     taps = RecordingTaps()
+    lattice = _lattice_points(opts, str(getattr(d.client, "device", "")))
+    if lattice:
+        log.info("lattice: %d alphas per prompt pair in idle generator time (--lattice)",
+                 lattice)
     library = SeedImageLibrary(_seed_folders(args))
     d.engine = engine = Engine(taps.generator(d.client), taps.sink(d.player), sample_rate=d.rate,
                                state=state, sink_stats=d.player.counters,
                                config=SchedulerConfig(
-                                   lead_s=d.player.config.crossfade_samples / d.rate),
+                                   lead_s=d.player.config.crossfade_samples / d.rate,
+                                   lattice=lattice,
+                                   cache_clips=max(DEFAULT_CLIPS, 2 * lattice)),
                                seed_loops=library,
                                sync=SyncConfig(on_stop=d.opts["on_master_stop"]),
                                scheduler=d.opts["scheduler"])
@@ -429,6 +455,14 @@ def _seed_folders(args: argparse.Namespace) -> tuple[Path, ...]:
     """Seed image folders searched before the built-in ones: the capture folder with
     ``--input`` (for the engine, the worker and the surfaces' id checks alike)."""
     return (args.capture_dir,) if getattr(args, "input", False) else ()
+
+
+def _lattice_points(opts: dict[str, Any], device: str) -> int:
+    """``--lattice``, or by default :data:`LATTICE_CUDA` when the generator's device is
+    CUDA and 0 (off) elsewhere (see there why)."""
+    if opts["lattice"] is not None:
+        return int(opts["lattice"])
+    return LATTICE_CUDA if device.startswith("cuda") else 0
 
 
 def _start_playing(d: _Daemon) -> None:
@@ -506,6 +540,9 @@ def _log_summary(d: _Daemon) -> None:
              "%d started after their bar line",
              c["started"], s.late, c["xruns"], d.client.restarts, c["underruns"], c["silent"],
              s.repeated, s.generated, s.cached, s.reconformed, c["late"])
+    if d.engine.scheduler.config.lattice:
+        log.info("lattice: %d clips rendered, %d knob moves heard from one, %d dropped",
+                 s.lattice, s.lattice_jumps, s.lattice_dropped)
     if d.args.generator is not None:
         log.info("remote generator: %d requests, %d failed, %d retried", d.client.attempts,
                  d.client.failures, d.client.retried)
