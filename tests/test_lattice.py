@@ -287,3 +287,29 @@ def test_a_stop_keeps_the_lattice_clips_for_the_next_play() -> None:
         assert rig.engine.scheduler.counters.lattice_dropped == 0
 
     run(body)
+
+
+def test_the_timeline_shows_the_lattice_for_displays() -> None:
+    views: list[Any] = []
+
+    async def body(rig: Rig) -> None:
+        views.append(rig.engine.scheduler.timeline()["lattice"])
+        await rig.clock.run_until(lambda: rig.lattice_done >= 4, 30.0)
+        views.append(rig.engine.scheduler.timeline()["lattice"])
+        rig.engine.state.set("alpha", 0.6)
+        await rig.clock.advance(0.0)
+        views.append(rig.engine.scheduler.timeline()["lattice"])
+        rig.engine.state.set("alpha_auto", True)
+        await rig.clock.advance(0.0)
+        views.append(rig.engine.scheduler.timeline()["lattice"])
+
+    rig = run(body)
+    first, some, moved, auto = views
+    assert first is None or all(p["state"] != "ready" for p in first["points"])
+    assert [p["alpha"] for p in some["points"]] == [i / 8 for i in range(9)]
+    ready = {p["alpha"] for p in some["points"] if p["state"] == "ready"}
+    assert len(ready) >= 4 and 0.0 in ready  # nearest the knob (0) first
+    assert moved["alpha"] == 0.6 and auto is None  # auto mode has no lattice
+    hits = rig.engine.scheduler.cache.hits
+    rig.engine.scheduler.timeline()
+    assert rig.engine.scheduler.cache.hits == hits  # a display read is not a cache hit

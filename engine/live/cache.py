@@ -43,6 +43,11 @@ class ClipCache:
     def __len__(self) -> int:
         return len(self._clips)
 
+    def holds(self, request: InferenceRequest, spec: ClipSpec) -> bool:
+        """Whether the clip of ``request`` and ``spec`` is cached; unlike :meth:`get` it
+        counts no hit and leaves the eviction order alone (for displays)."""
+        return (request, spec) in self._clips
+
     def get(self, request: InferenceRequest, spec: ClipSpec) -> Clip | None:
         """The cached clip of ``request`` conformed to ``spec``, or None."""
         key = (request, spec)

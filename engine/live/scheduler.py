@@ -934,7 +934,8 @@ class Scheduler:
         ``playing``: the clip playing (or repeating) with its bars, prompts, alpha, seed and
         how long it took to generate against how long it lasts; ``None`` before the first.
         ``upcoming``: each planned clip in order with its start bar, whether it is ready and
-        its progress. Read-only. Thread: the control plane (asyncio loop)."""
+        its progress. ``lattice``: see :meth:`_lattice_view`. Read-only. Thread: the control
+        plane (asyncio loop)."""
         def describe(job_id: int, request: Any, spec: ClipSpec) -> dict[str, Any]:
             end = request.end or request.start
             return {"job": job_id, "prompt": request.start.prompt, "prompt_b": end.prompt,
@@ -952,7 +953,23 @@ class Scheduler:
                      "start_bar": slot.job.start_bar, "ready": slot.clip is not None,
                      "progress": round(slot.progress, 4), "attempts": slot.attempts,
                      "late": slot.late} for slot in self._slots]
-        return {"playing": playing, "upcoming": upcoming}
+        return {"playing": playing, "upcoming": upcoming, "lattice": self._lattice_view()}
+
+    def _lattice_view(self) -> dict[str, Any] | None:
+        """The lattice for displays: each of its alphas with whether its clip is rendered
+        (in the cache), being rendered, or waiting; the knob's alpha. None without one."""
+        lattice = self._lattice
+        if lattice is None:
+            return None
+        rendering = {a for alphas in lattice.tasks.values() for a in alphas}
+        n = self.config.lattice
+        points = []
+        for alpha in (i / (n - 1) for i in range(n)):
+            ready = self.cache.holds(lattice.request(alpha), lattice.spec)
+            points.append({"alpha": round(alpha, 4),
+                           "state": "ready" if ready else
+                           "rendering" if alpha in rendering else "waiting"})
+        return {"alpha": lattice.alpha, "points": points}
 
     @property
     def decided_bar(self) -> int | None:
