@@ -39,6 +39,7 @@ import torch
 
 from engine.dsp import kernels
 from engine.dsp.pghi import pghi
+from engine.dsp.retime import retime
 from engine.dsp.spectrogram import PCM_SCALE, SpectrogramParams, mel_filterbank
 from engine.dsp.stft import Stft
 from engine.errors import InvalidRequest
@@ -209,6 +210,7 @@ def mel_to_audio(
     seed: int = 0,
     compiled: bool | None = None,
     time_scale: float = 1.0,
+    retime_frames: bool = True,
 ) -> np.ndarray:
     """Audio float32 (channels, samples) for mel magnitudes (channels, mels, frames).
 
@@ -217,7 +219,10 @@ def mel_to_audio(
     without a click. ``time_scale`` (loops only) synthesises with a hop of
     ``hop * time_scale``: the loop is reconstructed that much longer, with every frame, and so
     every onset, at its scaled position (to the sample), and the window, hence the pitch,
-    unchanged. The result is deterministic for a given ``seed``. ``compiled``: use the numba
+    unchanged. The frames are first given the magnitudes a frame at the scaled hop would
+    measure (:func:`engine.dsp.retime.retime`: hits moved, not smeared into a pre-echo);
+    ``retime_frames=False`` synthesises them as measured (the smeared result, for
+    comparison). The result is deterministic for a given ``seed``. ``compiled``: use the numba
     kernels (the default on the CPU) or plain torch operations (what other devices run; False
     tests them).
     """
@@ -233,7 +238,10 @@ def mel_to_audio(
     dev = torch.device(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        target = torch.from_numpy(np.ascontiguousarray(m.transpose(0, 2, 1))).to(dev)
+        mel_t = torch.from_numpy(m).to(dev)
+        if time_scale != 1.0 and retime_frames:  # frames as the scaled hop sees them
+            mel_t = retime(mel_t, time_scale, p.win_length / p.hop_length)
+        target = mel_t.transpose(1, 2).contiguous()
         linear_len = (m.shape[2] - 1) * p.hop_length
         if method == "riffusion" and not circular and linear_len > p.n_fft // 2:
             audio = _riffusion(target, p, seed)
