@@ -11,7 +11,9 @@ at the seed's 93.75 BPM is encoded to mel frames and tempo-locked to each host t
 
 For each: the largest onset error in ms against the detector's own bias at the seed's tempo
 (where nothing is stretched), the pre-echo (energy in the 30 ms before each hit over that in
-the 30 ms after, in dB), the peak frequency of a 440 Hz tone, and CPU seconds per clip.
+the 30 ms after, in dB), the peak frequency of a 440 Hz tone, how far the mel of the hits
+over the tone, tempo-locked, is from that of the same loop written at the host tempo
+(``||M - g M'|| / ||M||``), and CPU seconds per clip.
 Prints JSON (``--out`` also writes it).
 
     python bench/bench_tempo_lock.py [--out bench/results_tempo_lock.json]
@@ -107,6 +109,24 @@ def peak_hz(audio: np.ndarray, rate: int) -> float:
     return float(np.argmax(np.abs(np.fft.rfft(x * np.hanning(x.size))))) * rate / x.size
 
 
+def hits_and_tone(bpm: float) -> np.ndarray:
+    """The hits (3 ms after the beat at the seed's tempo, proportionally later or earlier at
+    others) over a 440 Hz tone, at ``bpm``: the seed loop, or the ideal result at a host
+    tempo."""
+    hits, _times = hit_loop(bpm, offset_s=0.003 * SEED_BPM / bpm)
+    return hits + 0.5 * tone_loop(440.0, bpm)[: hits.size]
+
+
+def mel_convergence(clip: np.ndarray, ideal: np.ndarray) -> float:
+    """``||M - g M'|| / ||M||`` between the mel of the ideal loop (44.1 kHz) and that of the
+    clip resampled to its length, at the best gain ``g``."""
+    back = scipy.signal.resample(clip.astype(np.float64), ideal.size).astype(np.float32)
+    got = audio_to_mel(back[None], PARAMS, circular=True).astype(np.float64).ravel()
+    want = audio_to_mel(ideal[None], PARAMS, circular=True).astype(np.float64).ravel()
+    gain = float(want @ got) / max(float(got @ got), 1e-30)
+    return float(np.linalg.norm(want - gain * got) / np.linalg.norm(want))
+
+
 def spec_at(bpm: float) -> ClipSpec:
     """Two bars of 4/4 at ``bpm`` at 48 kHz."""
     return ClipSpec(tempo=bpm, bars=2, beats_per_bar=4, sample_rate=RATE,
@@ -174,6 +194,7 @@ def main() -> int:
     args = parser.parse_args()
     _audio, times = hit_loop()
     tone = audio_to_mel(tone_loop()[None], PARAMS, circular=True)
+    mixed = audio_to_mel(hits_and_tone(SEED_BPM)[None], PARAMS, circular=True)
     results: dict[str, object] = {}
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for name, method in METHODS.items():
@@ -188,6 +209,8 @@ def main() -> int:
                 "pre_echo_db": round(pre_echo_db(clips[bpm], RATE,
                                                  times * (SEED_BPM / bpm)), 1),
                 "tone_peak_hz": round(peak_hz(method(tone, spec_at(bpm)), RATE), 2),
+                "mel_convergence_to_ideal": round(mel_convergence(
+                    method(mixed, spec_at(bpm)), hits_and_tone(bpm)), 4),
             } for bpm in TEMPOS}
         results[name] = {"tempos": rows[name], "cpu_seconds_per_clip": round(seconds, 3)}
     now = rows["retimed"].values()
