@@ -46,7 +46,7 @@ def onsets(x: np.ndarray, rate: int, count: int) -> np.ndarray:
     hop = rate // 100
     e = np.array([np.sum(x[i:i + hop] ** 2) for i in range(0, len(x) - hop, hop)])
     rise = np.maximum(np.diff(e, prepend=e[-1]), 0)
-    peaks = []
+    peaks: list[int] = []
     for i in np.argsort(rise)[::-1]:
         if all(abs(i - j) > 10 for j in peaks):
             peaks.append(i)
@@ -137,6 +137,17 @@ def test_tempo_lock_keeps_onsets_where_the_grid_puts_them() -> None:
     stretched)."""
     for bpm, errors in onset_errors_ms(retimed, TEMPOS).items():
         assert np.max(np.abs(errors)) <= 1.0, (bpm, errors)
+
+
+def test_tempo_lock_keeps_onsets_with_the_quality_method() -> None:
+    """The quality method fits the frames' magnitudes closer, so whatever pre-hit energy the
+    retimed frames keep becomes a pre-echo: with the fast method's 30 deconvolution passes it
+    put hits 10 ms early at 60 BPM (20 ms with the frames as measured); it takes 200."""
+    def quality(mel: np.ndarray, spec: ClipSpec) -> np.ndarray:
+        return conform(mel, spec, meta=META, settings=ConformSettings(method="quality"))[:, 0]
+
+    errors = onset_errors_ms(quality, (60.0,))[60.0]
+    assert np.max(np.abs(errors)) <= 1.0, errors
 
 
 def test_tempo_lock_onset_check_sees_the_pre_echo() -> None:

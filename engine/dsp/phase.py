@@ -39,6 +39,7 @@ import torch
 
 from engine.dsp import kernels
 from engine.dsp.pghi import pghi
+from engine.dsp.retime import ITERATIONS as RETIME_ITERATIONS
 from engine.dsp.retime import retime
 from engine.dsp.spectrogram import PCM_SCALE, SpectrogramParams, mel_filterbank
 from engine.dsp.stft import Stft
@@ -60,6 +61,10 @@ class MethodSettings:
     low_iterations: int = 0  # first, iterations on the band below low_cut_hz, at a low rate
     low_cut_hz: float = 400.0
     low_momentum: float = 0.99
+    #: deconvolution passes when retiming frames for a scaled hop (:mod:`engine.dsp.retime`):
+    #: the more iterations fit the frames' magnitudes, the more of any pre-hit energy left in
+    #: them they turn into a pre-echo
+    retime_iterations: int = 30
 
 
 SETTINGS = {
@@ -72,7 +77,8 @@ SETTINGS = {
         low_cut_hz=400.0,
     ),
     "quality": MethodSettings(
-        iterations=60, momentum=0.99, mel_projection=60, low_iterations=30, low_cut_hz=400.0
+        iterations=60, momentum=0.99, mel_projection=60, low_iterations=30, low_cut_hz=400.0,
+        retime_iterations=200,
     ),
 }
 
@@ -240,7 +246,9 @@ def mel_to_audio(
     with torch.inference_mode():
         mel_t = torch.from_numpy(m).to(dev)
         if time_scale != 1.0 and retime_frames:  # frames as the scaled hop sees them
-            mel_t = retime(mel_t, time_scale, p.win_length / p.hop_length)
+            passes = SETTINGS[method].retime_iterations if method in SETTINGS else None
+            mel_t = retime(mel_t, time_scale, p.win_length / p.hop_length,
+                           iterations=passes or RETIME_ITERATIONS)
         target = mel_t.transpose(1, 2).contiguous()
         linear_len = (m.shape[2] - 1) * p.hop_length
         if method == "riffusion" and not circular and linear_len > p.n_fft // 2:

@@ -38,7 +38,8 @@ from engine.dsp import kernels
 
 #: Fine grid: source envelope samples per frame (5 ms at Riffusion's 10 ms hop).
 OVERSAMPLE = 2
-#: Richardson-Lucy iterations (30 bring a hit's timing error at 1.56x under 1 ms; 15 do not).
+#: Richardson-Lucy iterations (30 bring a hit's timing error at 1.56x under 1 ms with the
+#: "fast" phase method; 15 do not; "quality", which fits the frames closer, takes 200).
 ITERATIONS = 30
 
 
