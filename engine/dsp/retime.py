@@ -8,7 +8,8 @@ hit's new position, where the window's weight is lower: the frame holds more of 
 hit at the new position can give it, and phase reconstruction can only match it by putting
 the excess *earlier*: a pre-echo that starts up to half a window before the hit and moved the
 measured onset 3.6 ms early at 1.56 times the seed's length (60 BPM from 93.75). Compressing
-(``scale`` < 1) leaves those frames short of energy instead, which costs no timing.
+(``scale`` < 1) leaves those frames short of energy instead, which costs little timing, but
+retimed frames still bring the result closer to the loop played at that tempo.
 
 The fix is to give every frame the magnitudes a frame at its new position would measure. Each
 mel band's magnitude over time is modelled as a non-negative source envelope ``e`` (on a grid
@@ -23,8 +24,8 @@ moved, not stretched: it keeps its level and its shape at the new position, ``w(
 Sustained tones (a flat envelope) come out unchanged, hits come out as the window at the new
 hop sees them, so the reconstruction has nothing to smear.
 
-Runs on the tensor's device; the deconvolution, the costly part (30 passes), in a numba
-kernel on the CPU.
+Runs on the tensor's device; the deconvolution, the costly part (30 passes, 200 for the
+"quality" phase method), in a numba kernel on the CPU.
 """
 
 from __future__ import annotations
