@@ -174,6 +174,53 @@ def solve_tridiagonal(
                 rhs[c, m, i] = d[i]
 
 
+@numba.njit(cache=True, nogil=True)
+def richardson_lucy(
+    observed: np.ndarray,
+    kernel: np.ndarray,
+    oversample: int,
+    iterations: int,
+    floor: float,
+    envelope: np.ndarray,
+) -> None:
+    """In place: ``envelope`` (rows, frames * oversample) refined by Richardson-Lucy towards
+    ``observed`` (rows, frames) = each frame ``m`` the sum of ``envelope[m * oversample + j] *
+    kernel[reach + j]``, circularly. Torch twin: :func:`engine.dsp.retime.retime`'s loop."""
+    rows, frames = observed.shape
+    n = frames * oversample
+    taps = kernel.shape[0]
+    reach = (taps - 1) // 2
+    padded = np.empty(n + taps + oversample)
+    spread = np.empty(n + taps + oversample)
+    norm = np.zeros(n)
+    for m in range(frames):
+        for t in range(taps):
+            norm[(m * oversample + t - reach) % n] += kernel[t]
+    ratio = np.empty(frames)
+    total = np.empty(n)
+    for r in range(rows):
+        for _ in range(iterations):
+            for i in range(padded.shape[0]):
+                padded[i] = envelope[r, (i - reach) % n]
+            for m in range(frames):
+                acc = 0.0
+                base = m * oversample
+                for t in range(taps):
+                    acc += padded[base + t] * kernel[t]
+                ratio[m] = observed[r, m] / max(acc, floor)
+            spread[:] = 0.0
+            for m in range(frames):
+                base = m * oversample
+                v = ratio[m]
+                for t in range(taps):
+                    spread[base + t] += v * kernel[t]
+            total[:] = 0.0
+            for j in range(spread.shape[0]):  # the margins wrap around the loop
+                total[(j - reach) % n] += spread[j]
+            for i in range(n):
+                envelope[r, i] *= total[i] / norm[i] if norm[i] > 0 else 0.0
+
+
 def tridiagonal_factors(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lower, cprime, denom) of a symmetric tridiagonal matrix for solve_tridiagonal."""
     n = gram.shape[0]

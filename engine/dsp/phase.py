@@ -39,6 +39,8 @@ import torch
 
 from engine.dsp import kernels
 from engine.dsp.pghi import pghi
+from engine.dsp.retime import ITERATIONS as RETIME_ITERATIONS
+from engine.dsp.retime import retime
 from engine.dsp.spectrogram import PCM_SCALE, SpectrogramParams, mel_filterbank
 from engine.dsp.stft import Stft
 from engine.errors import InvalidRequest
@@ -59,6 +61,10 @@ class MethodSettings:
     low_iterations: int = 0  # first, iterations on the band below low_cut_hz, at a low rate
     low_cut_hz: float = 400.0
     low_momentum: float = 0.99
+    #: deconvolution passes when retiming frames for a scaled hop (:mod:`engine.dsp.retime`):
+    #: the more iterations fit the frames' magnitudes, the more of any pre-hit energy left in
+    #: them they turn into a pre-echo
+    retime_iterations: int = 30
 
 
 SETTINGS = {
@@ -71,7 +77,8 @@ SETTINGS = {
         low_cut_hz=400.0,
     ),
     "quality": MethodSettings(
-        iterations=60, momentum=0.99, mel_projection=60, low_iterations=30, low_cut_hz=400.0
+        iterations=60, momentum=0.99, mel_projection=60, low_iterations=30, low_cut_hz=400.0,
+        retime_iterations=200,
     ),
 }
 
@@ -209,6 +216,7 @@ def mel_to_audio(
     seed: int = 0,
     compiled: bool | None = None,
     time_scale: float = 1.0,
+    retime_frames: bool = True,
 ) -> np.ndarray:
     """Audio float32 (channels, samples) for mel magnitudes (channels, mels, frames).
 
@@ -217,7 +225,10 @@ def mel_to_audio(
     without a click. ``time_scale`` (loops only) synthesises with a hop of
     ``hop * time_scale``: the loop is reconstructed that much longer, with every frame, and so
     every onset, at its scaled position (to the sample), and the window, hence the pitch,
-    unchanged. The result is deterministic for a given ``seed``. ``compiled``: use the numba
+    unchanged. The frames are first given the magnitudes a frame at the scaled hop would
+    measure (:func:`engine.dsp.retime.retime`: hits moved, not smeared into a pre-echo);
+    ``retime_frames=False`` synthesises them as measured (the smeared result, for
+    comparison). The result is deterministic for a given ``seed``. ``compiled``: use the numba
     kernels (the default on the CPU) or plain torch operations (what other devices run; False
     tests them).
     """
@@ -233,7 +244,12 @@ def mel_to_audio(
     dev = torch.device(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        target = torch.from_numpy(np.ascontiguousarray(m.transpose(0, 2, 1))).to(dev)
+        mel_t = torch.from_numpy(m).to(dev)
+        if time_scale != 1.0 and retime_frames:  # frames as the scaled hop sees them
+            passes = SETTINGS[method].retime_iterations if method in SETTINGS else None
+            mel_t = retime(mel_t, time_scale, p.win_length / p.hop_length,
+                           iterations=passes or RETIME_ITERATIONS)
+        target = mel_t.transpose(1, 2).contiguous()
         linear_len = (m.shape[2] - 1) * p.hop_length
         if method == "riffusion" and not circular and linear_len > p.n_fft // 2:
             audio = _riffusion(target, p, seed)

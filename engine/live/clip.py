@@ -3,7 +3,9 @@
 Why this order: the tempo lock is done in phase reconstruction itself (the frames are
 synthesised at a scaled hop, see :func:`tempo_lock_grid`), so timing follows the host to the
 sample while pitch stays, and no extra pass over the audio is needed. Phase is reconstructed
-circularly, so the clip's end wraps to its start without a click. The last step is one FFT
+circularly, so the clip's end wraps to its start without a click; its frames are first
+retimed for the scaled hop (:mod:`engine.dsp.retime`: hits keep their place and shape instead
+of smearing into a pre-echo when the loop is stretched). The last step is one FFT
 resampling of the whole loop to exactly
 ``spec.num_samples`` at the host rate: the FFT treats the signal as periodic, so it converts
 44.1 kHz to the JACK rate and absorbs the sub-hop rounding of the frame count without breaking
@@ -111,8 +113,10 @@ def tempo_lock_grid(mel: np.ndarray, samples: float, hop: int) -> tuple[np.ndarr
 
     Why a time scale and not resampled frames: interpolating magnitudes between 10 ms frames
     blurs every onset across two frames (it moved by 3-4 ms at 70 and 140 BPM); synthesising
-    the frames as they are at a scaled hop puts each one, onsets included, at its exact new
-    position, and the window, hence the pitch, stays. Beyond the range of synthesis hops
+    the frames at a scaled hop puts each one, onsets included, at its exact new position, and
+    the window, hence the pitch, stays (phase reconstruction first gives the frames the
+    magnitudes the scaled hop measures, see :mod:`engine.dsp.retime`, or a stretch would
+    smear each hit into a pre-echo). Beyond the range of synthesis hops
     that phase reconstruction handles well (:data:`~engine.dsp.phase.MIN_TIME_SCALE` ..
     :data:`~engine.dsp.phase.MAX_TIME_SCALE`) the frames are first resampled towards it.
     """
