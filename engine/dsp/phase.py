@@ -12,9 +12,9 @@ Methods:
   the result's mel follows the image more closely.
 - ``"gpu"``: what ``"fast"`` runs on any device but the CPU. The same grids, in tensor
   operations only, with nothing read back to the host until the audio: a vectorised
-  phase-gradient start (:func:`phase_gradient_start`) instead of PGHI's sequential heap
-  (numba, on the CPU), then 80 low-band and 12 full-band iterations, the last 6 fitting the
-  mel as ``"quality"`` does. Why a separate name rather than another branch of ``"fast"``:
+  phase-gradient start (:func:`phase_gradient_start`: a phase vocoder with identity phase
+  locking) instead of PGHI's sequential heap (numba, on the CPU), then 80 low-band and 20
+  full-band iterations, the last 10 fitting the mel as ``"quality"`` does. Why a separate name rather than another branch of ``"fast"``:
   ``"fast"`` on the CPU stays exactly what it was (its numba kernels and PGHI are the fastest
   there), every setting and caller that says ``"fast"`` gets the GPU variant on a GPU, and
   the name lets the GPU variant run, be tested and be benchmarked on the CPU.
@@ -85,9 +85,9 @@ SETTINGS = {
         iterations=60, momentum=0.99, mel_projection=60, low_iterations=30, low_cut_hz=400.0
     ),
     "gpu": MethodSettings(
-        iterations=12,
+        iterations=20,
         momentum=0.99,
-        mel_projection=6,
+        mel_projection=10,
         tolerance=3e-3,
         low_iterations=80,
         low_cut_hz=400.0,
@@ -524,36 +524,31 @@ def phase_gradient_start(
 
     Why not :func:`engine.dsp.pghi.pghi`: its heap integration is sequential (one cell at a
     time, on the CPU), which on a GPU costs more than all the iterations after it, plus the
-    transfers. Here PGHI's two gradients are integrated along fixed paths, each by one
-    cumulative sum: every bin's phase advances from frame to frame by its instantaneous
-    frequency (the time-direction gradient: the bin's own frequency plus the log magnitude's
-    slope across bins), and restarts at its onsets from the frequency-direction integration
-    of that frame. No heap picks the strongest path, so the start is rougher than PGHI's; the
-    Griffin-Lim iterations that follow (cheap on a GPU) make up for it. A loop's seam is left
-    to them too: spreading each bin's left-over turn over the loop measured worse. Cells
+    transfers. Here PGHI's two gradients are integrated along fixed paths instead: a phase
+    vocoder with identity phase locking (Laroche and Dolson). In each frame every cell is
+    locked to its nearest spectral peak through the frequency-direction gradient
+    (``-lambda d log s / dn``, summed across the bins); each peak advances from the frame
+    before, at its own bin, by the time-direction gradient (the bin's frequency plus the
+    log magnitude's slope across bins). Cells whose peak rises by ``ONSET_RISE`` over the
+    frame before (onsets), and the first frame, start afresh from the frequency-direction
+    integral alone, which lines the bins up at the onset. The frame-to-frame chain is
+    resolved by pointer jumping (``log2(frames)`` gathers), so nothing runs per frame.
+    Without the locking (each bin carried along time on its own) neighbouring bins of one
+    partial drift apart and the start is barely better than random. No heap picks the
+    strongest path, so the start is rougher than PGHI's; the Griffin-Lim iterations that
+    follow (cheap on a GPU) make up for part of it. A loop's seam is left to them. Cells
     ``tolerance`` below each channel's peak get a random phase from ``generator`` (which
     lives on ``amp``'s device).
     """
-    _channels, frames, bins = amp.shape
+    frames = amp.shape[1]
     dev = amp.device
     lam = HANN_LAMBDA * win * win
     peak = amp.amax(dim=(1, 2), keepdim=True)
     logs = torch.log(torch.maximum(amp, peak * 1e-10).clamp_min(1e-30))
+    # time-direction gradient less the bin's own frequency, radians per frame
     slope = torch.zeros_like(logs)
     slope[..., 1:-1] = (logs[..., 2:] - logs[..., :-2]) * (0.5 * hop * n_fft / lam)
-    steps = (slope[:, 1:] + slope[:, :-1]) * 0.5
-    phase = torch.zeros_like(logs)
-    torch.cumsum(steps, dim=1, out=phase[:, 1:])
-    # the bins' own advance, 2 pi k * centre / n_fft, reduced to one turn in float64 (the
-    # centres are whole samples; float32 would lose the fraction at large k * centre)
-    centres = torch.round(torch.arange(frames, device=dev, dtype=torch.float64) * hop)
-    k = torch.arange(bins, device=dev, dtype=torch.float64)
-    turns = torch.remainder(centres[:, None] * k[None, :], float(n_fft)) / n_fft
-    phase += (turns * (2 * math.pi)).to(phase.dtype)
-    # Onsets: where a cell rises above the frame before it, the phase carried along time is
-    # the weak one's; there, take the phase integrated across the bins instead (PGHI's
-    # frequency-direction gradient, -lambda d log s / dn), which lines the bins up at the
-    # onset's time, and carry that along time until the bin's next onset.
+    # frequency-direction gradient, integrated across the bins of each frame
     rise = torch.zeros_like(logs)
     rise[:, 1:] = logs[:, 1:] - logs[:, :-1]
     if circular:
@@ -565,13 +560,64 @@ def phase_gradient_start(
     fgrad = dlog_dm * (-lam / (hop * n_fft))
     across = torch.zeros_like(logs)
     torch.cumsum((fgrad[..., 1:] + fgrad[..., :-1]) * 0.5, dim=2, out=across[..., 1:])
-    onset = rise > ONSET_RISE
-    onset[:, 0] = True
-    frame = torch.arange(frames, device=dev)[None, :, None]
-    last_onset = torch.where(onset, frame, 0).cummax(dim=1).values
-    phase += torch.gather(across - phase, 1, last_onset)
+    # frame centres in whole samples, as the transform places them
+    centres = torch.round(torch.arange(frames, device=dev, dtype=torch.float64) * hop)
+    phase = _locked_vocoder_phase(amp, slope, across, rise > ONSET_RISE, centres, n_fft)
     noise = torch.rand(amp.shape, generator=generator, device=dev) * (2 * math.pi) - math.pi
     return torch.where(amp > peak * tolerance, phase, noise)
+
+
+def _locked_vocoder_phase(
+    amp: torch.Tensor,
+    slope: torch.Tensor,
+    across: torch.Tensor,
+    onset: torch.Tensor,
+    centres: torch.Tensor,
+    n_fft: int,
+) -> torch.Tensor:
+    """The locked phase vocoder of :func:`phase_gradient_start`.
+
+    Each cell's phase is a sum along a chain: its offset from its peak, plus the peak's
+    advance, plus the phase of the same bin in the frame before (itself offset from that
+    frame's peak), back to a root (an onset or the first frame). As pointers (cell -> the
+    cell in the frame before whose phase it builds on) with values, doubling the pointers
+    ``log2(frames)`` times sums every chain at once.
+    """
+    channels, frames, bins = amp.shape
+    dev = amp.device
+    k_idx = torch.arange(bins, device=dev)
+    is_peak = torch.zeros_like(amp, dtype=torch.bool)
+    is_peak[..., 1:-1] = (amp[..., 1:-1] >= amp[..., :-2]) & (amp[..., 1:-1] > amp[..., 2:])
+    below = torch.where(is_peak, k_idx, -1).cummax(dim=2).values
+    above = torch.where(is_peak, k_idx, bins).flip(2).cummin(dim=2).values.flip(2)
+    near_lo = ((k_idx - below) <= (above - k_idx)) & (below >= 0) | (above >= bins)
+    peak = torch.where(near_lo, below.clamp_min(0), above.clamp_max(bins - 1))  # (c, m, k)
+    # offset of each cell from its peak across the bins
+    lock = across - torch.gather(across, 2, peak)
+    # the peak's advance from the frame before, at its own bin
+    hop_samples = torch.zeros(frames, device=dev, dtype=torch.float64)
+    hop_samples[1:] = centres[1:] - centres[:-1]
+    bin_turns = torch.remainder(hop_samples[None, :, None] * peak.to(torch.float64),
+                                float(n_fft)) / n_fft
+    step = (slope + torch.roll(slope, 1, dims=1)) * 0.5
+    advance = torch.gather(step, 2, peak) + (bin_turns * (2 * math.pi)).to(slope.dtype)
+    # its phase in the frame before: that frame's cell at the same bin, itself locked there
+    prev_peak = torch.gather(torch.roll(peak, 1, dims=1), 2, peak)
+    prev_lock = torch.gather(torch.roll(lock, 1, dims=1), 2, peak)
+    n = frames * bins
+    frame_base = (torch.arange(frames, device=dev) - 1).clamp_min(0)[None, :, None] * bins
+    ptr = frame_base + prev_peak
+    value = lock + advance + prev_lock
+    root = onset | (torch.arange(frames, device=dev) == 0)[None, :, None]
+    root_peak = torch.gather(root, 2, peak)
+    ptr = torch.where(root_peak, n, ptr).reshape(channels, n)
+    value = torch.where(root_peak, across, value).reshape(channels, n)
+    ptr = torch.cat([ptr, torch.full((channels, 1), n, device=dev, dtype=ptr.dtype)], 1)
+    value = torch.cat([value, torch.zeros((channels, 1), device=dev, dtype=value.dtype)], 1)
+    for _ in range(max(1, math.ceil(math.log2(frames))) + 1):
+        value = value + torch.gather(value, 1, ptr)
+        ptr = torch.gather(ptr, 1, ptr)
+    return value[:, :n].reshape(channels, frames, bins)
 
 
 def _reconstruct_gpu(
