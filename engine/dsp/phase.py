@@ -14,10 +14,11 @@ Methods:
   operations only, with nothing read back to the host until the audio: a vectorised
   phase-gradient start (:func:`phase_gradient_start`: a phase vocoder with identity phase
   locking) instead of PGHI's sequential heap (numba, on the CPU), then 80 low-band and 20
-  full-band iterations, the last 10 fitting the mel as ``"quality"`` does. Why a separate name rather than another branch of ``"fast"``:
-  ``"fast"`` on the CPU stays exactly what it was (its numba kernels and PGHI are the fastest
-  there), every setting and caller that says ``"fast"`` gets the GPU variant on a GPU, and
-  the name lets the GPU variant run, be tested and be benchmarked on the CPU.
+  full-band iterations, the last 10 fitting the mel as ``"quality"`` does. Why a separate
+  name rather than another branch of ``"fast"``: ``"fast"`` on the CPU stays exactly what it
+  was (its numba kernels and PGHI are the fastest there), every setting and caller that says
+  ``"fast"`` gets the GPU variant on a GPU, and the name lets the GPU variant run, be tested
+  and be benchmarked on the CPU.
 
 Why 21 kHz: the image holds nothing above 10 kHz, and at 21 kHz a 10 ms hop is 210 samples,
 the window 2100 and the FFT 8400: the same frames and the same 2.5 Hz bins as at 44.1 kHz with
