@@ -9,8 +9,9 @@ same components and request (a Riffusion request: og_beat, denoising 0.75, guida
   10 steps; and four alphas batched in one call (``generate_alphas``), per clip;
 - the baseline: diffusers' ``StableDiffusionImg2ImgPipeline`` on the same components, same
   prompt, strength and step count (generation only: it has no audio);
-- phase reconstruction of one generated image by each method (``fast``, ``quality``,
-  ``riffusion``) on the device;
+- phase reconstruction of one generated image by each method (``fast``, ``gpu``, ``quality``,
+  ``riffusion``) on the device, as a loop (what conform runs); on a CUDA device ``fast`` is
+  ``gpu`` (the two rows time the same method), on the CPU ``gpu`` is its torch operations;
 - the fast path (:mod:`engine.model.unet_graphs`): one UNet evaluation at batch 2 eager and
   replayed from its CUDA graph, the one-off capture (warm-up) time, and a clip at each step
   count with the graphs off (the weights stay channels-last). On the CPU the graphs are the
@@ -171,7 +172,7 @@ def run(model_dir: Path, device: str, steps_list: list[int], repeat: int,
         method: timed(lambda method=method: mel_to_audio(mel, params, method=method,
                                                          circular=True,
                                                          device=conform_device), dev, repeat)
-        for method in ("fast", "quality", "riffusion")}
+        for method in ("fast", "gpu", "quality", "riffusion")}
     out["fast_path"] = _fast_path(gen, dev, repeat)
     if lattice:
         out["lattice"] = lattice_knob(gen, steps_list[-1], lattice, conform_device)

@@ -25,7 +25,7 @@ def test_the_small_gpu_benchmark_runs_and_reports_every_timing() -> None:
                 "batched_per_clip_s"):
         assert 0 < row[key] < 600, (key, row)
     assert result["baseline"]["2"]["diffusers_img2img_s"] > 0
-    assert set(result["phase_s"]) == {"fast", "quality", "riffusion"}
+    assert set(result["phase_s"]) == {"fast", "gpu", "quality", "riffusion"}
     lattice = result["lattice"]
     assert lattice["points"] == 3 and lattice["fill_s"] > 0
     # The knob move was heard from a lattice clip (on a beat line), before the exact clip;

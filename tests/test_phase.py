@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from engine.dsp.pghi import pghi
 from engine.dsp.phase import METHODS, inverse_mel, mel_to_audio, reduced_grid
-from engine.dsp.spectrogram import SpectrogramParams, audio_to_mel, image_to_mel, mel_to_image
+from engine.dsp.spectrogram import (
+    SpectrogramParams,
+    audio_to_mel,
+    image_to_mel,
+    load_image,
+    mel_to_image,
+)
 from engine.errors import InvalidRequest
 
 P = SpectrogramParams()
@@ -71,7 +83,7 @@ def test_inverse_mel_reproduces_the_mel() -> None:
     assert err < 0.05
 
 
-@pytest.mark.parametrize("method", ["fast", "quality"])
+@pytest.mark.parametrize("method", ["fast", "quality", "gpu"])
 @pytest.mark.parametrize("hz", [220.0, 1760.0])
 def test_sine_keeps_its_pitch(method: str, hz: float) -> None:
     mel = audio_to_mel(sine(hz, 0.6), P)
@@ -79,10 +91,11 @@ def test_sine_keeps_its_pitch(method: str, hz: float) -> None:
     assert abs(dominant_hz(audio[:, 4410:-4410]) - hz) < hz * 0.01
 
 
-def test_click_train_keeps_its_timing() -> None:
+@pytest.mark.parametrize("method", ["fast", "gpu"])
+def test_click_train_keeps_its_timing(method: str) -> None:
     audio, times = clicks(1.0, 0.25, 0.1)
     mel = audio_to_mel(audio, P)
-    out = mel_to_audio(mel, P)[0]
+    out = mel_to_audio(mel, P, method=method)[0]
     for t in times:
         lo, hi = max(0, t - 2205), t + 2205
         envelope = np.convolve(np.abs(out[lo:hi]), np.ones(64) / 64, mode="same")
@@ -224,3 +237,110 @@ def test_torch_path_matches_the_compiled_kernels(method: str, circular: bool) ->
     assert torch_ops.shape == kernels.shape
     err = np.linalg.norm(torch_ops - kernels) / np.linalg.norm(kernels)
     assert err < 1e-2
+
+
+SEED_IMAGES = Path(__file__).resolve().parents[1] / "seed_images"
+
+
+@pytest.mark.parametrize("name", ["og_beat", "agile", "marim"])
+def test_gpu_method_converges_at_least_as_well_as_fast(name: str) -> None:
+    """What ``fast`` runs on a GPU (the ``gpu`` method, here on the CPU: the same torch
+    operations) is no further from a seed image's mel than ``fast`` on the CPU, as a clip
+    and as a loop (what conform asks for)."""
+    mel = image_to_mel(load_image(SEED_IMAGES / f"{name}.png"), P)
+    for circular in (False, True):
+        fast = convergence(mel, mel_to_audio(mel, P, method="fast", circular=circular),
+                           circular)
+        gpu = convergence(mel, mel_to_audio(mel, P, method="gpu", circular=circular), circular)
+        assert gpu <= fast, (name, circular, gpu, fast)
+
+
+_HOST_READS = {
+    torch.Tensor.numpy, torch.Tensor.cpu, torch.Tensor.item, torch.Tensor.tolist,
+    torch.Tensor.__array__, torch.Tensor.__float__, torch.Tensor.__int__,
+    torch.Tensor.__bool__, torch.Tensor.__index__,
+}
+
+
+class _NoHostReads(TorchFunctionMode):
+    """Fails on any call that would copy a tensor's values to the host (or wait for them):
+    numpy views, ``.cpu()``, ``.item()`` and Python scalar conversions."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        if func in _HOST_READS:
+            raise AssertionError(f"host read: {func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+class _NoScalarReads(TorchDispatchMode):
+    """Fails on ``aten::_local_scalar_dense``, which every tensor -> Python scalar read ends
+    in (``.item()``, ``float(t)``, ``if t:``, ``int(t)``), and on copies between devices."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("host read: _local_scalar_dense")
+        if func is torch.ops.aten._to_copy.default and "device" in kwargs:
+            if torch.device(kwargs["device"]) != args[0].device:
+                raise AssertionError("copy between devices")
+        return func(*args, **kwargs)
+
+
+def _run_guarded(run: Callable[[], Any]) -> None:
+    with torch.inference_mode(), _NoHostReads(), _NoScalarReads():
+        run()
+
+
+@pytest.mark.parametrize("circular,time_scale", [(False, 1.0), (True, 1.0), (True, 1.37)])
+def test_gpu_method_never_reads_back_to_the_host(circular: bool, time_scale: float,
+                                                 chord_mel: np.ndarray) -> None:
+    """The ``gpu`` method queues its whole reconstruction (start, iterations, synthesis) with
+    no host round trip: on a GPU nothing waits until the caller copies the audio out. Run
+    on the CPU under modes that fail on every host read; caches (mel basis, frame layouts,
+    built once per shape) are warmed first."""
+    from engine.dsp import phase
+
+    target = torch.from_numpy(np.ascontiguousarray(chord_mel.transpose(0, 2, 1)))
+    settings = phase.SETTINGS["gpu"]
+
+    def gpu() -> Any:
+        return phase._reconstruct_gpu(target, P, settings, circular, 0, time_scale)
+
+    with torch.inference_mode():
+        expected = gpu()
+    audio: list[torch.Tensor] = []
+    _run_guarded(lambda: audio.append(gpu()))
+    torch.testing.assert_close(audio[0], expected, rtol=0, atol=0)
+    # the guard does catch a host round trip: the CPU "fast" method's torch path reads its
+    # FFTs and PGHI through numpy
+    with pytest.raises(AssertionError, match="host read"):
+        _run_guarded(lambda: phase._reconstruct(target, P, phase.SETTINGS["fast"], circular, 0,
+                                                False, time_scale))
+
+
+def test_phase_gradient_start_is_nearly_as_consistent_as_pghi(chord_mel: np.ndarray) -> None:
+    """The vectorised start (the ``gpu`` method's) against PGHI's heap and random phase:
+    how far the magnitudes move when the spectrum is made consistent (one synthesis and
+    analysis)."""
+    from engine.dsp import phase
+    from engine.dsp.stft import Stft
+
+    hop, win, n_fft = reduced_grid(P)
+    target = torch.from_numpy(np.ascontiguousarray(chord_mel.transpose(0, 2, 1)))
+    band = phase._mel_basis(P, "cpu").bins
+    amp = inverse_mel(target, P, band) * (win / P.win_length)
+    stft = Stft(win, hop, n_fft, amp.shape[1], False)
+
+    def error(estimate: torch.Tensor) -> float:
+        rebuilt = stft.analyse(stft.synthesise(torch.polar(amp, estimate)))[..., :band].abs()
+        return float((rebuilt - amp).norm() / amp.norm())
+
+    start = phase.phase_gradient_start(amp, win=win, hop=hop, n_fft=n_fft, circular=False,
+                                       tolerance=3e-3, generator=torch.Generator().manual_seed(0))
+    heap = torch.from_numpy(pghi(amp[0].numpy(), win=win, hop=hop, n_fft=n_fft,
+                                 tolerance=3e-3))[None]
+    noise = torch.rand(amp.shape, generator=torch.Generator().manual_seed(0)) * 2 * np.pi
+    assert error(start) < 0.5 * error(noise)
+    assert error(start) < 1.5 * error(heap)

@@ -40,18 +40,19 @@ from engine.dsp import kernels
 FFT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
-def rfft(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Real FFT along the last axis (scipy on the CPU, torch elsewhere)."""
-    if x.device.type == "cpu":
+def rfft(x: torch.Tensor, n: int, use_torch: bool = False) -> torch.Tensor:
+    """Real FFT along the last axis (scipy on the CPU unless ``use_torch``, torch elsewhere)."""
+    if x.device.type == "cpu" and not use_torch:
         import scipy.fft
 
         return torch.from_numpy(scipy.fft.rfft(x.numpy(), n=n, workers=FFT_WORKERS))
     return torch.fft.rfft(x, n=n)
 
 
-def irfft(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Inverse real FFT along the last axis (scipy on the CPU, torch elsewhere)."""
-    if x.device.type == "cpu":
+def irfft(x: torch.Tensor, n: int, use_torch: bool = False) -> torch.Tensor:
+    """Inverse real FFT along the last axis (scipy on the CPU unless ``use_torch``, torch
+    elsewhere)."""
+    if x.device.type == "cpu" and not use_torch:
         import scipy.fft
 
         return torch.from_numpy(scipy.fft.irfft(x.numpy(), n=n, workers=FFT_WORKERS))
@@ -104,6 +105,8 @@ class Stft:
     circular: bool
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compiled: bool | None = None  # numba kernels; None: on the CPU only
+    # torch.fft on the CPU too: what a GPU runs, op for op, with no numpy in between
+    torch_fft: bool = False
 
     def __post_init__(self) -> None:
         if self.win % 2 or self.n_fft < self.win or self.frames < 1:
@@ -138,7 +141,7 @@ class Stft:
             seg = signal[:, self.index] * self.window
             buf[:, :, :half] = seg[:, :, half:]
             buf[:, :, self.n_fft - half :] = seg[:, :, :half]
-        return rfft(buf, self.n_fft)
+        return rfft(buf, self.n_fft, self.torch_fft)
 
     def synthesise(self, spec: torch.Tensor) -> torch.Tensor:
         """Least-squares signal (channels, length) of a spectrum (channels, frames, <= bins).
@@ -146,7 +149,7 @@ class Stft:
         Bins past the spectrum's last column count as zero (the inverse FFT pads them).
         """
         half = self.win // 2
-        frames = irfft(spec, self.n_fft)
+        frames = irfft(spec, self.n_fft, self.torch_fft)
         out = torch.empty(spec.shape[0], self.length, device=spec.device)
         if self.compiled:
             kernels.overlap_add(
