@@ -35,7 +35,7 @@ def test_riff_run_http_serves_the_monitor_and_takes_commands(jack_server: str) -
             assert any(c["address"] == "/riff/alpha" for c in hello["controls"])
             ws.send(json.dumps({"id": 1, "address": "/riff/alpha", "args": [2.5]}))
             ws.send(json.dumps({"id": 2, "address": "/riff/alpha", "args": [0.625]}))
-            replies = {}
+            replies: dict[int, dict[str, object]] = {}
             while len(replies) < 2:
                 msg = json.loads(ws.recv(timeout=10))
                 if msg["type"] == "reply":
