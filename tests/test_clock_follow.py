@@ -412,7 +412,9 @@ class ClockSender:
 
 
 @pytest.mark.jack
-def test_jack_midi_clock_puts_bar_lines_on_the_exact_sample(jack_server: str) -> None:
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-player"])
+def test_jack_midi_clock_puts_bar_lines_on_the_exact_sample(jack_server: str,
+                                                             ahead: int) -> None:
     """Real JACK: a sample-exact MIDI clock into the engine's JACK MIDI port, the engine's
     audio through JACK: the grid's bar lines are the master's, to the sample (the JACK MIDI
     event's frame on the player's clock), however late the loop handles the events."""
@@ -421,7 +423,8 @@ def test_jack_midi_clock_puts_bar_lines_on_the_exact_sample(jack_server: str) ->
     from protocols.surfaces import ControlConfig, start_control_surfaces
 
     lt = LoopThread()
-    out = JackOutput(f"riff-test-{uuid.uuid4().hex[:6]}", server=jack_server)
+    out = JackOutput(f"riff-test-{uuid.uuid4().hex[:6]}", server=jack_server,
+                     render_ahead=ahead)
     player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
     out.start(player, connect=False)
     clock = FakeClock()
