@@ -65,9 +65,11 @@ def test_plays_clip_at_its_exact_frame(jack_server: str, ahead: int, table: bool
         out.close()
 
 
-def test_follows_jack_transport_bbt(jack_server: str) -> None:
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-player"])
+def test_follows_jack_transport_bbt(jack_server: str, ahead: int) -> None:
     """A timebase master (as a DAW would be) at 150 BPM in 4/4: the output publishes its
-    bar/beat on the player's clock, consistent with the samples played."""
+    bar/beat on the player's clock, consistent with the samples played (the Python callback,
+    or the compiled player's querying the transport without the GIL)."""
     import jack
 
     master = jack.Client(f"master-{uuid.uuid4().hex[:6]}", no_start_server=True,
@@ -88,11 +90,14 @@ def test_follows_jack_transport_bbt(jack_server: str) -> None:
 
     master.set_timebase_callback(timebase)
     master.activate()
-    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, follow_transport=True)
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, follow_transport=True,
+                     render_ahead=ahead)
     try:
         player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
         out.start(player, connect=False)
+        assert (out._rt is not None) == bool(ahead)
         assert out.transport_bbt() is None  # stopped: nothing to follow
+        eventually(lambda: out.transport_state() == "stopped")
         master.transport_frame = 0
         master.transport_start()
         seen = []
