@@ -425,3 +425,68 @@ def test_compiled_player_on_jack_matches_the_python_player(jack_server: str) -> 
     ok = np.isfinite(got)  # frames lost to an xrun of a loaded machine stay NaN
     assert ok.mean() > 0.9
     np.testing.assert_allclose(got[ok], want[ok], rtol=0, atol=2e-7)
+
+
+def test_the_compiled_callback_counts_midi_it_cannot_keep(jack_server: str) -> None:
+    """With the loop held up, the compiled callback fills the MIDI ring (4 rows), counts
+    the events that did not fit as overflows and the SysEx as skipped, and the loop gets the
+    first four, in order, with their frames, once it runs again."""
+    import threading
+
+    import jack
+
+    from protocols.midi.jack_input import JackMidiInput
+    from tests.control_surface_helpers import LoopThread
+
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, render_ahead=2048)
+    lt = LoopThread()
+    sender = jack.Client(f"send-{uuid.uuid4().hex[:6]}", no_start_server=True,
+                         servername=jack_server)
+    port = sender.midi_outports.register("out")
+    batch: list[bytes] = []
+    sent: list[int] = []
+
+    def process(frames: int) -> None:
+        port.clear_buffer()
+        if batch:
+            base = sender.last_frame_time
+            for i, data in enumerate(batch):
+                port.write_midi_event(i, data)
+                sent.append(base + i)
+            batch.clear()
+
+    sender.set_process_callback(process)
+    sender.activate()
+    got: list[tuple[bytes, float]] = []
+    held, release = threading.Event(), threading.Event()
+    try:
+        out.start(Player(PlayerConfig(sample_rate=out.sample_rate)), connect=False)
+
+        async def start() -> JackMidiInput:
+            inp = JackMidiInput(lambda data, t: got.append((data, t)), host=out, capacity=4,
+                                connect=(f"{sender.name}:out",))
+            inp.start()
+            return inp
+
+        inp = lt.run(start())
+
+        def hold() -> None:
+            held.set()
+            release.wait(10)
+
+        lt.loop.call_soon_threadsafe(hold)
+        assert held.wait(5)
+        batch.extend([bytes([0xB0, 1, i]) for i in range(6)] + [b"\xf0\x7e\x7f\x06\x01\xf7"])
+        eventually(lambda: inp.overflows == 2 and inp.skipped_sysex == 1)
+        assert not got  # the loop is held: nothing delivered yet
+        release.set()
+        eventually(lambda: len(got) == 4)
+        assert [d for d, _ in got] == [bytes([0xB0, 1, i]) for i in range(4)]
+        assert [round(t * out.sample_rate) for _, t in got] == sent[:4]
+        lt.call(inp.close)
+    finally:
+        release.set()
+        sender.deactivate()
+        sender.close()
+        lt.close()
+        out.close()

@@ -157,8 +157,9 @@ class JackOutput:
         self.ports: list[Any] = []
         self._ports: tuple[Any, ...] = ()  # what the process callback reads
         self._latency_handle: Any = None
-        #: Parts with ports of their own on this client (JACK MIDI inputs): registered on
-        #: activation and after a server restart; their ``process`` runs in the callback.
+        #: Parts with ports of their own on this client (JACK MIDI inputs, the audio input):
+        #: registered on activation and after a server restart; their ``process`` runs in
+        #: the Python callback, the compiled one serves them through the voice table.
         self._owners: list[PortOwner] = []
         self._hooks: tuple[Callable[[int], None], ...] = ()
         self.client = self._open(name, exact=False)
@@ -251,9 +252,11 @@ class JackOutput:
             owner.register(self.client)
 
     def add_ports(self, owner: PortOwner) -> None:
-        """Host ``owner``'s ports on this client (a JACK MIDI input): ``owner.register(client)``
-        now if active (and after every server restart), ``owner.process(frames)`` in every
-        process callback after the audio. Control thread."""
+        """Host ``owner``'s ports on this client (a JACK MIDI input, the audio input):
+        ``owner.register(client)`` now if active (and after every server restart); with the
+        Python callback ``owner.process(frames)`` in every callback after the audio, with the
+        compiled player ``owner.use_table(table)``, after which the compiled callback serves
+        the owner's ports itself (without the GIL). Control thread."""
         if self.render_ahead:
             use_table = getattr(owner, "use_table", None)
             if not self.compiled_player or use_table is None:

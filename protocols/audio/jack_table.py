@@ -24,6 +24,15 @@ The table (all preallocated numpy memory, addresses in ``ctl``):
   address: silence); the outgoing clip (the same); the fade window (first sample, length).
   See :class:`~engine.live.player.Voices` for the mix.
 
+The parts hosted on the same client are served by the same callback, before it mixes
+(``ctl[NMIDI]``/``MIDI0..``, ``XPORT``, ``CAPT``: addresses of small int64 *slots*, 0 when
+absent; see :func:`_compile_hosted`): JACK MIDI inputs and their feedback outputs
+(:mod:`protocols.midi.jack_input`, rings of :class:`~engine.live.ring.SharedSpscRing`),
+following JACK transport (``jack_transport_query`` into a preallocated ``jack_position_t``,
+published into :class:`~protocols.audio.jack_output.JackOutput`'s seqlock arrays) and the
+audio input's capture window (:mod:`protocols.audio.jack_input`). So the Python callback is
+needed for none of them.
+
 Each side writes only its own counters, after the data they publish (single producer, single
 consumer; aligned 8-byte stores are atomic on the platforms JACK runs on). A clip's buffer
 is referenced by Python (:class:`VoiceTable`) until the callback's ``REC_R`` has moved past
