@@ -490,3 +490,54 @@ def test_the_compiled_callback_counts_midi_it_cannot_keep(jack_server: str) -> N
         sender.close()
         lt.close()
         out.close()
+
+
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-player"])
+def test_audio_input_fills_the_capture_window_sample_exactly(jack_server: str,
+                                                             ahead: int) -> None:
+    """A JACK client plays a known function of the JACK frame into the engine's inputs; each
+    armed window holds exactly that function from the window's first JACK frame on, also
+    across the end of the capture ring (3000 frames, windows of 2000)."""
+    import jack
+
+    from engine.live.capture import CaptureTap
+    from protocols.audio.jack_input import JackAudioInput
+
+    def signal(frames: np.ndarray, ch: int) -> np.ndarray:
+        return ((frames % 997) / 997 + ch).astype(np.float32)
+
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, render_ahead=ahead)
+    sender = jack.Client(f"sig-{uuid.uuid4().hex[:6]}", no_start_server=True,
+                         servername=jack_server)
+    ports = [sender.outports.register(n) for n in ("L", "R")]
+
+    def process(frames: int) -> None:
+        at = np.arange(sender.last_frame_time, sender.last_frame_time + frames)
+        for ch, port in enumerate(ports):
+            port.get_array()[:] = signal(at, ch)
+
+    sender.set_process_callback(process)
+    sender.activate()
+    tap = CaptureTap(2, 3000)
+    try:
+        player = Player(PlayerConfig(sample_rate=out.sample_rate))
+        out.add_ports(JackAudioInput(out, tap, 2))
+        out.start(player, connect=False)
+        for ch, port in enumerate(ports):
+            sender.connect(port, f"{out.name}:{('in_L', 'in_R')[ch]}")
+        for _ in range(2):
+            time.sleep(0.1)  # connections are made, the clock runs
+            start = player.position() + 4096  # ahead of what the callback plays
+            tap.arm(start, start + 2000)
+            eventually(lambda: tap.done)
+            tap.disarm()
+            assert tap.missed == 0 and tap.lost == 0 and tap.written == 2000
+            got = tap.read(2000)
+            want = np.stack([signal(np.arange(tap.start_frame, tap.start_frame + 2000), ch)
+                             for ch in range(2)])
+            np.testing.assert_array_equal(got, want)
+        assert tap.ring.head == 4000  # the second window wrapped the ring
+    finally:
+        sender.deactivate()
+        sender.close()
+        out.close()

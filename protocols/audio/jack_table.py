@@ -380,12 +380,16 @@ def _compile_hosted(numba: Any, types: Any, as_voidptr: Any, get_buffer: Any,
                 cnt[DROPPED_WRITES] += 1
             else:
                 dst = carray(as_voidptr(cs[C_BUF]), (cap, chans), dtype=np.float32)
+                at = head % cap
+                first = count if count <= cap - at else cap - at  # then wrap to row 0
                 for ch in range(chans):
                     p = ch if ch < nports else 0
                     src = carray(as_voidptr(get_buffer(as_voidptr(cs[C_PORT0 + p]), nframes)),
                                  n, dtype=np.float32)
-                    for k in range(count):
-                        dst[(head + k) % cap, ch] = src[offset + k]
+                    for k in range(first):
+                        dst[at + k, ch] = src[offset + k]
+                    for k in range(count - first):
+                        dst[k, ch] = src[offset + first + k]
                 cnt[HEAD] = head + count
             st[WRITTEN] += hi - lo
         if position + n >= end:
