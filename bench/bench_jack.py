@@ -13,10 +13,13 @@ Default (``--cases``): for ``--seconds`` each, on the same private ``jackd -d du
 - ``engine_stressed``: the same while the process is stressed: a thread holding the GIL in
   pure-Python loops (allocating), 12 MB clips (8 bars at 60 BPM) arriving every 0.3 s and
   scheduled on the player, and a full ``gc.collect()`` every second;
+- ``hosted_stressed`` (and ``hosted_idle`` by name): ``engine_stressed`` with the compiled
+  callback also serving a JACK MIDI input (8 events a period from ``jack_midiseq``), JACK
+  transport and a capture window on the audio input;
 - ``ring_idle`` / ``ring_stressed``: the same with the compiled callback copying a ring that a
   Python thread fills with ``Player.render`` (``compiled_player=False``);
 - ``python_callback_idle`` / ``python_callback_stressed``: the same two with the Python
-  process callback (``render_ahead=0``, the path ``--jack-transport`` and JACK MIDI still use).
+  process callback (``render_ahead=0``, ``riff run --render-ahead 0``).
 
 More cases by name (``--cases``): the stressed ones without ``gc.freeze()``, with the ring's
 adaptive look-ahead (up to 8192 frames), with Python's default switch interval.
@@ -214,14 +217,18 @@ def c_reference(server: str, watcher: Watcher, seconds: float) -> dict[str, floa
 
 def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
                 ahead: int = 2048, freeze: bool = True, max_ahead: int | None = None,
-                switch: float | None = 0.0005, compiled_player: bool = True) -> dict[str, Any]:
+                switch: float | None = 0.0005, compiled_player: bool = True,
+                hosted: bool = False) -> dict[str, Any]:
     """The engine's real-time path in this process (see the module docstring).
 
     ``freeze``: ``gc.freeze()`` once everything long-lived exists (as ``riff run`` does), so
     the stress's full collections skip it; ``max_ahead``: the render thread's adaptive
     look-ahead limit; ``switch``: ``sys.setswitchinterval`` (None: Python's default);
     ``compiled_player``: the callback mixes the voice table (False: it copies the ring the
-    render thread fills). Every
+    render thread fills); ``hosted``: the client also serves, in the same callback, a JACK
+    MIDI input fed 8 events a period by ``jack_midiseq`` (a C client), JACK transport
+    following and the audio input with a capture window armed over the whole run (as
+    ``riff run --midi-in jack --jack-transport --input``). Every
     collection's pause is timed (``gc.callbacks``) and each render-thread gap over 20 ms is
     matched against them: what starved it."""
     import asyncio
@@ -238,8 +245,30 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
     if switch is not None:
         sys.setswitchinterval(switch)  # riff run sets 0.0005
     out = JackOutput(f"bench-riff-{uuid.uuid4().hex[:4]}", server=server, render_ahead=ahead,
-                     max_render_ahead=max_ahead, compiled_player=compiled_player)
+                     max_render_ahead=max_ahead, compiled_player=compiled_player,
+                     follow_transport=hosted)
     player = Player(PlayerConfig(sample_rate=out.sample_rate))
+    sender: Any = None
+    tap: Any = None
+    midi_events = [0]
+    if hosted:
+        from engine.live.capture import CaptureTap
+        from protocols.audio.jack_input import JackAudioInput
+
+        tap = CaptureTap(2, int(out.sample_rate * (seconds + 10)))
+        out.add_ports(JackAudioInput(out, tap, 2))
+        # A C client (jackd2's example sequencer), so that no Python callback of the
+        # benchmark's own is in the graph: a 256-frame loop of four notes, 8 events.
+        seq_name = f"bench-midi-{uuid.uuid4().hex[:4]}"
+        sender = subprocess.Popen(
+            ["jack_midiseq", seq_name, "256", "0", "60", "16", "64", "62", "16", "128", "64",
+             "16", "192", "65", "16"], env={**os.environ, "JACK_DEFAULT_SERVER": server},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not out.client.get_ports(f"^{seq_name}:"):
+            if time.monotonic() > deadline or sender.poll() is not None:
+                raise SystemExit("jack_midiseq did not start")
+            time.sleep(0.05)
     bars, tempo = (8, 60.0) if stressed else (2, 120.0)
     every = 0.3 if stressed else 2.0
     stop = threading.Event()
@@ -255,6 +284,17 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
     async def feed() -> None:
         client = WorkerClient(WorkerConfig(model=TEST_TONES, tone_step_s=0.0))
         await client.start()
+        midi_in: Any = None
+        if sender is not None:
+            from protocols.midi.jack_input import JackMidiInput
+
+            def count(data: bytes, t: float) -> None:
+                midi_events[0] += 1
+
+            midi_in = JackMidiInput(count, host=out, connect=(f"{seq_name}:out",))
+            midi_in.start()
+            tap.arm(player.position() + out.sample_rate,
+                    player.position() + int(out.sample_rate * (seconds + 5)))
         try:
             n = round(bars * 4 * 60.0 / tempo * out.sample_rate)
             spec = ClipSpec(tempo=tempo, bars=bars, beats_per_bar=4,
@@ -279,6 +319,8 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
                     next_gc += 1.0
                 await asyncio.sleep(max(0.0, every - (time.monotonic() - t0)))
         finally:
+            if midi_in is not None:
+                midi_in.close()
             await client.close()
 
     gc.collect()
@@ -315,6 +357,9 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
         gaps = list(getattr(out._render, "gaps", []))
         gc.callbacks.remove(timed)
         out.close()
+        if sender is not None:
+            sender.terminate()
+            sender.wait(10)
         sys.setswitchinterval(old_switch)
         gc.unfreeze()
     full = [e - b for b, e, g in pauses if g == 2]
@@ -347,7 +392,9 @@ def engine_case(server: str, watcher: Watcher, seconds: float, stressed: bool,
             "player_xruns": player.counters()["xruns"],
             "player_underruns": player.counters()["underruns"],
             "player_late": player.counters()["late"],
-            "player_short_fades": player.counters()["short_fades"]}
+            "player_short_fades": player.counters()["short_fades"],
+            **({"midi_events": midi_events[0], "capture_frames": tap.written}
+               if hosted else {})}
 
 
 #: Each case: (stressed, keyword arguments of engine_case); ``engine_*`` is the daemon's
@@ -358,6 +405,8 @@ ENGINE_CASES: dict[str, tuple[bool, dict[str, object]]] = {
     "engine_stressed": (True, {}),
     "python_callback_idle": (False, {"ahead": 0}),
     "python_callback_stressed": (True, {"ahead": 0}),
+    "hosted_idle": (False, {"hosted": True}),
+    "hosted_stressed": (True, {"hosted": True}),
     "ring_idle": (False, {"compiled_player": False}),
     "ring_stressed": (True, {"compiled_player": False}),
     "stressed_no_freeze": (True, {"freeze": False}),
@@ -367,7 +416,8 @@ ENGINE_CASES: dict[str, tuple[bool, dict[str, object]]] = {
     "ring_stressed_adaptive": (True, {"max_ahead": 8192, "compiled_player": False}),
     "ring_stressed_default_switch": (True, {"switch": None, "compiled_player": False}),
 }
-DEFAULT_CASES = ["c_reference", "engine_idle", "engine_stressed", "ring_idle", "ring_stressed",
+DEFAULT_CASES = ["c_reference", "engine_idle", "engine_stressed", "hosted_stressed",
+                 "ring_idle", "ring_stressed",
                  "python_callback_idle", "python_callback_stressed"]
 
 

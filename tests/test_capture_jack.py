@@ -82,19 +82,20 @@ def wait_reply(daemon: Daemon, want: str, timeout: float = 40.0) -> list[Any]:
     raise AssertionError(f"no {want}; log:\n" + daemon.text()[-3000:])
 
 
-def test_capture_records_the_bar_played_into_the_input(jack_server: str,
-                                                       tmp_path: Path) -> None:
+@pytest.mark.parametrize("ahead", ["2048", "0"], ids=["compiled-player", "python-callback"])
+def test_capture_records_the_bar_played_into_the_input(jack_server: str, tmp_path: Path,
+                                                       ahead: str) -> None:
     name = f"riff-cap-{uuid.uuid4().hex[:6]}"
     captures = tmp_path / "captures"
     signal = pattern(RATE)
     daemon = Daemon("--model", "test-tones", "--tempo", "240", "--bars", "1", "--steps", "2",
                     "--input", "--jack-server", jack_server, "--client-name", name,
                     "--no-connect", "--crossfade-ms", "10", "--capture-dir", str(captures),
-                    "--record", str(tmp_path / "takes"))
+                    "--record", str(tmp_path / "takes"), "--render-ahead", ahead)
     player = SignalPlayer(jack_server, signal)
     try:
         daemon.wait_for(lambda t: "audio input on" in t and "JACK: playing on" in t)
-        assert "Python process callback renders each period (--input needs it)" in daemon.text()
+        assert ("compiled player (clips published" in daemon.text()) == (ahead != "0")
         player.start([f"{name}:in_L", f"{name}:in_R"])
 
         # Bad requests: each answered with /riff/error, nothing armed, no file written.

@@ -412,7 +412,9 @@ class ClockSender:
 
 
 @pytest.mark.jack
-def test_jack_midi_clock_puts_bar_lines_on_the_exact_sample(jack_server: str) -> None:
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-player"])
+def test_jack_midi_clock_puts_bar_lines_on_the_exact_sample(jack_server: str,
+                                                             ahead: int) -> None:
     """Real JACK: a sample-exact MIDI clock into the engine's JACK MIDI port, the engine's
     audio through JACK: the grid's bar lines are the master's, to the sample (the JACK MIDI
     event's frame on the player's clock), however late the loop handles the events."""
@@ -421,7 +423,8 @@ def test_jack_midi_clock_puts_bar_lines_on_the_exact_sample(jack_server: str) ->
     from protocols.surfaces import ControlConfig, start_control_surfaces
 
     lt = LoopThread()
-    out = JackOutput(f"riff-test-{uuid.uuid4().hex[:6]}", server=jack_server)
+    out = JackOutput(f"riff-test-{uuid.uuid4().hex[:6]}", server=jack_server,
+                     render_ahead=ahead)
     player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
     out.start(player, connect=False)
     clock = FakeClock()
@@ -500,7 +503,9 @@ def test_a_pulse_restarted_at_start_and_lost_ticks_keep_the_position(shift: floa
 
 
 @pytest.mark.jack
-def test_real_jack_transport_start_stop_and_a_master_that_leaves(jack_server: str) -> None:
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-player"])
+def test_real_jack_transport_start_stop_and_a_master_that_leaves(jack_server: str,
+                                                                 ahead: int) -> None:
     """A real JACK timebase master (150 BPM, 4/4) and the engine's JACK output: rolling locks
     the grid, stopping stops the engine (the default), rolling again plays it, and when the
     master's client closes the engine plays on at 150 BPM on its own clock, on the same grid."""
@@ -520,7 +525,8 @@ def test_real_jack_transport_start_stop_and_a_master_that_leaves(jack_server: st
         pos.ticks_per_beat, pos.tick = 1920.0, int((beats % 1) * 1920)
         pos.beats_per_bar, pos.beat_type, pos.beats_per_minute = 4.0, 4.0, 150.0
 
-    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, follow_transport=True)
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, follow_transport=True,
+                     render_ahead=ahead)
     player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
     out.start(player, connect=False)
     clock = FakeClock()

@@ -65,9 +65,11 @@ def test_plays_clip_at_its_exact_frame(jack_server: str, ahead: int, table: bool
         out.close()
 
 
-def test_follows_jack_transport_bbt(jack_server: str) -> None:
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-player"])
+def test_follows_jack_transport_bbt(jack_server: str, ahead: int) -> None:
     """A timebase master (as a DAW would be) at 150 BPM in 4/4: the output publishes its
-    bar/beat on the player's clock, consistent with the samples played."""
+    bar/beat on the player's clock, consistent with the samples played (the Python callback,
+    or the compiled player's querying the transport without the GIL)."""
     import jack
 
     master = jack.Client(f"master-{uuid.uuid4().hex[:6]}", no_start_server=True,
@@ -88,11 +90,14 @@ def test_follows_jack_transport_bbt(jack_server: str) -> None:
 
     master.set_timebase_callback(timebase)
     master.activate()
-    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, follow_transport=True)
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, follow_transport=True,
+                     render_ahead=ahead)
     try:
         player = Player(PlayerConfig(sample_rate=out.sample_rate, crossfade_samples=0))
         out.start(player, connect=False)
+        assert (out._rt is not None) == bool(ahead)
         assert out.transport_bbt() is None  # stopped: nothing to follow
+        eventually(lambda: out.transport_state() == "stopped")
         master.transport_frame = 0
         master.transport_start()
         seen = []
@@ -263,10 +268,12 @@ def test_survives_a_server_restart_on_the_same_ports(ahead: int) -> None:
         server.stop()
 
 
-def test_midi_ports_live_on_the_same_client_and_survive_a_restart() -> None:
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-player"])
+def test_midi_ports_live_on_the_same_client_and_survive_a_restart(ahead: int) -> None:
     """JACK MIDI input hosted by the output: ``name:midi_in`` on the one client, events with
-    their frame times through the same process callback; after a jackd restart the port and
-    the connection it made from the sender's port are back."""
+    their exact frame times through the same process callback (the Python one, or the
+    compiled player's without the GIL), feedback out of ``midi_out``; after a jackd restart
+    the port and the connection it made from the sender's port are back."""
     import asyncio
 
     import jack
@@ -279,22 +286,32 @@ def test_midi_ports_live_on_the_same_client_and_survive_a_restart() -> None:
     server.start()
     got: list[tuple[bytes, float]] = []
     lt = LoopThread()
-    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=server.name)
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=server.name, render_ahead=ahead)
     sender = None
+    sent: list[int] = []  # JACK frame of each event the sender wrote
+    back: list[bytes] = []  # what arrived at the sender's input from midi_out
     try:
         out.start(Player(PlayerConfig(sample_rate=out.sample_rate)), connect=False)
+        assert out.render_ahead == ahead and (out._rt is not None) == bool(ahead)
 
         send_name = f"send-{uuid.uuid4().hex[:6]}"
 
         def send_client() -> tuple[Any, Any]:
             client = jack.Client(send_name, no_start_server=True, servername=server.name)
             port = client.midi_outports.register("out")
+            inport = client.midi_inports.register("in")
             queue: list[bytes] = []
 
             def process(frames: int) -> None:
                 port.clear_buffer()
-                while queue:
-                    port.write_midi_event(0, queue.pop(0))
+                if queue and frames > 7:
+                    try:  # refused in a cycle where the server is not ready: next cycle
+                        port.write_midi_event(7, queue[0])
+                    except jack.JackError:
+                        return
+                    sent.append(client.last_frame_time + 7)
+                    queue.pop(0)
+                back.extend(bytes(buf) for _, buf in inport.incoming_midi_events())
 
             client.set_process_callback(process)
             client.activate()
@@ -304,7 +321,7 @@ def test_midi_ports_live_on_the_same_client_and_survive_a_restart() -> None:
 
         async def start() -> JackMidiInput:
             inp = JackMidiInput(lambda data, t: got.append((data, t)), host=out,
-                                connect=(f"{sender.name}:out",))
+                                connect=(f"{sender.name}:out",), feedback=True)
             inp.start()
             return inp
 
@@ -314,7 +331,12 @@ def test_midi_ports_live_on_the_same_client_and_survive_a_restart() -> None:
         assert names == {"system", out.name, sender.name}  # no second engine client
         queue.append(bytes([0xB0, 1, 64]))
         eventually(lambda: len(got) == 1)
-        assert got[0][0] == bytes([0xB0, 1, 64]) and got[0][1] > 0
+        assert got[0][0] == bytes([0xB0, 1, 64])
+        assert round(got[0][1] * out.sample_rate) == sent[0]  # the event's own JACK frame
+        sender.connect(f"{out.name}:midi_out", f"{sender.name}:in")
+        lt.call(lambda: inp.send(bytes([0x90, 62, 1])))
+        eventually(lambda: bytes([0x90, 62, 1]) in back)
+        assert inp.overflows == 0 and inp.out_dropped == 0
 
         sender.close()
         sender = None
@@ -403,3 +425,119 @@ def test_compiled_player_on_jack_matches_the_python_player(jack_server: str) -> 
     ok = np.isfinite(got)  # frames lost to an xrun of a loaded machine stay NaN
     assert ok.mean() > 0.9
     np.testing.assert_allclose(got[ok], want[ok], rtol=0, atol=2e-7)
+
+
+def test_the_compiled_callback_counts_midi_it_cannot_keep(jack_server: str) -> None:
+    """With the loop held up, the compiled callback fills the MIDI ring (4 rows), counts
+    the events that did not fit as overflows and the SysEx as skipped, and the loop gets the
+    first four, in order, with their frames, once it runs again."""
+    import threading
+
+    import jack
+
+    from protocols.midi.jack_input import JackMidiInput
+    from tests.control_surface_helpers import LoopThread
+
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, render_ahead=2048)
+    lt = LoopThread()
+    sender = jack.Client(f"send-{uuid.uuid4().hex[:6]}", no_start_server=True,
+                         servername=jack_server)
+    port = sender.midi_outports.register("out")
+    batch: list[bytes] = []
+    sent: list[int] = []
+
+    def process(frames: int) -> None:
+        port.clear_buffer()
+        if batch:
+            base = sender.last_frame_time
+            for i, data in enumerate(batch):
+                port.write_midi_event(i, data)
+                sent.append(base + i)
+            batch.clear()
+
+    sender.set_process_callback(process)
+    sender.activate()
+    got: list[tuple[bytes, float]] = []
+    held, release = threading.Event(), threading.Event()
+    try:
+        out.start(Player(PlayerConfig(sample_rate=out.sample_rate)), connect=False)
+
+        async def start() -> JackMidiInput:
+            inp = JackMidiInput(lambda data, t: got.append((data, t)), host=out, capacity=4,
+                                connect=(f"{sender.name}:out",))
+            inp.start()
+            return inp
+
+        inp = lt.run(start())
+
+        def hold() -> None:
+            held.set()
+            release.wait(10)
+
+        lt.loop.call_soon_threadsafe(hold)
+        assert held.wait(5)
+        batch.extend([bytes([0xB0, 1, i]) for i in range(6)] + [b"\xf0\x7e\x7f\x06\x01\xf7"])
+        eventually(lambda: inp.overflows == 2 and inp.skipped_sysex == 1)
+        assert not got  # the loop is held: nothing delivered yet
+        release.set()
+        eventually(lambda: len(got) == 4)
+        assert [d for d, _ in got] == [bytes([0xB0, 1, i]) for i in range(4)]
+        assert [round(t * out.sample_rate) for _, t in got] == sent[:4]
+        lt.call(inp.close)
+    finally:
+        release.set()
+        sender.deactivate()
+        sender.close()
+        lt.close()
+        out.close()
+
+
+@pytest.mark.parametrize("ahead", [0, 2048], ids=["python-callback", "compiled-player"])
+def test_audio_input_fills_the_capture_window_sample_exactly(jack_server: str,
+                                                             ahead: int) -> None:
+    """A JACK client plays a known function of the JACK frame into the engine's inputs; each
+    armed window holds exactly that function from the window's first JACK frame on, also
+    across the end of the capture ring (3000 frames, windows of 2000)."""
+    import jack
+
+    from engine.live.capture import CaptureTap
+    from protocols.audio.jack_input import JackAudioInput
+
+    def signal(frames: np.ndarray, ch: int) -> np.ndarray:
+        return ((frames % 997) / 997 + ch).astype(np.float32)
+
+    out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, render_ahead=ahead)
+    sender = jack.Client(f"sig-{uuid.uuid4().hex[:6]}", no_start_server=True,
+                         servername=jack_server)
+    ports = [sender.outports.register(n) for n in ("L", "R")]
+
+    def process(frames: int) -> None:
+        at = np.arange(sender.last_frame_time, sender.last_frame_time + frames)
+        for ch, port in enumerate(ports):
+            port.get_array()[:] = signal(at, ch)
+
+    sender.set_process_callback(process)
+    sender.activate()
+    tap = CaptureTap(2, 3000)
+    try:
+        player = Player(PlayerConfig(sample_rate=out.sample_rate))
+        out.add_ports(JackAudioInput(out, tap, 2))
+        out.start(player, connect=False)
+        for ch, port in enumerate(ports):
+            sender.connect(port, f"{out.name}:{('in_L', 'in_R')[ch]}")
+        for _ in range(2):
+            time.sleep(0.1)  # connections are made, the clock runs
+            start = player.position() + 4096  # ahead of what the callback plays
+            tap.arm(start, start + 2000)
+            eventually(lambda: tap.done)
+            tap.disarm()
+            assert tap.missed == 0 and tap.lost == 0 and tap.written == 2000
+            got = tap.read(2000)
+            want = np.stack([signal(np.arange(tap.start_frame, tap.start_frame + 2000), ch)
+                             for ch in range(2)])
+            np.testing.assert_array_equal(got, want)
+        assert tap.ring.head == 4000  # the second window wrapped the ring
+    finally:
+        sender.deactivate()
+        sender.close()
+        out.close()

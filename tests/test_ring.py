@@ -7,11 +7,14 @@ import threading
 import numpy as np
 import pytest
 
-from engine.live.ring import SpscRing
+from engine.live.ring import TAIL, SharedSpscRing, SpscRing
+
+RINGS = pytest.mark.parametrize("kind", [SpscRing, SharedSpscRing])
 
 
-def test_rows_come_out_in_order_across_the_wrap() -> None:
-    ring = SpscRing(8, (2,), np.float32)
+@RINGS
+def test_rows_come_out_in_order_across_the_wrap(kind: type[SpscRing]) -> None:
+    ring = kind(8, (2,), np.float32)
     out: list[np.ndarray] = []
     value = 0
     for n in (3, 5, 2, 7, 1, 8):
@@ -27,8 +30,9 @@ def test_rows_come_out_in_order_across_the_wrap() -> None:
     assert ring.dropped_rows == 0 and ring.backlog == 0
 
 
-def test_a_write_that_does_not_fit_is_dropped_whole_and_counted() -> None:
-    ring = SpscRing(4, (1,))
+@RINGS
+def test_a_write_that_does_not_fit_is_dropped_whole_and_counted(kind: type[SpscRing]) -> None:
+    ring = kind(4, (1,))
     assert ring.write(np.ones((3, 1), np.float32))
     assert not ring.write(np.full((2, 1), 7.0, np.float32))
     assert (ring.dropped_rows, ring.dropped_writes, ring.backlog) == (2, 1, 3)
@@ -39,8 +43,9 @@ def test_a_write_that_does_not_fit_is_dropped_whole_and_counted() -> None:
     assert [ring.buffer[a:b, 0].tolist() for a, b in spans] == [[1.0, 1.0, 1.0, 5.0]]
 
 
-def test_columns_fill_rows_and_a_missing_channel_repeats_the_first() -> None:
-    ring = SpscRing(5, (2,))
+@RINGS
+def test_columns_fill_rows_and_a_missing_channel_repeats_the_first(kind: type[SpscRing]) -> None:
+    ring = kind(5, (2,))
     left = np.arange(4, dtype=np.float32)
     assert ring.write_columns([left, -left])
     assert not ring.write_columns([left[:3]])
@@ -53,9 +58,10 @@ def test_columns_fill_rows_and_a_missing_channel_repeats_the_first() -> None:
     np.testing.assert_array_equal(rows, np.stack([left[:3], left[:3]], axis=1))
 
 
-def test_records_are_reserved_filled_and_committed_in_place() -> None:
+@RINGS
+def test_records_are_reserved_filled_and_committed_in_place(kind: type[SpscRing]) -> None:
     event = np.dtype([("data", np.uint8, (3,)), ("size", np.uint8), ("frame", np.int64)])
-    ring = SpscRing(2, dtype=event)
+    ring = kind(2, dtype=event)
     for frame, msg in ((10, b"\x90\x3c\x40"), (11, b"\xf8")):
         slot = ring.reserve()
         rec = ring.buffer[slot]
@@ -101,3 +107,13 @@ def test_two_threads_pass_a_million_rows_without_loss_or_reordering() -> None:
 def test_a_ring_needs_a_positive_integer_capacity(capacity: object) -> None:
     with pytest.raises(ValueError):
         SpscRing(capacity)  # type: ignore[arg-type]
+
+
+def test_the_shared_rings_counters_live_in_its_array() -> None:
+    """What compiled code reads and writes at ``counters``' address is the ring's state."""
+    ring = SharedSpscRing(2, (1,))
+    assert ring.write(np.ones((2, 1), np.float32))
+    assert not ring.write(np.ones((1, 1), np.float32))
+    assert list(ring.counters) == [2, 0, 1, 1]
+    ring.counters[TAIL] = 1  # as the other side would, from its address
+    assert ring.readable() == 1 and ring.free() == 1

@@ -42,7 +42,7 @@ import numpy as np
 from engine import limits
 from engine.dsp.spectrogram import SpectrogramParams
 from engine.errors import InvalidRequest, RiffError, UnknownId
-from engine.live.ring import SpscRing
+from engine.live.ring import SharedSpscRing
 from engine.live.state import EngineState
 from engine.live.transport import Transport
 from engine.model.request import check_plain_id
@@ -100,32 +100,52 @@ def capacity_frames(sample_rate: int, max_seconds: float = MAX_CAPTURE_SECONDS) 
     return int(max_seconds * sample_rate) + 1
 
 
+#: Indices of :attr:`CaptureTap.state` (int64), where the tap keeps its fields so that the
+#: compiled JACK callback (:mod:`protocols.audio.jack_table`) can be its audio thread too.
+ARMED, DONE, START, END, WRITTEN, MISSED, START_FRAME, LOST = range(8)
+
+
+def _field(index: int, doc: str, kind: type = int) -> Any:
+    """A :class:`CaptureTap` attribute stored in its ``state`` array."""
+
+    def get(self: CaptureTap) -> Any:
+        return kind(self.state[index])
+
+    def put(self: CaptureTap, value: Any) -> None:
+        self.state[index] = int(value)
+
+    return property(get, put, doc=doc)
+
+
 class CaptureTap:
     """The audio thread's half: the armed window ``[start, end)`` on the player's clock and a
     preallocated ring of ``capacity`` frames of ``channels``.
 
     The control plane arms a window (:meth:`arm`) only while no capture runs; the audio thread
-    (:meth:`write`) copies the part of each period inside the window and sets :attr:`done`
-    once the clock has passed its end. Fields are plain Python ints and bools, each written by
-    one thread only (atomic under the GIL).
+    (:meth:`write`, or the compiled callback doing the same on :attr:`state` and the ring's
+    shared counters) copies the part of each period inside the window and sets :attr:`done`
+    once the clock has passed its end. Each field (an aligned int64 in :attr:`state`) is
+    written by one thread only.
     """
 
+    armed = _field(ARMED, "The control plane armed a window (written last when arming).", bool)
+    done = _field(DONE, "Audio thread: the window is over (all of it written, or missed).",
+                  bool)
+    start = _field(START, "The window's first sample on the player's clock.")
+    end = _field(END, "The sample after the window's last.")
+    written = _field(WRITTEN, "Audio thread: frames of the window written so far.")
+    missed = _field(MISSED, "Audio thread: frames at the window's start it never saw (armed "
+                    "too late).")
+    start_frame = _field(START_FRAME, "Audio thread: the JACK (or output) frame time of the "
+                         "window's first frame; -1.")
+    lost = _field(LOST, "Audio thread: frames of real time the window lost to skipped cycles "
+                  "(xruns): the frame time ran on while the player's clock did not, so the "
+                  "capture has a seam.")
+
     def __init__(self, channels: int, capacity: int) -> None:
-        self.ring = SpscRing(capacity, (channels,), np.float32)
-        self.start = 0
-        self.end = 0
-        self.armed = False
-        #: Audio thread: the window is over (all of it written, or missed).
-        self.done = False
-        #: Audio thread: frames of the window written so far.
-        self.written = 0
-        #: Audio thread: frames at the window's start it never saw (armed too late).
-        self.missed = 0
-        #: Audio thread: the JACK (or output) frame time of the window's first frame; -1.
+        self.ring = SharedSpscRing(capacity, (channels,), np.float32)
+        self.state = np.zeros(8, np.int64)
         self.start_frame = -1
-        #: Audio thread: frames of real time the window lost to skipped cycles (xruns): the
-        #: frame time ran on while the player's clock did not, so the capture has a seam.
-        self.lost = 0
 
     # ---- control plane ----------------------------------------------------------------------
 

@@ -135,3 +135,55 @@ class SpscRing:
         if rows > self.head - self.tail:
             raise ValueError(f"release of {rows} rows with only {self.head - self.tail} readable")
         self.tail += rows
+
+
+#: Indices of :class:`SharedSpscRing`'s counters array.
+HEAD, TAIL, DROPPED_ROWS, DROPPED_WRITES = range(4)
+
+
+class SharedSpscRing(SpscRing):
+    """:class:`SpscRing` whose counters live in a preallocated int64 array (``counters``:
+    ``HEAD``, ``TAIL``, ``DROPPED_ROWS``, ``DROPPED_WRITES``) instead of Python ints, so that
+    compiled code without the GIL (JACK's process callback, :mod:`protocols.audio.jack_table`)
+    can be either side: it reads and writes the counters and ``buffer`` at their addresses.
+
+    Same contract: each counter has one writer, who stores it after the data it publishes or
+    frees (an aligned 8-byte store, atomic on the platforms JACK runs on). The Python methods
+    are :class:`SpscRing`'s, unchanged."""
+
+    def __init__(self, capacity: int, row_shape: tuple[int, ...] = (),
+                 dtype: Any = np.float32) -> None:
+        self.counters = np.zeros(4, np.int64)
+        super().__init__(capacity, row_shape, dtype)
+
+    @property
+    def head(self) -> int:
+        return int(self.counters[HEAD])
+
+    @head.setter
+    def head(self, value: int) -> None:
+        self.counters[HEAD] = value
+
+    @property
+    def tail(self) -> int:
+        return int(self.counters[TAIL])
+
+    @tail.setter
+    def tail(self, value: int) -> None:
+        self.counters[TAIL] = value
+
+    @property
+    def dropped_rows(self) -> int:
+        return int(self.counters[DROPPED_ROWS])
+
+    @dropped_rows.setter
+    def dropped_rows(self, value: int) -> None:
+        self.counters[DROPPED_ROWS] = value
+
+    @property
+    def dropped_writes(self) -> int:
+        return int(self.counters[DROPPED_WRITES])
+
+    @dropped_writes.setter
+    def dropped_writes(self, value: int) -> None:
+        self.counters[DROPPED_WRITES] = value

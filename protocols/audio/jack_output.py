@@ -102,9 +102,9 @@ class JackOutput:
         self.server = server
         self.port_names = (["out_L", "out_R"] if channels == 2
                            else [f"out_{i + 1}" for i in range(channels)])
-        if render_ahead and follow_transport:
-            raise ValueError("following JACK transport needs the Python callback "
-                             "(render_ahead=0)")
+        if render_ahead and follow_transport and not compiled_player:
+            raise ValueError("following JACK transport needs the compiled player or the "
+                             "Python callback (render_ahead=0)")
         #: Frames the render thread keeps ahead of the compiled callback (0: the Python
         #: callback renders the player itself).
         self.render_ahead = int(render_ahead)
@@ -157,8 +157,9 @@ class JackOutput:
         self.ports: list[Any] = []
         self._ports: tuple[Any, ...] = ()  # what the process callback reads
         self._latency_handle: Any = None
-        #: Parts with ports of their own on this client (JACK MIDI inputs): registered on
-        #: activation and after a server restart; their ``process`` runs in the callback.
+        #: Parts with ports of their own on this client (JACK MIDI inputs, the audio input):
+        #: registered on activation and after a server restart; their ``process`` runs in
+        #: the Python callback, the compiled one serves them through the voice table.
         self._owners: list[PortOwner] = []
         self._hooks: tuple[Callable[[int], None], ...] = ()
         self.client = self._open(name, exact=False)
@@ -206,6 +207,11 @@ class JackOutput:
 
             if self._rt is None:
                 self._rt = jack_table.VoiceTable(len(self.port_names))
+                if self.follow_transport:
+                    self._rt.set_transport(self._bbt, self._transport_state)
+            from protocols.audio.jack_rt import raw_pointer
+
+            self._rt.set_client(raw_pointer(client))  # no stale pointers once it runs
             jack_table.install(client, self._rt)
         elif self.render_ahead:
             from protocols.audio import jack_rt
@@ -246,16 +252,22 @@ class JackOutput:
             owner.register(self.client)
 
     def add_ports(self, owner: PortOwner) -> None:
-        """Host ``owner``'s ports on this client (a JACK MIDI input): ``owner.register(client)``
-        now if active (and after every server restart), ``owner.process(frames)`` in every
-        process callback after the audio. Control thread."""
+        """Host ``owner``'s ports on this client (a JACK MIDI input, the audio input):
+        ``owner.register(client)`` now if active (and after every server restart); with the
+        Python callback ``owner.process(frames)`` in every callback after the audio, with the
+        compiled player ``owner.use_table(table)``, after which the compiled callback serves
+        the owner's ports itself (without the GIL). Control thread."""
         if self.render_ahead:
-            raise RiffError("JACK MIDI ports on the engine's client need the Python callback "
-                            "(render_ahead=0)")
+            use_table = getattr(owner, "use_table", None)
+            if not self.compiled_player or use_table is None:
+                raise RiffError(f"{type(owner).__name__} ports on the engine's client need the "
+                                "compiled player or the Python callback (render_ahead=0)")
+            use_table(self._rt)  # the compiled callback serves it: no Python hook
         self._owners.append(owner)
         if self._active:
             owner.register(self.client)
-        self._hooks = (*self._hooks, owner.process)
+        if not self.render_ahead:
+            self._hooks = (*self._hooks, owner.process)
 
     def remove_ports(self, owner: PortOwner) -> None:
         """Stop hosting ``owner``: no more callbacks, its ports unregistered. Control thread."""
@@ -264,6 +276,8 @@ class JackOutput:
         self._connections = [c for c in self._connections if c[0] not in owner.port_names()]
         if self._active and not self.shutdown_reason:
             owner.unregister()
+        if self.render_ahead:
+            owner.use_table(None)  # type: ignore[attr-defined]
 
     def start(self, player: Player, connect: bool = True,
               takes: TakeController | None = None) -> list[str]:

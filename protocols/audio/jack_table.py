@@ -24,6 +24,15 @@ The table (all preallocated numpy memory, addresses in ``ctl``):
   address: silence); the outgoing clip (the same); the fade window (first sample, length).
   See :class:`~engine.live.player.Voices` for the mix.
 
+The parts hosted on the same client are served by the same callback, before it mixes
+(``ctl[NMIDI]``/``MIDI0..``, ``XPORT``, ``CAPT``: addresses of small int64 *slots*, 0 when
+absent; see :func:`_compile_hosted`): JACK MIDI inputs and their feedback outputs
+(:mod:`protocols.midi.jack_input`, rings of :class:`~engine.live.ring.SharedSpscRing`),
+following JACK transport (``jack_transport_query`` into a preallocated ``jack_position_t``,
+published into :class:`~protocols.audio.jack_output.JackOutput`'s seqlock arrays) and the
+audio input's capture window (:mod:`protocols.audio.jack_input`). So the Python callback is
+needed for none of them.
+
 Each side writes only its own counters, after the data they publish (single producer, single
 consumer; aligned 8-byte stores are atomic on the platforms JACK runs on). A clip's buffer
 is referenced by Python (:class:`VoiceTable`) until the callback's ``REC_R`` has moved past
@@ -54,7 +63,33 @@ POS, REC_W, REC_R, LATE, CALLS, SEQ, LAST_FRAME, READ_AT, CHANNELS, REC_ADDR, DU
     CLIENT, NPORTS, PORT0 = range(14)
 MAX_PORTS = 8
 BUF0 = PORT0 + MAX_PORTS
-CTL_SIZE = BUF0 + MAX_PORTS
+#: The parts hosted on the client (see :class:`VoiceTable`): MIDI slots, transport, capture.
+MAX_MIDI = 4
+NMIDI = BUF0 + MAX_PORTS
+MIDI0 = NMIDI + 1
+XPORT = MIDI0 + MAX_MIDI
+CAPT = XPORT + 1
+CTL_SIZE = CAPT + 1
+# A JACK MIDI slot (int64): input port, output port (0: none), the input ring's buffer,
+# counters and capacity (JACK -> loop), the output ring's (loop -> JACK), the wake-up pipe's
+# write end, WAKE (1 while a wake-up byte is pending: set here, cleared by the loop), SYSEX
+# (events too long for a ring row, skipped), ONE (the byte written to the pipe), EVENT0..
+# (a jack_midi_event_t the callback fills).
+M_IN, M_OUT, M_IN_BUF, M_IN_CNT, M_IN_CAP, M_OUT_BUF, M_OUT_CNT, M_OUT_CAP, M_FD, M_WAKE, \
+    M_SYSEX, M_ONE, M_EVENT = range(13)
+MIDI_SLOT = M_EVENT + 3
+#: Bytes of a MIDI ring row (``protocols.midi.jack_input.MIDI_EVENT``, aligned): the data
+#: bytes, their count at byte 3, the JACK frame as int64 at byte 8.
+MIDI_ROW = 16
+# The transport slot (int64): the jack_position_t memory, the BBT seqlock array's and the
+# state array's addresses (JackOutput's own arrays).
+X_POS, X_BBT, X_STATE = range(3)
+X_SLOT = 3
+# The capture slot (int64): the tap's state array, its ring's buffer, counters, capacity and
+# channels, the input port count and the ports.
+MAX_INPUTS = 8
+C_STATE, C_BUF, C_CNT, C_CAP, C_CH, C_NPORTS, C_PORT0 = range(7)
+C_SLOT = C_PORT0 + MAX_INPUTS
 # record fields
 BEGIN, CUR, CUR_LEN, CUR_CH, CUR_ORIGIN, OLD, OLD_LEN, OLD_CH, OLD_ORIGIN, FADE_BEGIN, \
     FADE_LEN = range(11)
@@ -162,6 +197,7 @@ def _compile() -> dict[str, Any]:
 
     get_buffer, get_time = jack_rt._get_buffer, jack_rt._get_time
     last_frame_time = jack_rt._last_frame_time
+    hosted = _compile_hosted(numba, types, as_voidptr, get_buffer, last_frame_time)
 
     @numba.cfunc(types.int32(types.uint32, types.voidptr), cache=False)
     def process(nframes: int, arg: Any) -> int:
@@ -175,6 +211,7 @@ def _compile() -> dict[str, Any]:
         ctl[LAST_FRAME] = last_frame_time(as_voidptr(ctl[CLIENT]))
         ctl[READ_AT] = ctl[POS]
         ctl[SEQ] += 1
+        hosted(nframes, ctl)
         mix(nframes, as_int(arg))
         dur = carray(as_voidptr(ctl[DUR_ADDR]), DURATIONS, dtype=np.int64)
         dur[ctl[CALLS] & (DURATIONS - 1)] = get_time() - t0
@@ -183,6 +220,194 @@ def _compile() -> dict[str, Any]:
 
     _compiled.update(mix=mix, process=process)
     return _compiled
+
+
+def _compile_hosted(numba: Any, types: Any, as_voidptr: Any, get_buffer: Any,
+                    last_frame_time: Any) -> Any:
+    """Compile ``hosted(nframes, ctl)``: the parts hosted on the client, run by the callback
+    before it mixes (``ctl[POS]`` is still the cycle's first timeline sample): JACK MIDI in
+    and out, the transport query, the audio input's capture window. Thread: JACK's real-time
+    thread; no GIL, no allocation, no locks; libjack's RT-safe calls and, when a MIDI ring
+    was idle, one non-blocking ``write`` of a byte to a pipe (as the Python callback does)."""
+    import ctypes
+    import ctypes.util
+
+    import jack
+
+    from engine.live import capture, ring
+    from protocols.audio import jack_output, jack_rt
+
+    lib = jack_rt._lib
+    event_count = lib.jack_midi_get_event_count
+    event_count.argtypes = [ctypes.c_void_p]
+    event_count.restype = ctypes.c_uint32
+    event_get = lib.jack_midi_event_get
+    event_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32]
+    event_get.restype = ctypes.c_int
+    clear_buffer = lib.jack_midi_clear_buffer
+    clear_buffer.argtypes = [ctypes.c_void_p]
+    clear_buffer.restype = None
+    event_write = lib.jack_midi_event_write
+    event_write.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+    event_write.restype = ctypes.c_int
+    transport_query = lib.jack_transport_query
+    transport_query.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    transport_query.restype = ctypes.c_int
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    write = libc.write
+    write.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    write.restype = ctypes.c_ssize_t
+
+    ffi = jack._ffi
+    off_valid = ffi.offsetof("jack_position_t", "valid")
+    off_bar = ffi.offsetof("jack_position_t", "bar")
+    off_beat = ffi.offsetof("jack_position_t", "beat")
+    off_tick = ffi.offsetof("jack_position_t", "tick")
+    off_bpb = ffi.offsetof("jack_position_t", "beats_per_bar")
+    off_tpb = ffi.offsetof("jack_position_t", "ticks_per_beat")
+    off_bpm = ffi.offsetof("jack_position_t", "beats_per_minute")
+    bbt_flag = int(jack._lib.JackPositionBBT)
+    rolling = int(jack.ROLLING)
+    none, stopped, rolled = (jack_output.TRANSPORT_NONE, jack_output.TRANSPORT_STOPPED,
+                             jack_output.TRANSPORT_ROLLING)
+
+    carray: Any = numba.carray
+    HEAD, TAIL, DROPPED_ROWS, DROPPED_WRITES = (ring.HEAD, ring.TAIL, ring.DROPPED_ROWS,
+                                                ring.DROPPED_WRITES)
+    ARMED, DONE, START, END, WRITTEN, MISSED, START_FRAME, LOST = (
+        capture.ARMED, capture.DONE, capture.START, capture.END, capture.WRITTEN,
+        capture.MISSED, capture.START_FRAME, capture.LOST)
+
+    @numba.njit(nogil=True, cache=False)
+    def midi(nframes: int, ctl: Any, slot_addr: int) -> None:
+        slot = carray(as_voidptr(slot_addr), MIDI_SLOT, dtype=np.int64)
+        out_port = slot[M_OUT]
+        if out_port != 0:
+            buf = get_buffer(as_voidptr(out_port), nframes)
+            clear_buffer(buf)
+            cnt = carray(as_voidptr(slot[M_OUT_CNT]), 4, dtype=np.int64)
+            cap = slot[M_OUT_CAP]
+            rows = carray(as_voidptr(slot[M_OUT_BUF]), cap * MIDI_ROW, dtype=np.uint8)
+            tail = cnt[TAIL]
+            while cnt[HEAD] != tail:
+                row = (tail % cap) * MIDI_ROW
+                event_write(buf, 0, as_voidptr(slot[M_OUT_BUF] + row), rows[row + 3])
+                tail += 1
+                cnt[TAIL] = tail
+        in_port = slot[M_IN]
+        if in_port == 0:
+            return
+        buf = get_buffer(as_voidptr(in_port), nframes)
+        cnt = carray(as_voidptr(slot[M_IN_CNT]), 4, dtype=np.int64)
+        cap = slot[M_IN_CAP]
+        rows = carray(as_voidptr(slot[M_IN_BUF]), cap * MIDI_ROW, dtype=np.uint8)
+        frames = carray(as_voidptr(slot[M_IN_BUF]), cap * 2, dtype=np.int64)
+        base = np.int64(ctl[LAST_FRAME])
+        head = cnt[HEAD]
+        before = head
+        ev_addr = slot_addr + M_EVENT * 8
+        for i in range(event_count(buf)):
+            if event_get(as_voidptr(ev_addr), buf, i) != 0:
+                continue
+            size = slot[M_EVENT + 1]
+            if size > 3 or size == 0:
+                slot[M_SYSEX] += 1
+                continue
+            if head - cnt[TAIL] >= cap:
+                cnt[DROPPED_ROWS] += 1
+                cnt[DROPPED_WRITES] += 1
+                continue
+            data = carray(as_voidptr(slot[M_EVENT + 2]), size, dtype=np.uint8)
+            k = head % cap
+            for j in range(3):
+                rows[k * MIDI_ROW + j] = data[j] if j < size else np.uint8(0)
+            rows[k * MIDI_ROW + 3] = np.uint8(size)
+            frames[k * 2 + 1] = base + (slot[M_EVENT] & 0xFFFFFFFF)
+            head += 1
+            cnt[HEAD] = head
+        if head != before and slot[M_WAKE] == 0:
+            slot[M_WAKE] = 1
+            write(np.int32(slot[M_FD]), as_voidptr(slot_addr + M_ONE * 8), 1)
+
+    @numba.njit(nogil=True, cache=False)
+    def transport(ctl: Any, xs: Any) -> None:
+        pos = xs[X_POS]
+        st = transport_query(as_voidptr(ctl[CLIENT]), as_voidptr(pos))
+        state = carray(as_voidptr(xs[X_STATE]), 1, dtype=np.int64)
+        valid = carray(as_voidptr(pos + off_valid), 1, dtype=np.int32)[0]
+        tpb = carray(as_voidptr(pos + off_tpb), 1, dtype=np.float64)[0]
+        if (valid & bbt_flag) == 0 or tpb <= 0:
+            state[0] = none
+            return
+        if st != rolling:
+            state[0] = stopped
+            return
+        state[0] = rolled
+        bbt = carray(as_voidptr(xs[X_BBT]), 6, dtype=np.float64)
+        bbt[0] += 1  # odd: writing
+        bbt[1] = ctl[POS]
+        bbt[2] = carray(as_voidptr(pos + off_bar), 1, dtype=np.int32)[0] - 1
+        tick = carray(as_voidptr(pos + off_tick), 1, dtype=np.int32)[0]
+        bbt[3] = carray(as_voidptr(pos + off_beat), 1, dtype=np.int32)[0] - 1 + tick / tpb
+        bbt[4] = carray(as_voidptr(pos + off_bpm), 1, dtype=np.float64)[0]
+        bbt[5] = carray(as_voidptr(pos + off_bpb), 1, dtype=np.float32)[0]
+        bbt[0] += 1  # even: complete
+
+    @numba.njit(nogil=True, cache=False)
+    def capture_input(nframes: int, ctl: Any, cs: Any) -> None:
+        st = carray(as_voidptr(cs[C_STATE]), 8, dtype=np.int64)
+        nports = cs[C_NPORTS]
+        if st[ARMED] == 0 or st[DONE] != 0 or nports == 0:
+            return
+        n = np.int64(nframes)
+        position = ctl[POS]
+        frame_time = ctl[LAST_FRAME]
+        start, end = st[START], st[END]
+        lo = position if position > start else start
+        hi = position + n if position + n < end else end
+        if hi > lo:
+            if st[WRITTEN] == 0 and st[START_FRAME] < 0:
+                st[MISSED] = lo - start
+                st[START_FRAME] = frame_time + (start - position)
+            else:
+                st[LOST] = frame_time - position - (st[START_FRAME] - start)
+            cnt = carray(as_voidptr(cs[C_CNT]), 4, dtype=np.int64)
+            cap, chans = cs[C_CAP], cs[C_CH]
+            count, offset = hi - lo, lo - position
+            head = cnt[HEAD]
+            if count > cap - (head - cnt[TAIL]):
+                cnt[DROPPED_ROWS] += count
+                cnt[DROPPED_WRITES] += 1
+            else:
+                dst = carray(as_voidptr(cs[C_BUF]), (cap, chans), dtype=np.float32)
+                at = head % cap
+                first = count if count <= cap - at else cap - at  # then wrap to row 0
+                for ch in range(chans):
+                    p = ch if ch < nports else 0
+                    src = carray(as_voidptr(get_buffer(as_voidptr(cs[C_PORT0 + p]), nframes)),
+                                 n, dtype=np.float32)
+                    for k in range(first):
+                        dst[at + k, ch] = src[offset + k]
+                    for k in range(count - first):
+                        dst[k, ch] = src[offset + first + k]
+                cnt[HEAD] = head + count
+            st[WRITTEN] += hi - lo
+        if position + n >= end:
+            if st[WRITTEN] == 0:
+                st[MISSED] = end - start
+            st[DONE] = 1
+
+    @numba.njit(nogil=True, cache=False)
+    def hosted(nframes: int, ctl: Any) -> None:
+        for i in range(ctl[NMIDI]):
+            midi(nframes, ctl, ctl[MIDI0 + i])
+        if ctl[XPORT] != 0:
+            transport(ctl, carray(as_voidptr(ctl[XPORT]), X_SLOT, dtype=np.int64))
+        if ctl[CAPT] != 0:
+            capture_input(nframes, ctl, carray(as_voidptr(ctl[CAPT]), C_SLOT, dtype=np.int64))
+
+    del last_frame_time
+    return hosted
 
 
 class VoiceTable:
@@ -200,6 +425,71 @@ class VoiceTable:
         #: The buffers each published record names, by record number (Python only).
         self._refs: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
         self._last: Voices | None = None
+        #: Memory the callback may still read for the hosted parts (slots, a jack_position_t):
+        #: kept as long as the table, never released (a removed slot may be in use this cycle).
+        self._hosted: list[np.ndarray] = []
+        self._position = np.zeros(256, np.uint8)  # jack_position_t (136 bytes) and room
+
+    def add_midi(self, slot: np.ndarray) -> None:
+        """Have the callback serve the JACK MIDI slot ``slot`` (int64, ``MIDI_SLOT`` long; its
+        port fields may be 0 until the ports exist). Control thread; the slot's fields before
+        the count."""
+        if slot.dtype != np.int64 or slot.shape != (MIDI_SLOT,) or not slot.flags.c_contiguous:
+            raise ValueError(f"a MIDI slot is a contiguous int64 array of {MIDI_SLOT}")
+        n = int(self.ctl[NMIDI])
+        if n >= MAX_MIDI:
+            raise ValueError(f"at most {MAX_MIDI} JACK MIDI inputs on the compiled callback")
+        self._hosted.append(slot)
+        self.ctl[MIDI0 + n] = slot.ctypes.data
+        self.ctl[NMIDI] = n + 1
+
+    def remove_midi(self, slot: np.ndarray) -> None:
+        """Stop serving ``slot`` (control thread). Its memory stays referenced here: the
+        callback may be reading it in the cycle running now."""
+        addrs = [int(a) for a in self.ctl[MIDI0:MIDI0 + int(self.ctl[NMIDI])]]
+        if slot.ctypes.data not in addrs:
+            return
+        addrs.remove(slot.ctypes.data)
+        self.ctl[NMIDI] = 0
+        for i, a in enumerate(addrs):
+            self.ctl[MIDI0 + i] = a
+        self.ctl[NMIDI] = len(addrs)
+
+    def set_client(self, client_ptr: int) -> None:
+        """A new client (opened again after a server restart, not active yet): its pointer,
+        and no ports until they are registered again, the hosted parts' included (their
+        owners publish them again when they register). Control thread."""
+        self.set_ports(client_ptr, [])
+        live = {int(a) for a in self.ctl[MIDI0:MIDI0 + int(self.ctl[NMIDI])]}
+        for arr in self._hosted:
+            if arr.ctypes.data in live:
+                arr[M_IN] = arr[M_OUT] = 0
+            elif arr.ctypes.data == int(self.ctl[CAPT]):
+                arr[C_NPORTS] = 0
+
+    def set_transport(self, bbt: np.ndarray, state: np.ndarray) -> None:
+        """Have the callback query JACK transport every cycle and publish it into ``bbt``
+        (float64 x 6: seqlock, timeline sample, bar, beat, tempo, beats per bar) and
+        ``state`` (int64 x 1), as :class:`~protocols.audio.jack_output.JackOutput`'s Python
+        callback does. Control thread."""
+        if bbt.dtype != np.float64 or bbt.shape != (6,) or state.dtype != np.int64 \
+                or state.shape != (1,):
+            raise ValueError("transport arrays: float64 x 6 and int64 x 1")
+        xs = np.array([self._position.ctypes.data, bbt.ctypes.data, state.ctypes.data],
+                      np.int64)
+        self._hosted.extend((xs, bbt, state))
+        self.ctl[XPORT] = xs.ctypes.data
+
+    def set_capture(self, slot: np.ndarray | None) -> None:
+        """Have the callback copy the audio input into the capture slot ``slot`` (int64,
+        ``C_SLOT`` long), or stop (None). Control thread."""
+        if slot is None:
+            self.ctl[CAPT] = 0
+            return
+        if slot.dtype != np.int64 or slot.shape != (C_SLOT,) or not slot.flags.c_contiguous:
+            raise ValueError(f"a capture slot is a contiguous int64 array of {C_SLOT}")
+        self._hosted.append(slot)
+        self.ctl[CAPT] = slot.ctypes.data
 
     def set_ports(self, client_ptr: int, port_ptrs: Sequence[int]) -> None:
         """Publish the client and port pointers (control thread; ports before the count)."""

@@ -132,9 +132,9 @@ def register(subparsers: Any) -> None:
     out.add_argument("--render-ahead", type=int, metavar="FRAMES",
                      help="frames ahead of JACK's compiled, GIL-free callback that the "
                           "player's decisions are published (default 2048, at least 3 "
-                          "periods; reported as the ports' latency); 0: a Python callback "
-                          "renders each period itself (always so with --jack-transport or a "
-                          "JACK MIDI input or --input)")
+                          "periods; reported as the ports' latency); the compiled callback "
+                          "also serves JACK MIDI ports, --input and --jack-transport; 0: a "
+                          "Python callback renders each period itself")
     out.add_argument("--input", action="store_true",
                      help="give the client audio inputs riff:in_L/in_R (connected from the "
                           "system capture ports unless --no-connect) for /riff/capture: the "
@@ -314,7 +314,7 @@ def _open_daemon(args: argparse.Namespace, opts: dict[str, Any],
         _prefer_audio()
         jack_out = JackOutput(opts["client_name"], server=opts["jack_server"],
                               follow_transport=args.jack_transport,
-                              render_ahead=_render_ahead(args, opts))
+                              render_ahead=int(opts["render_ahead"]))
         rate = jack_out.sample_rate
     else:
         rate = int(opts["sample_rate"])
@@ -362,20 +362,6 @@ def _connect_input(jack_out: Any, connect: bool) -> None:
             sources.append(source.name)
     log.info("JACK: audio input on %s%s (for /riff/capture)", ", ".join(names),
              f" <- {', '.join(sources)}" if sources else " (not connected)")
-
-
-def _render_ahead(args: argparse.Namespace, opts: dict[str, Any]) -> int:
-    """Frames of render-ahead for the compiled JACK callback, or 0 for the Python callback,
-    which following JACK transport and JACK MIDI ports on the client still need."""
-    ahead = int(opts["render_ahead"])
-    jack_midi = any(str(spec).split(":", 1)[0] == "jack"
-                    for spec in getattr(args, "midi_in", None) or ())
-    needs = ("--jack-transport" if args.jack_transport else "JACK MIDI input" if jack_midi
-             else "--input" if getattr(args, "input", False) else "")
-    if ahead and needs:
-        log.info("JACK: the Python process callback renders each period (%s needs it)", needs)
-        return 0
-    return ahead
 
 
 async def _run_daemon(d: _Daemon, state: Any) -> bool:

@@ -15,6 +15,11 @@ clock's tempo estimate uses.
 The ring is single producer (JACK thread) / single consumer (loop): the producer only moves
 the write count, the consumer only the read count.
 
+Under the compiled player (:mod:`protocols.audio.jack_table`) the host's process callback is
+compiled code without the GIL: it does the same with the same rings (their counters in shared
+int64 memory, :class:`~engine.live.ring.SharedSpscRing`) and the same wake-up pipe, through
+this input's *slot* (port pointers, ring addresses, the pipe), so the loop side is unchanged.
+
 With ``feedback=True`` the client also has a ``midi_out`` port: :meth:`JackMidiInput.send`
 (loop thread) queues short messages in a second preallocated ring that the process callback
 writes out at the start of the next period (motorised faders, LED rings).
@@ -31,7 +36,7 @@ from typing import Any
 import jack
 import numpy as np
 
-from engine.live.ring import SpscRing
+from engine.live.ring import SharedSpscRing
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +45,10 @@ _WAKE = b"\x01"
 _FRAME_WRAP = 1 << 32
 
 
-#: One short MIDI message in a ring: up to three bytes, their count, and its JACK frame time.
-MIDI_EVENT = np.dtype([("data", np.uint8, (3,)), ("size", np.uint8), ("frame", np.int64)])
+#: One short MIDI message in a ring: up to three bytes, their count, and its JACK frame time
+#: (aligned: 16 bytes, the frame at byte 8, as the compiled callback writes it).
+MIDI_EVENT = np.dtype([("data", np.uint8, (3,)), ("size", np.uint8), ("frame", np.int64)],
+                      align=True)
 
 
 class JackMidiInput:
@@ -64,9 +71,14 @@ class JackMidiInput:
         self.port: Any = None
         self.out_port: Any = None
         self.capacity = capacity
-        self._in = SpscRing(capacity, dtype=MIDI_EVENT)  # JACK thread -> loop
-        self._wake_pending = False
-        self.skipped_sysex = 0
+        self._in = SharedSpscRing(capacity, dtype=MIDI_EVENT)  # JACK thread -> loop
+        from protocols.audio import jack_table
+
+        self._jt = jack_table
+        #: What the compiled callback reads and writes (see jack_table's MIDI slot); the
+        #: Python callback keeps its wake-up flag and SysEx count here too.
+        self._slot = np.zeros(jack_table.MIDI_SLOT, np.int64)
+        self._table: Any = None
         self._connect = tuple(connect)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rfd, self._wfd = os.pipe()
@@ -76,7 +88,16 @@ class JackMidiInput:
         if host is None:
             self._own = jack.Client(client_name, no_start_server=True, servername=servername)
         self.samplerate = float(self.client.samplerate)
-        self._out = SpscRing(capacity, dtype=MIDI_EVENT)  # loop -> JACK thread
+        self._out = SharedSpscRing(capacity, dtype=MIDI_EVENT)  # loop -> JACK thread
+        slot, jt = self._slot, jack_table
+        slot[jt.M_IN_BUF] = self._in.buffer.ctypes.data
+        slot[jt.M_IN_CNT] = self._in.counters.ctypes.data
+        slot[jt.M_IN_CAP] = capacity
+        slot[jt.M_OUT_BUF] = self._out.buffer.ctypes.data
+        slot[jt.M_OUT_CNT] = self._out.counters.ctypes.data
+        slot[jt.M_OUT_CAP] = capacity
+        slot[jt.M_FD] = self._wfd
+        slot[jt.M_ONE] = 1
         self._out_refused = 0
         self._last_raw: int | None = None
         self._frame_base = 0
@@ -86,6 +107,39 @@ class JackMidiInput:
             self._own.set_process_callback(self.process)
             self._own.set_xrun_callback(self._xrun)
             self._own.set_shutdown_callback(self._shutdown)
+
+    @property
+    def _wake_pending(self) -> bool:
+        """A wake-up byte is in the pipe (set by the JACK thread, cleared by the loop)."""
+        return bool(self._slot[self._jt.M_WAKE])
+
+    @_wake_pending.setter
+    def _wake_pending(self, value: bool) -> None:
+        self._slot[self._jt.M_WAKE] = int(value)
+
+    @property
+    def skipped_sysex(self) -> int:
+        """Events longer than three bytes (SysEx) skipped by the JACK thread."""
+        return int(self._slot[self._jt.M_SYSEX])
+
+    def use_table(self, table: Any) -> None:
+        """Be served by the host's compiled callback through ``table`` (a
+        :class:`~protocols.audio.jack_table.VoiceTable`), or no longer (None). Loop thread,
+        called by the host before :meth:`register` and after :meth:`unregister`."""
+        if self._table is not None:
+            self._table.remove_midi(self._slot)
+        self._table = table
+        if table is not None:
+            self._publish_ports()
+            table.add_midi(self._slot)
+
+    def _publish_ports(self) -> None:
+        """Put the current ports' C pointers (0: none) in the slot (loop thread)."""
+        from protocols.audio.jack_rt import raw_pointer
+
+        jt = self._jt
+        self._slot[jt.M_OUT] = raw_pointer(self.out_port) if self.out_port is not None else 0
+        self._slot[jt.M_IN] = raw_pointer(self.port) if self.port is not None else 0
 
     @property
     def xruns(self) -> int:
@@ -108,11 +162,14 @@ class JackMidiInput:
         out = client.midi_outports.register(self._out_name()) if self.feedback else None
         self.out_port = out
         self.port = port  # last: the process callback checks it
+        if self._table is not None:
+            self._publish_ports()
 
     def unregister(self) -> None:
         """Unregister the ports (loop thread)."""
         port, out = self.port, self.out_port
         self.port = self.out_port = None
+        self._publish_ports()
         for p in (out, port):
             if p is not None:
                 p.unregister()
@@ -219,7 +276,7 @@ class JackMidiInput:
         for offset, buf in port.incoming_midi_events():
             size = len(buf)
             if size > 3 or size == 0:
-                self.skipped_sysex += 1
+                self._slot[self._jt.M_SYSEX] += 1
                 continue
             slot = ring.reserve()
             if slot < 0:
