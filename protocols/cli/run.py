@@ -138,8 +138,8 @@ def register(subparsers: Any) -> None:
     out.add_argument("--input", action="store_true",
                      help="give the client audio inputs riff:in_L/in_R (connected from the "
                           "system capture ports unless --no-connect) for /riff/capture: the "
-                          "next N bars of what arrives there become the seed image (uses the "
-                          "Python process callback, like --jack-transport)")
+                          "next N bars of what arrives there become the seed image (copied "
+                          "by the same GIL-free callback that plays)")
     out.add_argument("--capture-dir", type=Path, metavar="DIR", default=Path("captures"),
                      help="with --input: where captured seed images go (default ./captures, "
                           "created on the first capture); searched first for seed images")
