@@ -224,8 +224,18 @@ def test_a_silent_capture_is_refused_and_selects_nothing(tmp_path: Path) -> None
     async def body() -> None:
         clock = Clock()
         capturer, _, state = make_capturer(tmp_path, clock=clock)
+        fake = FakeClock()
+        engine = Engine(FakeGenerator(fake), FakeSink(fake, RATE), sample_rate=RATE,
+                        clock=fake)
+        assert "capturing" not in engine.status()  # no input, no capture status
+        engine.capture = capturer
+        idle = engine.status()
+        assert (idle["capturing"], idle["capture_bar"], idle["captures"]) == ("", -1, 0)
         before = state.get("seed_image")
-        _, future = capturer.start(1)
+        job, future = capturer.start(1)
+        armed = engine.status()
+        assert (armed["capturing"], armed["capture_bar"], armed["captures"]) == (
+            "capture-1", job.bar, 1)
         silence = np.zeros((2, RATE), np.float32)
         while not future.done():
             assert capturer.tap is not None
@@ -235,7 +245,11 @@ def test_a_silent_capture_is_refused_and_selects_nothing(tmp_path: Path) -> None
             await future
         assert state.get("seed_image") == before and capturer.job is None
         assert capturer.last_error.startswith("capture capture-1 is silent")
+        after = engine.status()
+        assert after["capturing"] == "" and after["captures"] == 1
+        assert str(after["error"]).startswith("capture capture-1 is silent")
         await capturer.close()
+        await engine.close()
 
     asyncio.run(body())
     assert not (tmp_path / "captures" / "capture-1.png").exists()

@@ -314,7 +314,15 @@ class Engine:
     # -- status ----------------------------------------------------------------------------
 
     def status(self) -> dict[str, int | float | str]:
-        """Bar, queue, lateness, progress, clip, tempo and every counter (JSON-ready)."""
+        """Bar, queue, lateness, progress, clip, tempo and every counter (JSON-ready).
+        ``error``: the scheduler's last error, else a take's failure, else the last
+        capture's failure (each stands until the next success of its kind)."""
+        status = self._status()
+        if not status["error"] and self.capture is not None and self.capture.last_error:
+            status["error"] = self.capture.last_error
+        return status
+
+    def _status(self) -> dict[str, int | float | str]:
         c = self.scheduler.counters
         return {
             "playing": int(self.scheduler.running),
@@ -342,7 +350,21 @@ class Engine:
             "error": self.scheduler.last_error,
             **self._sink_status(),
             **self._take_status(),
+            **self._capture_status(),
         }
+
+    def _capture_status(self) -> dict[str, int | str]:
+        """With audio input: ``capturing`` (the name of the capture armed or encoding, else
+        empty), ``capture_bar`` (the bar it starts on, -1 when none) and ``captures`` (how
+        many were armed)."""
+        capture = self.capture
+        if capture is None:
+            return {}
+        job = capture.job
+        status: dict[str, int | str] = {"capturing": job.name if job is not None else "",
+                                        "capture_bar": job.bar if job is not None else -1,
+                                        "captures": capture.captures}
+        return status
 
     def _take_status(self) -> dict[str, int | str]:
         """``recording``, ``record_dropped``, ``record_error`` and, while a take's failure

@@ -42,7 +42,7 @@ Args = tuple[Any, ...]
 #: ``failed`` counts failed generation attempts; ``error`` is the text of the last clip given up
 #: (the engine's ``status()``), so a performer sees why nothing new is heard.
 STATUS_KEYS = ("bar", "queue", "late", "progress", "clip", "repeated", "xruns", "underruns",
-               "failed", "error")
+               "failed", "error", "capturing")
 
 
 class Cancellable(Protocol):

@@ -58,7 +58,8 @@ STATUS: Mapping[str, tuple[str, str]] = {
     "failed": ("i", "failed generation attempts"),
     "xruns": ("i", "JACK xruns"),
     "underruns": ("i", "player underruns"),
-    "error": ("s", "why the last clip was given up"),
+    "error": ("s", "why the last clip (or take, or capture) was given up"),
+    "capturing": ("s", "the capture armed or encoding (--input; empty when none)"),
 }
 
 #: OSCQuery attributes a client may ask for one at a time (``?VALUE``).
