@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import threading
@@ -69,19 +70,20 @@ _last_frame_time.restype = ctypes.c_uint32
 _compiled: Any = None
 
 
-def _compile() -> Any:
-    """Compile the callback once per process (numba; a second or two)."""
-    global _compiled
-    if _compiled is not None:
-        return _compiled
-    import numba
+@functools.cache
+def pointer_intrinsics() -> tuple[Any, Any]:
+    """numba intrinsics for compiled callbacks: ``as_voidptr(int)`` (an integer address as a
+    ``void *``; no check: the tables hold valid addresses) and ``as_int(void *)`` (the
+    reverse). Built once per process; this module's callback and the compiled player's use
+    them."""
     from llvmlite import ir
     from numba import types
     from numba.core import cgutils
     from numba.extending import intrinsic
 
+    del ir  # llvmlite is numba's; imported to fail early with a clear error when missing
+
     def _as_voidptr(typingctx: Any, addr: Any) -> Any:
-        """An integer address as a ``void *`` (no check: the table holds valid addresses)."""
         if not isinstance(addr, types.Integer):
             return None
 
@@ -89,8 +91,26 @@ def _compile() -> Any:
             return builder.inttoptr(args[0], cgutils.voidptr_t)
         return types.voidptr(addr), codegen
 
-    as_voidptr: Any = intrinsic(_as_voidptr)
-    del ir  # llvmlite is numba's; imported to fail early with a clear error when missing
+    def _as_int(typingctx: Any, ptr: Any) -> Any:
+        if not isinstance(ptr, types.RawPointer):
+            return None
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.ptrtoint(args[0], cgutils.intp_t)
+        return types.intp(ptr), codegen
+
+    return intrinsic(_as_voidptr), intrinsic(_as_int)
+
+
+def _compile() -> Any:
+    """Compile the callback once per process (numba; a second or two)."""
+    global _compiled
+    if _compiled is not None:
+        return _compiled
+    import numba
+    from numba import types
+
+    as_voidptr, _ = pointer_intrinsics()
 
     get_buffer, get_time, last_frame_time = _get_buffer, _get_time, _last_frame_time
     carray: Any = numba.carray

@@ -109,31 +109,10 @@ def _compile() -> dict[str, Any]:
 
     import numba
     from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
 
     from protocols.audio import jack_rt
 
-    def _as_voidptr(typingctx: Any, addr: Any) -> Any:
-        """An integer address as a ``void *`` (no check: the table holds valid addresses)."""
-        if not isinstance(addr, types.Integer):
-            return None
-
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            return builder.inttoptr(args[0], cgutils.voidptr_t)
-        return types.voidptr(addr), codegen
-
-    def _as_int(typingctx: Any, ptr: Any) -> Any:
-        """A ``void *`` as an integer address."""
-        if not isinstance(ptr, types.RawPointer):
-            return None
-
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            return builder.ptrtoint(args[0], cgutils.intp_t)
-        return types.intp(ptr), codegen
-
-    as_voidptr: Any = intrinsic(_as_voidptr)
-    as_int: Any = intrinsic(_as_int)
+    as_voidptr, as_int = jack_rt.pointer_intrinsics()
     carray: Any = numba.carray
     half_pi = math.pi / 2
 
