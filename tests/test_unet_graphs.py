@@ -6,37 +6,23 @@ eager fallback when capture fails; a whole generation through them equals the pl
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from engine.dsp.spectrogram import LoopMeta, save_image, write_loop_meta
+from engine.dsp.spectrogram import save_image
 from engine.model.pipeline import RiffusionGenerator
 from engine.model.request import InferenceRequest, PromptInput
 from engine.model.unet_graphs import RerunBackend, UNetGraphs
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_pipeline import _seed_image, one_thread  # noqa: F401 - the autouse fixture
 
 
 @pytest.fixture(scope="module")
 def gen(tmp_path_factory: pytest.TempPathFactory) -> RiffusionGenerator:
     folder = tmp_path_factory.mktemp("seeds")
-    y = np.linspace(0, 255, 128, dtype=np.float32)[:, None]
-    x = np.arange(64)[None, :]
-    grey = np.clip(y * 0.6 + 90 * ((x // 8) % 2), 0, 255).astype(np.uint8)
-    image = Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
-    write_loop_meta(image, LoopMeta(bars=1, beats_per_bar=4, bpm=120.0))
-    save_image(image, folder / "beat.png")
+    save_image(_seed_image(), folder / "beat.png")
     return RiffusionGenerator.load("tiny", device="cpu", seed_images=[folder])
 
 
