@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from typing import Any
 
 import jack
 import pytest
@@ -68,3 +69,22 @@ class PrivateJack:
                 self.proc.kill()
                 self.proc.wait(10)
             self.proc = None
+
+
+def timebase_master(server: str, bpm: float = 150.0) -> jack.Client:
+    """A JACK client that will be the timebase master (as a DAW is) at ``bpm`` in 4/4 once
+    activated: its callback derives bar, beat and tick from the transport frame. Not yet
+    activated; the caller activates, rolls and closes it."""
+    master = jack.Client(f"master-{uuid.uuid4().hex[:6]}", no_start_server=True,
+                         servername=server)
+    spb = 60.0 / bpm * master.samplerate  # samples per beat
+
+    def timebase(state: int, blocksize: int, pos: Any, new_pos: bool) -> None:
+        beats = pos.frame / spb
+        pos.valid = jack._lib.JackPositionBBT
+        pos.bar, pos.beat = int(beats // 4) + 1, int(beats % 4) + 1
+        pos.ticks_per_beat, pos.tick = 1920.0, int((beats % 1) * 1920)
+        pos.beats_per_bar, pos.beat_type, pos.beats_per_minute = 4.0, 4.0, bpm
+
+    master.set_timebase_callback(timebase)
+    return master

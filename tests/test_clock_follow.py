@@ -41,6 +41,7 @@ from protocols.midi.clock import (
 from protocols.osc.server import OscConfig, OscServer
 from tests.control_surface_helpers import Client, LoopThread
 from tests.engine_fakes import FakeClock, FakeGenerator, FakeSink
+from tests.jack_server import timebase_master
 
 SR = 48000
 BATCH_S = 0.25  # the loop handles the MIDI that arrived in the last quarter second
@@ -514,16 +515,8 @@ def test_real_jack_transport_start_stop_and_a_master_that_leaves(jack_server: st
     from engine.live.player import Player, PlayerConfig
     from protocols.audio.jack_output import JackOutput
 
-    master = jack.Client(f"master-{uuid.uuid4().hex[:6]}", no_start_server=True,
-                         servername=jack_server)
+    master = timebase_master(jack_server, 150.0)
     spb = 60.0 / 150.0 * master.samplerate
-
-    def timebase(state: int, blocksize: int, pos: Any, new_pos: bool) -> None:
-        beats = pos.frame / spb
-        pos.valid = jack._lib.JackPositionBBT
-        pos.bar, pos.beat = int(beats // 4) + 1, int(beats % 4) + 1
-        pos.ticks_per_beat, pos.tick = 1920.0, int((beats % 1) * 1920)
-        pos.beats_per_bar, pos.beat_type, pos.beats_per_minute = 4.0, 4.0, 150.0
 
     out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, follow_transport=True,
                      render_ahead=ahead)
@@ -543,7 +536,6 @@ def test_real_jack_transport_start_stop_and_a_master_that_leaves(jack_server: st
 
     master.activate()
     try:
-        master.set_timebase_callback(timebase)
         master.transport_frame = 0
         master.transport_start()
         poll_until(lambda: engine.transport.external and engine.transport.tempo == 150.0)

@@ -14,6 +14,7 @@ import pytest
 from engine.live.player import Player, PlayerConfig
 from protocols.audio.jack_output import JackOutput, NoJackServer
 from tests.jack_recorder import Recorder
+from tests.jack_server import timebase_master
 
 pytestmark = pytest.mark.jack
 
@@ -70,25 +71,10 @@ def test_follows_jack_transport_bbt(jack_server: str, ahead: int) -> None:
     """A timebase master (as a DAW would be) at 150 BPM in 4/4: the output publishes its
     bar/beat on the player's clock, consistent with the samples played (the Python callback,
     or the compiled player's querying the transport without the GIL)."""
-    import jack
 
-    master = jack.Client(f"master-{uuid.uuid4().hex[:6]}", no_start_server=True,
-                         servername=jack_server)
+    master = timebase_master(jack_server, 150.0)
     rate = master.samplerate
     spb = 60.0 / 150.0 * rate  # samples per beat
-
-    def timebase(state: int, blocksize: int, pos: object, new_pos: bool) -> None:
-        beats = pos.frame / spb  # type: ignore[attr-defined]
-        pos.valid = jack._lib.JackPositionBBT  # type: ignore[attr-defined]
-        pos.bar = int(beats // 4) + 1  # type: ignore[attr-defined]
-        pos.beat = int(beats % 4) + 1  # type: ignore[attr-defined]
-        pos.ticks_per_beat = 1920.0  # type: ignore[attr-defined]
-        pos.tick = int((beats % 1) * 1920)  # type: ignore[attr-defined]
-        pos.beats_per_bar = 4.0  # type: ignore[attr-defined]
-        pos.beat_type = 4.0  # type: ignore[attr-defined]
-        pos.beats_per_minute = 150.0  # type: ignore[attr-defined]
-
-    master.set_timebase_callback(timebase)
     master.activate()
     out = JackOutput(f"riff-{uuid.uuid4().hex[:6]}", server=jack_server, follow_transport=True,
                      render_ahead=ahead)

@@ -11,6 +11,7 @@ from typing import Any
 import jack
 import pytest
 
+from tests.jack_server import timebase_master
 from tests.test_capture_jack import replies
 from tests.test_daemon_osc import Daemon
 
@@ -36,16 +37,7 @@ def test_jack_midi_and_transport_reach_the_engine_through_the_compiled_callback(
 
     sender.set_process_callback(process)
     sender.activate()
-    master = jack.Client(f"master-{uuid.uuid4().hex[:6]}", no_start_server=True,
-                         servername=jack_server)
-    spb = 60.0 / 150.0 * master.samplerate
-
-    def timebase(state: int, blocksize: int, pos: Any, new_pos: bool) -> None:
-        beats = pos.frame / spb
-        pos.valid = jack._lib.JackPositionBBT
-        pos.bar, pos.beat = int(beats // 4) + 1, int(beats % 4) + 1
-        pos.ticks_per_beat, pos.tick = 1920.0, int((beats % 1) * 1920)
-        pos.beats_per_bar, pos.beat_type, pos.beats_per_minute = 4.0, 4.0, 150.0
+    master = timebase_master(jack_server, 150.0)
 
     daemon = Daemon("--model", "test-tones", "--tempo", "120", "--bars", "1", "--steps", "2",
                     "--jack-server", jack_server, "--client-name", name, "--no-connect",
@@ -61,7 +53,6 @@ def test_jack_midi_and_transport_reach_the_engine_through_the_compiled_callback(
             assert time.monotonic() < deadline, daemon.text()[-3000:]
             queue.append(bytes([0xB0, 21, 127]))  # generic8: CC 21 is /riff/alpha
             time.sleep(0.2)
-        master.set_timebase_callback(timebase)
         master.activate()
         master.transport_frame = 0
         master.transport_start()
