@@ -215,6 +215,11 @@ class _Playing:
     created: float = 0.0
 
 
+def lattice_alphas(points: int) -> list[float]:
+    """The alphas of a lattice of ``points`` (2..33): 0, 1/(points-1) ... 1."""
+    return [i / (points - 1) for i in range(points)]
+
+
 @dataclasses.dataclass(eq=False)
 class _Lattice:
     """The lattice of the current request without its alpha (see the module docstring).
@@ -669,9 +674,7 @@ class Scheduler:
             lattice.pending.sort(key=lambda a: (abs(a - request.alpha), a))
             return
         self._drop_lattice()
-        n = cfg.lattice
-        alphas = sorted((i / (n - 1) for i in range(n)),
-                        key=lambda a: (abs(a - request.alpha), a))
+        alphas = sorted(lattice_alphas(cfg.lattice), key=lambda a: (abs(a - request.alpha), a))
         self._lattice = _Lattice(key, base, spec, request.alpha, alphas)
         self._work.set()
 
@@ -962,9 +965,8 @@ class Scheduler:
         if lattice is None:
             return None
         rendering = {a for alphas in lattice.tasks.values() for a in alphas}
-        n = self.config.lattice
         points = []
-        for alpha in (i / (n - 1) for i in range(n)):
+        for alpha in lattice_alphas(self.config.lattice):
             ready = self.cache.holds(lattice.request(alpha), lattice.spec)
             points.append({"alpha": round(alpha, 4),
                            "state": "ready" if ready else
